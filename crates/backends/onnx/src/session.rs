@@ -65,7 +65,8 @@ impl OnnxBackend {
         if let Some(n) = options.inter_op_threads {
             builder = builder
                 .with_parallel_execution(true)
-                .and_then(|b| b.with_inter_threads(n))
+                .map_err(|e| fail(e.to_string()))?
+                .with_inter_threads(n)
                 .map_err(|e| fail(e.to_string()))?;
         }
         let session = builder

@@ -1,0 +1,167 @@
+//! The `ferroserve` command line: version, help, `infer` against a live server, start-up errors.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Repo, Server};
+use serde_json::Value;
+
+fn ferroserve() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+}
+
+/// Writes a version-1.0 `.npy` file (what `numpy.save` writes).
+fn write_npy(path: &std::path::Path, descr: &str, shape: &[usize], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    let dims = if dims.len() == 1 {
+        format!("{},", dims[0])
+    } else {
+        dims.join(", ")
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({dims}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn version_and_help() {
+    let out = ferroserve().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ferroserve {}", env!("CARGO_PKG_VERSION"))
+    );
+    for args in [&["--help"][..], &["serve", "--help"], &["infer", "--help"]] {
+        let out = ferroserve().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.contains("Usage: ferroserve"), "{args:?}: {text}");
+    }
+    let out = ferroserve().args(["serve", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--model-repository",
+        "--host",
+        "--http-port",
+        "--ort-lib",
+        "--max-request-bytes",
+        "--log-format",
+    ] {
+        assert!(text.contains(flag), "serve --help lacks {flag}");
+    }
+}
+
+#[test]
+fn infer_sends_npy_and_json_inputs_and_prints_outputs() {
+    let server = Server::start(Repo::with(&["simple"]), &["--log-format", "json"]);
+    // The JSON log format really is JSON, one object per line.
+    let log = server.log.lock().unwrap().clone();
+    let line = log.lines().find(|l| l.contains("listening on")).unwrap();
+    let parsed: Value = serde_json::from_str(line).expect("JSON log line");
+    assert_eq!(parsed["level"], "INFO");
+
+    let dir = tempfile::tempdir().unwrap();
+    let a: Vec<u8> = (0..16i32).flat_map(i32::to_le_bytes).collect();
+    write_npy(&dir.path().join("a.npy"), "<i4", &[1, 16], &a);
+    std::fs::write(
+        dir.path().join("b.json"),
+        serde_json::to_vec(
+            &serde_json::json!({"datatype": "INT32", "shape": [1, 16], "data": vec![10; 16]}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+
+    let out = ferroserve()
+        .args([
+            "infer",
+            "simple",
+            "--url",
+            &server.url,
+            "--output",
+            "OUTPUT0",
+        ])
+        .arg("--input")
+        .arg(format!("INPUT0={}", dir.path().join("a.npy").display()))
+        .arg("-i")
+        .arg(format!("INPUT1={}", dir.path().join("b.json").display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("infer prints JSON");
+    let sum: Vec<i32> = (10..26).collect();
+    assert_eq!(printed["outputs"][0]["name"], "OUTPUT0");
+    assert_eq!(printed["outputs"][0]["data"], serde_json::json!(sum));
+    assert_eq!(printed["outputs"].as_array().unwrap().len(), 1);
+
+    // A server-side error is reported with the server's message and a failing exit code.
+    let out = ferroserve()
+        .args(["infer", "simple", "--url", &server.url])
+        .arg("--input")
+        .arg(format!("INPUT0={}", dir.path().join("a.npy").display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("400") && err.contains("missing input 'INPUT1'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_onnx_runtime_fails_with_one_clear_sentence() {
+    let repo = Repo::with(&["simple"]);
+    let out = ferroserve()
+        .args([
+            "serve",
+            "--http-port",
+            "0",
+            "--ort-lib",
+            "/nonexistent/libonnxruntime.so",
+            "--model-repository",
+        ])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ONNX Runtime library not found at /nonexistent/libonnxruntime.so"),
+        "{err}"
+    );
+    assert!(err.contains("scripts/setup.sh"), "{err}");
+
+    // ORT_DYLIB_PATH is honoured the same way.
+    let out = ferroserve()
+        .args(["serve", "--http-port", "0", "--model-repository"])
+        .arg(repo.path())
+        .env("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nowhere/libonnxruntime.so"));
+
+    // A file that is not ONNX Runtime at all.
+    let bogus = repo.path().join("simple/1/model.onnx");
+    let out = ferroserve()
+        .args(["serve", "--http-port", "0", "--model-repository"])
+        .arg(repo.path())
+        .arg("--ort-lib")
+        .arg(&bogus)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not load ONNX Runtime"));
+}

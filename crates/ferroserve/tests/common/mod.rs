@@ -1,0 +1,253 @@
+//! Test harness: a real `ferroserve serve` process on 127.0.0.1 with an ephemeral port, over a
+//! repository assembled from the committed fixtures, and small V2 client helpers.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A fixture model folder by name: the demo repository first, then test-only fixtures.
+pub fn model_dir(name: &str) -> PathBuf {
+    for base in ["examples/models", "tests/fixtures/models"] {
+        let p = root().join(base).join(name);
+        if p.is_dir() {
+            return p;
+        }
+    }
+    panic!("no fixture model '{name}' (run scripts/setup.sh for the fetched ones)");
+}
+
+/// A file under tests/fixtures.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// A model repository in a temporary folder.
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+}
+
+impl Repo {
+    /// A repository holding links to the named fixture models.
+    pub fn with(models: &[&str]) -> Self {
+        let repo = Repo {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        for m in models {
+            repo.link(m, &model_dir(m));
+        }
+        repo
+    }
+
+    /// Adds `target` to the repository under `name`.
+    pub fn link(&self, name: &str, target: &Path) {
+        std::os::unix::fs::symlink(target, self.dir.path().join(name)).expect("symlink");
+    }
+
+    /// Writes a file inside the repository.
+    pub fn write(&self, rel: &str, contents: &[u8]) {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, contents).unwrap();
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A running server; killed (by its PID) when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub log: Arc<Mutex<String>>,
+    _repo: Repo,
+}
+
+impl Server {
+    /// Starts `ferroserve serve` on `repo` and waits until it is ready.
+    pub fn start(repo: Repo, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                "0",
+                "--model-repository",
+            ])
+            .arg(repo.path())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ferroserve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        // Drain stderr for the server's whole life so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("listening on http://") {
+                    // The URL ends at a quote in JSON logs and at the line's end in text logs.
+                    let url: String = line[i + "listening on ".len()..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
+                    let _ = tx.send(url);
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        let server = Server {
+            child,
+            url,
+            log,
+            _repo: repo,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(r) = client().get(self.at("/v2/health/ready")).send() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server never became ready:\n{}", self.log.lock().unwrap());
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// GET, returning status and parsed JSON.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let r = client().get(self.at(path)).send().expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().expect("JSON body"))
+    }
+
+    /// POST a JSON body, returning status and parsed JSON.
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, serde_json::to_vec(body).unwrap(), None)
+    }
+
+    /// POST raw bytes, optionally with an Inference-Header-Content-Length, returning status and
+    /// parsed JSON (the JSON part only, for binary responses).
+    pub fn post_raw(&self, path: &str, body: Vec<u8>, header_len: Option<usize>) -> (u16, Value) {
+        let (status, json, _) = self.post_binary(path, body, header_len);
+        (status, json)
+    }
+
+    /// POST, returning status, the JSON part and the binary part of the response.
+    pub fn post_binary(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        header_len: Option<usize>,
+    ) -> (u16, Value, Vec<u8>) {
+        let mut req = client().post(self.at(path)).body(body);
+        if let Some(n) = header_len {
+            req = req.header("Inference-Header-Content-Length", n.to_string());
+        }
+        let r = req.send().expect("POST");
+        let status = r.status().as_u16();
+        let json_len = r
+            .headers()
+            .get("inference-header-content-length")
+            .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+        let bytes = r.bytes().expect("body").to_vec();
+        let split = json_len.unwrap_or(bytes.len());
+        let json = serde_json::from_slice(&bytes[..split]).unwrap_or_else(|e| {
+            panic!(
+                "response is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, json, bytes[split..].to_vec())
+    }
+
+    /// Asserts the server still answers health checks and a real inference.
+    pub fn assert_healthy(&self) {
+        assert_eq!(self.get("/v2/health/live").0, 200);
+        assert_eq!(self.get("/v2/health/ready").0, 200);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Reads a reference JSON file from tests/fixtures/reference.
+pub fn reference(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(&format!("reference/{name}"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Builds a binary-extension body: the JSON header, then each input's bytes in order.
+pub fn binary_body(header: &Value, blobs: &[&[u8]]) -> (Vec<u8>, usize) {
+    let mut body = serde_json::to_vec(header).unwrap();
+    let len = body.len();
+    for b in blobs {
+        body.extend_from_slice(b);
+    }
+    (body, len)
+}
+
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn as_f32(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}

@@ -1,0 +1,69 @@
+"""Starts a real `ferroserve serve` on 127.0.0.1 with an ephemeral port for the Python tests."""
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _binary() -> pathlib.Path:
+    if os.environ.get("FERROSERVE_BIN"):
+        return pathlib.Path(os.environ["FERROSERVE_BIN"])
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return target / "release" / "ferroserve"
+
+
+@pytest.fixture(scope="session")
+def server():
+    """Yields 'host:port' of a server over simple, identity, string_identity and minilm."""
+    repo = tempfile.TemporaryDirectory()
+    for name in ["simple", "identity", "string_identity", "minilm"]:
+        os.symlink(ROOT / "examples" / "models" / name, pathlib.Path(repo.name) / name)
+    proc = subprocess.Popen(
+        [str(_binary()), "serve", "--host", "127.0.0.1", "--http-port", "0",
+         "--model-repository", repo.name],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    found = {}
+    ready = threading.Event()
+    log = []
+
+    def drain():
+        for line in proc.stderr:
+            log.append(line)
+            m = re.search(r"listening on http://([0-9.]+:[0-9]+)", line)
+            if m and not ready.is_set():
+                found["addr"] = m.group(1)
+                ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("ferroserve did not start:\n" + "".join(log))
+        addr = found["addr"]
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{addr}/v2/health/ready", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("ferroserve never became ready:\n" + "".join(log))
+            time.sleep(0.05)
+        yield addr
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        repo.cleanup()
