@@ -539,3 +539,21 @@ fn compressed_requests_are_decompressed_within_the_limit() {
     assert_eq!(resp.status(), 413);
     server.assert_healthy();
 }
+
+#[test]
+fn backend_failure_is_a_500_and_the_model_keeps_serving() {
+    let server = Server::start(Repo::with(&["reshape3"]), &[]);
+    let req = |n: usize| json!({"inputs": [{"name": "X", "shape": [n], "datatype": "FP32", "data": vec![1.5; n]}]});
+    let (status, body) = server.post_json("/v2/models/reshape3/infer", &req(4));
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("ONNX Runtime failed"),
+        "{body}"
+    );
+    let (status, body) = server.post_json("/v2/models/reshape3/infer", &req(3));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"][0]["data"], json!([1.5, 1.5, 1.5]));
+}
