@@ -1,7 +1,7 @@
 """Serving overhead: ferroserve over HTTP vs. the same model in-process in onnxruntime (Python).
 
-Both sides run the same ONNX file on the same inputs in one run, interleaved per workload, so the
-ratio holds on a shared machine where absolute numbers drift. The HTTP client is a bare
+Both sides run the same ONNX file on the same inputs in one run, alternating in short slices, so
+the ratio holds on a shared machine where absolute numbers drift. The HTTP client is a bare
 keep-alive `http.client` connection sending Triton's binary tensor format, to keep client-side
 cost small. Sequential requests (concurrency 1): this measures per-request latency; throughput
 under load is `ferroserve bench` (issue 3).
@@ -82,15 +82,19 @@ def binary_request(inputs):
     return header + b"".join(blobs), len(header)
 
 
-def timed(fn, seconds):
+def timed_pair(a, b, seconds, rounds=10):
+    """Times `a` and `b` in alternating slices, so drift on a shared machine hits both alike."""
     for _ in range(5):
-        fn()
-    samples = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
+        a()
+        b()
+    samples = ([], [])
+    for _ in range(rounds):
+        for fn, out in ((a, samples[0]), (b, samples[1])):
+            end = time.perf_counter() + seconds / rounds
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t)
     return samples
 
 
@@ -125,8 +129,7 @@ def main():
                 if r.status != 200:
                     raise SystemExit(f"{model}: HTTP {r.status}")
 
-            local = timed(lambda: sess.run(None, inputs), args.seconds)
-            remote = timed(over_http, args.seconds)
+            local, remote = timed_pair(lambda: sess.run(None, inputs), over_http, args.seconds)
             lp, rp = statistics.median(local), statistics.median(remote)
             p99 = sorted(remote)[int(len(remote) * 0.99) - 1]
             print(f"| {label} | {lp * 1e3:.3f} ms | {rp * 1e3:.3f} ms | {rp / lp:.2f}x | "
