@@ -14,6 +14,13 @@ pub enum Error {
     /// The model exists but cannot serve now (HTTP 503, gRPC UNAVAILABLE).
     #[error("{0}")]
     Unavailable(String),
+    /// The model's queue is full; the client should retry shortly (HTTP 503 with `Retry-After`,
+    /// gRPC UNAVAILABLE).
+    #[error("{0}")]
+    Overloaded(String),
+    /// The request's timeout passed before it ran (HTTP 504, gRPC DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The request exceeds a configured size limit (HTTP 413, gRPC RESOURCE_EXHAUSTED).
     #[error("{0}")]
     TooLarge(String),

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod device;
 mod dtype;
 mod error;
 mod infer;
@@ -14,6 +15,7 @@ mod model;
 mod tensor;
 
 pub use backend::Backend;
+pub use device::Device;
 pub use dtype::{DataType, UnknownDataType};
 pub use error::{Error, Result};
 pub use infer::{InferRequest, InferResponse, Parameters};

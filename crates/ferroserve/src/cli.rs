@@ -63,9 +63,19 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_request_bytes: usize,
 
-    /// Requests that may wait for or run on one model version at once; more get HTTP 503.
+    /// Requests that may wait in one model version's queue (unless its model.yaml sets
+    /// dynamic_batching.max_queue_size); more get HTTP 503 with Retry-After at once.
     #[arg(long, default_value_t = 1024)]
     pub max_queue_size: usize,
+
+    /// Also serve GET /metrics on this port (it is always on the HTTP port too).
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
+
+    /// On SIGTERM or SIGINT: stop accepting, then give in-flight and queued requests this many
+    /// seconds to finish before exiting.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub shutdown_grace: f64,
 }
 
 /// `ferroserve infer`.

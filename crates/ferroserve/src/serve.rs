@@ -1,22 +1,27 @@
-//! `ferroserve serve`: load the repository and serve it.
+//! `ferroserve serve`: load the repository, serve it, and shut down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use ferroserve_backend_onnx::{library_path, OnnxRuntime};
 use ferroserve_http::HttpOptions;
-use ferroserve_runtime::{Runtime, RuntimeOptions};
+use ferroserve_runtime::{ModelState, Runtime, RuntimeOptions};
+use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
 
-/// Runs the server until SIGINT or SIGTERM.
+/// Runs the server until SIGINT or SIGTERM, then drains it.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !args.model_repository.is_dir() {
         anyhow::bail!(
             "model repository {} is not a directory",
             args.model_repository.display()
         );
+    }
+    if !(args.shutdown_grace >= 0.0 && args.shutdown_grace.is_finite()) {
+        anyhow::bail!("--shutdown-grace must be a number of seconds, 0 or more");
     }
     let onnx = OnnxRuntime::load(&library_path(args.ort_lib.as_deref()))?;
     tracing::info!(library = %onnx.path().display(), "ONNX Runtime loaded");
@@ -26,47 +31,93 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_queue_size: args.max_queue_size.max(1),
         },
     ));
-    let http = HttpOptions {
-        max_request_bytes: args.max_request_bytes,
-    };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(serve(args, runtime, http))
+        .block_on(serve(args, runtime))
 }
 
-async fn serve(args: ServeArgs, runtime: Arc<Runtime>, http: HttpOptions) -> anyhow::Result<()> {
-    let addr = SocketAddr::new(args.host, args.http_port);
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+        .with_context(|| format!("cannot listen on {addr} for {what}"))?;
     let bound = listener.local_addr()?;
-    // Listen first, so liveness probes answer while models load; readiness waits for them.
-    tracing::info!("listening on http://{bound}");
-    let app = ferroserve_http::router(runtime.clone(), http);
-    let server = tokio::spawn(ferroserve_http::serve(listener, app, shutdown_signal()));
+    tracing::info!("{what} listening on http://{bound}");
+    Ok(listener)
+}
 
+async fn serve(args: ServeArgs, runtime: Arc<Runtime>) -> anyhow::Result<()> {
+    // Listen first, so liveness probes answer while models load; readiness waits for them.
+    let http = bind(SocketAddr::new(args.host, args.http_port), "HTTP").await?;
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let app = ferroserve_http::router(
+        runtime.clone(),
+        HttpOptions {
+            max_request_bytes: args.max_request_bytes,
+        },
+    );
+    let mut servers = vec![tokio::spawn(ferroserve_http::serve(
+        http,
+        app,
+        until_stopped(stopped.clone()),
+    ))];
+    if let Some(port) = args.metrics_port {
+        let listener = bind(SocketAddr::new(args.host, port), "metrics").await?;
+        servers.push(tokio::spawn(ferroserve_http::serve(
+            listener,
+            ferroserve_http::metrics_router(runtime.clone()),
+            until_stopped(stopped.clone()),
+        )));
+    }
+
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
     let repo = args.model_repository.clone();
     let loader = runtime.clone();
-    tokio::task::spawn_blocking(move || loader.load_repository(&repo))
-        .await
-        .context("model loading panicked")?
-        .with_context(|| {
-            format!(
-                "cannot read model repository {}",
-                args.model_repository.display()
-            )
-        })?;
-    let rows = runtime.index(false);
-    let ready = rows
-        .iter()
-        .filter(|r| r.state == ferroserve_runtime::ModelState::Ready)
-        .count();
-    tracing::info!(ready, unavailable = rows.len() - ready, "server ready");
+    let loading = tokio::task::spawn_blocking(move || loader.load_repository(&repo));
+    tokio::select! {
+        loaded = loading => {
+            loaded
+                .context("model loading panicked")?
+                .with_context(|| format!("cannot read model repository {}", args.model_repository.display()))?;
+            let rows = runtime.index(false);
+            let ready = rows.iter().filter(|r| r.state == ModelState::Ready).count();
+            tracing::info!(ready, unavailable = rows.len() - ready, "server ready");
+            signal.await;
+        }
+        () = &mut signal => {}
+    }
 
-    server.await.context("HTTP server task failed")??;
-    tracing::info!("shut down");
+    let grace = Duration::from_secs_f64(args.shutdown_grace);
+    tracing::info!(
+        grace_s = args.shutdown_grace,
+        "shutting down: no new connections, finishing requests in flight"
+    );
+    let _ = stop.send(true);
+    let drain = async {
+        for s in servers {
+            s.await.context("HTTP server task failed")??;
+        }
+        let rt = runtime.clone();
+        tokio::task::spawn_blocking(move || rt.shutdown())
+            .await
+            .context("stopping the models failed")?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(grace, drain).await {
+        Ok(result) => {
+            result?;
+            tracing::info!("shut down cleanly");
+        }
+        Err(_) => tracing::warn!(
+            grace_s = args.shutdown_grace,
+            "requests still running when the shutdown grace period ended; exiting anyway"
+        ),
+    }
     Ok(())
 }
 
@@ -95,5 +146,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down");
 }

@@ -8,12 +8,25 @@
 //! # models/minilm/model.yaml
 //! backend: onnx           # the only backend so far
 //! model_file: model.onnx  # file inside each version folder
-//! threads: 2              # ONNX Runtime intra-op threads for this model
-//! inter_op_threads: 1     # parallel operator execution (unset: sequential)
+//! replicas: 2             # two sessions, each serving one batch at a time
+//! threads: 1              # ONNX Runtime intra-op threads per replica
+//! devices: [cpu]          # or [cuda:0, cuda:1], or round-robin
+//! max_batch_size: 32      # rows per batch; 0 turns batching off
+//! dynamic_batching:
+//!   preferred_batch_size: [8, 16, 32]
+//!   max_queue_delay_us: 500
+//!   max_queue_size: 256
+//!   default_timeout_ms: 2000
+//! pad:                    # pad token inputs of different lengths to the longest in the batch
+//!   input_ids: 0
+//!   attention_mask: 0
+//!   token_type_ids: 0
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use ferroserve_core::Device;
 use serde::Deserialize;
 
 /// File name of a model's configuration inside its folder.
@@ -28,8 +41,69 @@ pub enum BackendKind {
     Onnx,
 }
 
-/// The contents of `model.yaml`. Field defaults live in [`Default`] and nowhere else.
+/// Device placement of a model's replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "DevicesRepr")]
+pub enum Devices {
+    /// Replica `i` runs on entry `i mod len` of the list.
+    List(Vec<Device>),
+    /// Replica `i` runs on GPU `i mod n`, `n` being the GPUs this process can see (Jina's
+    /// `CUDA_VISIBLE_DEVICES=RR`).
+    RoundRobin,
+}
+
+impl Default for Devices {
+    fn default() -> Self {
+        Devices::List(vec![Device::Cpu])
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DevicesRepr {
+    One(String),
+    List(Vec<String>),
+}
+
+impl TryFrom<DevicesRepr> for Devices {
+    type Error = String;
+
+    fn try_from(r: DevicesRepr) -> Result<Self, String> {
+        match r {
+            DevicesRepr::One(s) if s == "round-robin" => Ok(Devices::RoundRobin),
+            DevicesRepr::One(s) => Ok(Devices::List(vec![s.parse()?])),
+            DevicesRepr::List(v) if v.is_empty() => {
+                Err("devices must name at least one device".to_string())
+            }
+            DevicesRepr::List(v) => v
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<_, _>>()
+                .map(Devices::List),
+        }
+    }
+}
+
+/// Dynamic batching: how requests wait to be combined (Triton's and Jina's field names).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DynamicBatching {
+    /// Batch sizes to aim for: a batch is dispatched as soon as its rows reach the largest
+    /// preferred size that fits. Default: none (dispatch at `max_batch_size` or the delay).
+    pub preferred_batch_size: Vec<usize>,
+    /// How long the oldest request may wait for others to join its batch, in microseconds.
+    /// Default: 0 (take what is queued right now).
+    pub max_queue_delay_us: u64,
+    /// Requests that may wait in this model's queue; more are refused with 503 at once.
+    /// Default: the server's `--max-queue-size`.
+    pub max_queue_size: Option<usize>,
+    /// A request still queued after this many milliseconds is answered 504 without running.
+    /// Default: none (a request's own `timeout` parameter, in microseconds, still applies).
+    pub default_timeout_ms: Option<u64>,
+}
+
+/// The contents of `model.yaml`. Field defaults live in [`Default`] and nowhere else.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// Backend that runs the model. Default: `onnx`.
@@ -37,12 +111,27 @@ pub struct ModelConfig {
     /// Model file inside each numeric version folder (or beside `model.yaml` for a bare,
     /// unversioned model). Default: `model.onnx`.
     pub model_file: String,
-    /// Intra-op threads ONNX Runtime uses for one request. Default: unset, which lets ONNX
-    /// Runtime use one thread per core.
+    /// Loaded instances of the model; each runs one batch at a time, and an idle replica takes
+    /// the next batch. Default: 1.
+    pub replicas: usize,
+    /// Intra-op threads ONNX Runtime uses in each replica. Default: the machine's cores divided
+    /// by `replicas` (at least 1), so replicas together do not oversubscribe the cores.
     pub threads: Option<usize>,
     /// Threads for running independent operators in parallel. Default: unset (sequential
     /// execution, which is what most models want).
     pub inter_op_threads: Option<usize>,
+    /// Where replicas run: `[cpu]`, `[cuda:0, cuda:1]` (replica `i` gets entry `i mod n`) or
+    /// `round-robin` over the visible GPUs. Default: `[cpu]`.
+    pub devices: Devices,
+    /// Largest batch (sum of the requests' first dimensions) the model is given. Requests with
+    /// more rows are refused. 0 means the model is not batched by the server. Default: 0, or 32
+    /// when `dynamic_batching` is present.
+    pub max_batch_size: Option<usize>,
+    /// Combine concurrent requests into batches. Default: off.
+    pub dynamic_batching: Option<DynamicBatching>,
+    /// Inputs whose non-batch dimensions may differ between requests, with the value to pad
+    /// them with up to the longest in the batch (token ids, attention masks). Default: none.
+    pub pad: BTreeMap<String, f64>,
 }
 
 impl Default for ModelConfig {
@@ -50,8 +139,13 @@ impl Default for ModelConfig {
         Self {
             backend: BackendKind::Onnx,
             model_file: "model.onnx".to_string(),
+            replicas: 1,
             threads: None,
             inter_op_threads: None,
+            devices: Devices::default(),
+            max_batch_size: None,
+            dynamic_batching: None,
+            pad: BTreeMap::new(),
         }
     }
 }
@@ -108,7 +202,37 @@ impl ModelConfig {
                     .into(),
             ));
         }
+        if config.replicas == 0 {
+            return Err(fail("replicas must be at least 1".into()));
+        }
+        if let Some(db) = &config.dynamic_batching {
+            let max = config.batch_limit();
+            if max == 0 {
+                return Err(fail(
+                    "dynamic_batching needs max_batch_size of at least 1".into(),
+                ));
+            }
+            if let Some(p) = db.preferred_batch_size.iter().find(|&&p| p == 0 || p > max) {
+                return Err(fail(format!(
+                    "dynamic_batching.preferred_batch_size {p} must be between 1 and max_batch_size ({max})"
+                )));
+            }
+            if db.max_queue_size == Some(0) {
+                return Err(fail(
+                    "dynamic_batching.max_queue_size must be at least 1".into(),
+                ));
+            }
+        }
         Ok(config)
+    }
+
+    /// The effective `max_batch_size`: as set, else 32 with dynamic batching and 0 without.
+    pub fn batch_limit(&self) -> usize {
+        match (self.max_batch_size, &self.dynamic_batching) {
+            (Some(n), _) => n,
+            (None, Some(_)) => 32,
+            (None, None) => 0,
+        }
     }
 }
 
@@ -148,7 +272,9 @@ impl UnknownField {
     /// Parses serde's `unknown field `x`, expected one of `a`, `b`` (or `expected `a` or `b``,
     /// or `there are no fields`), the wording of `serde::de::Error::unknown_field`.
     fn parse(msg: &str) -> Option<Self> {
-        let rest = msg.strip_prefix("unknown field `")?;
+        // serde_yaml_ng prefixes nested errors with their path ("dynamic_batching: unknown ...").
+        const MARK: &str = "unknown field `";
+        let rest = &msg[msg.find(MARK)? + MARK.len()..];
         let (field, rest) = rest.split_once('`')?;
         // Everything after the field name in backticks is a valid alternative; a location
         // suffix (" at line 2 column 1") has none.
@@ -212,6 +338,46 @@ mod tests {
         let e = parse("backend: tensorflow\n").unwrap_err().to_string();
         assert!(e.contains("backend"), "{e}");
         assert!(e.contains("onnx"), "{e}");
+    }
+
+    #[test]
+    fn batching_and_devices_parse() {
+        let c = parse(
+            "replicas: 2\ndevices: [cpu, cuda:1]\nmax_batch_size: 8\ndynamic_batching:\n  preferred_batch_size: [4, 8]\n  max_queue_delay_us: 100\npad: {input_ids: 0}\n",
+        )
+        .unwrap();
+        assert_eq!(c.replicas, 2);
+        assert_eq!(c.devices, Devices::List(vec![Device::Cpu, Device::Cuda(1)]));
+        assert_eq!(c.batch_limit(), 8);
+        assert_eq!(c.dynamic_batching.unwrap().preferred_batch_size, [4, 8]);
+        assert_eq!(c.pad["input_ids"], 0.0);
+        assert_eq!(
+            parse("devices: round-robin\n").unwrap().devices,
+            Devices::RoundRobin
+        );
+        assert_eq!(parse("dynamic_batching: {}\n").unwrap().batch_limit(), 32);
+        assert_eq!(parse("threads: 1\n").unwrap().batch_limit(), 0);
+    }
+
+    #[test]
+    fn batching_mistakes_are_named() {
+        let e = |t: &str| parse(t).unwrap_err().to_string();
+        assert!(e("devices: [tpu]\n").contains("unknown device 'tpu'"));
+        assert!(e("replicas: 0\n").contains("replicas"));
+        assert!(e("max_batch_size: 0\ndynamic_batching: {}\n").contains("max_batch_size"));
+        assert!(
+            e("max_batch_size: 4\ndynamic_batching: {preferred_batch_size: [8]}\n")
+                .contains("preferred_batch_size 8")
+        );
+        let typo = e("dynamic_batching: {max_queue_delay: 5}\n");
+        assert!(
+            typo.contains("unknown key 'dynamic_batching.max_queue_delay'"),
+            "{typo}"
+        );
+        assert!(
+            typo.contains("did you mean 'max_queue_delay_us'?"),
+            "{typo}"
+        );
     }
 
     #[test]

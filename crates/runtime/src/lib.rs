@@ -19,8 +19,10 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod metrics;
 mod registry;
 pub mod repository;
+mod scheduler;
 mod validate;
 
 pub use registry::{IndexEntry, ModelMetadata, ModelState, Runtime, RuntimeOptions, ONNX_PLATFORM};

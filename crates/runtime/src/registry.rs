@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ferroserve_backend_onnx::{OnnxBackend, OnnxRuntime, SessionOptions};
-use ferroserve_core::{Backend, Error, InferRequest, InferResponse, Result, Signature};
+use ferroserve_core::{
+    Backend, DataType, Device, Error, InferRequest, InferResponse, Result, Signature,
+};
 use serde::Serialize;
-use tokio::sync::{Mutex, Semaphore};
 
-use crate::config::{BackendKind, ModelConfig};
+use crate::config::{BackendKind, Devices, ModelConfig};
+use crate::metrics::{Metrics, ModelMetrics};
 use crate::repository::{self, ModelSource};
+use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::validate;
 
 /// Name of the platform ONNX models report in their metadata (Triton's name for it).
@@ -20,8 +23,8 @@ pub const ONNX_PLATFORM: &str = "onnxruntime_onnx";
 /// Settings that apply to every model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeOptions {
-    /// Requests that may wait for or run on one model version at once; more are refused with
-    /// [`Error::Unavailable`] instead of queueing without bound.
+    /// Requests that may wait in one model version's queue, unless its `model.yaml` says
+    /// otherwise; more are refused at once with [`Error::Overloaded`].
     pub max_queue_size: usize,
 }
 
@@ -73,14 +76,13 @@ pub struct IndexEntry {
     pub reason: Option<String>,
 }
 
-/// One loaded model version: its signature and its replica.
+/// One loaded model version: its signature and the scheduler that feeds its replicas.
 struct Version {
     number: u64,
     signature: Signature,
     platform: &'static str,
-    replica: Arc<Mutex<Box<dyn Backend>>>,
-    /// Bounds requests waiting for or running on this version.
-    admission: Arc<Semaphore>,
+    scheduler: Scheduler,
+    metrics: ModelMetrics,
 }
 
 enum VersionState {
@@ -103,6 +105,7 @@ pub struct Runtime {
     options: RuntimeOptions,
     models: RwLock<BTreeMap<String, ModelEntry>>,
     ready: AtomicBool,
+    metrics: Metrics,
 }
 
 impl Runtime {
@@ -113,6 +116,7 @@ impl Runtime {
             options,
             models: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
+            metrics: Metrics::new(),
         }
     }
 
@@ -140,7 +144,7 @@ impl Runtime {
             .iter()
             .map(|(&number, file)| {
                 let started = std::time::Instant::now();
-                let state = match self.load_version(number, file, &layout.config) {
+                let state = match self.load_version(&source.name, number, file, &layout.config) {
                     Ok(v) => {
                         tracing::info!(
                             model = %source.name,
@@ -148,6 +152,8 @@ impl Runtime {
                             file = %file.display(),
                             inputs = %describe(&v.signature.inputs),
                             outputs = %describe(&v.signature.outputs),
+                            replicas = layout.config.replicas,
+                            max_batch_size = layout.config.batch_limit(),
                             load_ms = started.elapsed().as_millis() as u64,
                             "model ready"
                         );
@@ -166,29 +172,72 @@ impl Runtime {
 
     fn load_version(
         &self,
+        model: &str,
         number: u64,
         file: &Path,
         config: &ModelConfig,
     ) -> std::result::Result<Version, String> {
-        let backend: Box<dyn Backend> = match config.backend {
-            BackendKind::Onnx => Box::new(
-                OnnxBackend::load(
-                    &self.onnx,
-                    file,
-                    SessionOptions {
-                        intra_op_threads: config.threads,
-                        inter_op_threads: config.inter_op_threads,
-                    },
-                )
-                .map_err(|e| e.to_string())?,
-            ),
+        let devices = replica_devices(config)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = config
+            .threads
+            .unwrap_or_else(|| (cores / config.replicas).max(1));
+        let mut replicas: Vec<Box<dyn Backend>> = Vec::with_capacity(config.replicas);
+        for device in devices {
+            let backend: Box<dyn Backend> = match config.backend {
+                BackendKind::Onnx => Box::new(
+                    OnnxBackend::load(
+                        &self.onnx,
+                        file,
+                        SessionOptions {
+                            device,
+                            intra_op_threads: Some(threads),
+                            inter_op_threads: config.inter_op_threads,
+                        },
+                    )
+                    .map_err(|e| e.to_string())?,
+                ),
+            };
+            replicas.push(backend);
+        }
+        let signature = replicas[0].signature().clone();
+        check_batching(config, &signature)?;
+        let batching = config.dynamic_batching.clone().unwrap_or_default();
+        let max_batch_size = if config.dynamic_batching.is_some() {
+            config.batch_limit()
+        } else {
+            0
         };
+        let metrics = self.metrics.model(model, number);
+        let scheduler = Scheduler::start(
+            SchedulerConfig {
+                model: model.to_string(),
+                max_batch_size,
+                target_rows: batching
+                    .preferred_batch_size
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or(max_batch_size),
+                max_queue_delay: std::time::Duration::from_micros(batching.max_queue_delay_us),
+                max_queue_size: batching
+                    .max_queue_size
+                    .unwrap_or(self.options.max_queue_size),
+                default_timeout: batching
+                    .default_timeout_ms
+                    .map(std::time::Duration::from_millis),
+                pad: config.pad.clone(),
+            },
+            signature.clone(),
+            replicas,
+            metrics.clone(),
+        );
         Ok(Version {
             number,
-            signature: backend.signature().clone(),
+            signature,
             platform: ONNX_PLATFORM,
-            replica: Arc::new(Mutex::new(backend)),
-            admission: Arc::new(Semaphore::new(self.options.max_queue_size)),
+            scheduler,
+            metrics,
         })
     }
 
@@ -273,32 +322,55 @@ impl Runtime {
         request: InferRequest,
     ) -> Result<InferResponse> {
         let v = self.resolve(model, version)?;
-        validate::check(model, &v.signature, &request)?;
-        let permit = v.admission.clone().try_acquire_owned().map_err(|_| {
-            Error::Unavailable(format!(
-                "model '{model}' has {} requests in flight already; retry later",
-                self.options.max_queue_size
-            ))
-        })?;
-        let mut replica = v.replica.clone().lock_owned().await;
-        let InferRequest {
-            id,
-            inputs,
-            outputs,
-            ..
-        } = request;
-        let outputs = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            replica.run(&inputs, &outputs)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("model '{model}' failed: {e}")))??;
+        let started = std::time::Instant::now();
+        let id = request.id.clone();
+        let result = match validate::check(model, &v.signature, &request) {
+            Ok(()) => v.scheduler.submit(request).await,
+            Err(e) => Err(e),
+        };
+        v.metrics
+            .request_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => v.metrics.success.inc(),
+            Err(_) => v.metrics.failure.inc(),
+        };
         Ok(InferResponse {
             model_name: model.to_string(),
             model_version: v.number.to_string(),
             id,
-            outputs,
+            outputs: result?,
         })
+    }
+
+    /// The server's metrics in the OpenMetrics text format.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
+    /// Stops every model's queue and waits for the replicas to finish what was queued.
+    ///
+    /// Call it after the frontends stopped accepting requests.
+    pub fn shutdown(&self) {
+        let versions: Vec<Arc<Version>> = self
+            .read_models()
+            .values()
+            .filter_map(|e| match e {
+                ModelEntry::Loaded(v) => Some(v),
+                ModelEntry::Unavailable(_) => None,
+            })
+            .flat_map(|versions| versions.values())
+            .filter_map(|s| match s {
+                VersionState::Ready(v) => Some(v.clone()),
+                VersionState::Unavailable(_) => None,
+            })
+            .collect();
+        for v in &versions {
+            v.scheduler.close();
+        }
+        for v in &versions {
+            v.scheduler.join();
+        }
     }
 
     fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<Version>> {
@@ -367,6 +439,62 @@ impl Runtime {
     fn write_models(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
         self.models.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The device of each replica.
+fn replica_devices(config: &ModelConfig) -> std::result::Result<Vec<Device>, String> {
+    let n = config.replicas;
+    match &config.devices {
+        Devices::List(list) => Ok((0..n).map(|i| list[i % list.len()]).collect()),
+        Devices::RoundRobin => {
+            let gpus = visible_gpus();
+            if gpus == 0 {
+                return Err(
+                    "devices: round-robin needs a visible GPU, and this machine shows none (CUDA_VISIBLE_DEVICES is empty or no NVIDIA driver is loaded)"
+                        .to_string(),
+                );
+            }
+            Ok((0..n).map(|i| Device::Cuda((i % gpus) as u32)).collect())
+        }
+    }
+}
+
+/// GPUs this process can use: `CUDA_VISIBLE_DEVICES` when set, else the NVIDIA driver's list.
+fn visible_gpus() -> usize {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return v.split(',').filter(|s| !s.trim().is_empty()).count();
+    }
+    std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |d| d.count())
+}
+
+/// Checks that a batched model really has a batch dimension, and that padding applies to
+/// inputs that exist and can be padded.
+fn check_batching(config: &ModelConfig, signature: &Signature) -> std::result::Result<(), String> {
+    for name in config.pad.keys() {
+        let spec = signature
+            .input(name)
+            .ok_or_else(|| format!("pad names '{name}', which is not an input of the model"))?;
+        if spec.datatype == DataType::Bytes {
+            return Err(format!(
+                "pad names '{name}', a BYTES input, which cannot be padded"
+            ));
+        }
+    }
+    if config.dynamic_batching.is_none() {
+        return Ok(());
+    }
+    for spec in signature.inputs.iter().chain(&signature.outputs) {
+        match spec.shape.first() {
+            Some(-1) => {}
+            _ => {
+                return Err(format!(
+                    "dynamic_batching needs a dynamic first dimension on every input and output, but '{}' has shape {:?} (set max_batch_size: 0 or remove dynamic_batching)",
+                    spec.name, spec.shape
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn describe(specs: &[ferroserve_core::TensorSpec]) -> String {

@@ -25,7 +25,7 @@ pub struct ModelSource {
 }
 
 /// A model folder's configuration and the model file of each version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelLayout {
     /// Parsed `model.yaml` (or defaults).
     pub config: ModelConfig,

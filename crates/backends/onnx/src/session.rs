@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use ferroserve_core::{
-    Backend, DataType, Error, NamedTensor, Result, Signature, Tensor, TensorSpec,
+    Backend, DataType, Device, Error, NamedTensor, Result, Signature, Tensor, TensorSpec,
 };
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{OutputSelector, RunOptions, Session, SessionOutputs};
@@ -12,12 +12,26 @@ use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType, Val
 use crate::OnnxRuntime;
 
 /// Per-session settings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
+    /// Where the session computes. CUDA needs an ONNX Runtime build with the CUDA execution
+    /// provider (the `onnxruntime-gpu` wheel's library, with its provider libraries beside it);
+    /// if it cannot be used, loading fails rather than falling back to the CPU.
+    pub device: Device,
     /// Threads ONNX Runtime uses inside one operator; `None` lets ONNX Runtime pick (one per core).
     pub intra_op_threads: Option<usize>,
     /// Threads for running independent operators in parallel; `None` runs them sequentially.
     pub inter_op_threads: Option<usize>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            intra_op_threads: None,
+            inter_op_threads: None,
+        }
+    }
 }
 
 /// Why an ONNX model could not be loaded.
@@ -57,6 +71,9 @@ impl OnnxBackend {
             .map_err(|e| fail(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| fail(e.to_string()))?;
+        if let Device::Cuda(id) = options.device {
+            builder = with_cuda(builder, id).map_err(fail)?;
+        }
         if let Some(n) = options.intra_op_threads {
             builder = builder
                 .with_intra_threads(n)
@@ -138,6 +155,35 @@ impl Backend for OnnxBackend {
             })
             .collect()
     }
+}
+
+/// Registers the CUDA execution provider for GPU `id`, failing (never falling back to the CPU)
+/// when it cannot be used.
+#[cfg(feature = "cuda")]
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+    id: u32,
+) -> std::result::Result<ort::session::builder::SessionBuilder, String> {
+    let id = i32::try_from(id).map_err(|_| format!("there is no CUDA device {id}"))?;
+    let cuda = ort::ep::CUDA::default()
+        .with_device_id(id)
+        .build()
+        .error_on_failure();
+    builder.with_execution_providers([cuda]).map_err(|e| {
+        format!(
+            "the CUDA execution provider for cuda:{id} cannot be used: {e} (it needs libonnxruntime.so from the onnxruntime-gpu wheel, its provider libraries beside it, and CUDA and cuDNN installed)"
+        )
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_cuda(
+    _: ort::session::builder::SessionBuilder,
+    id: u32,
+) -> std::result::Result<ort::session::builder::SessionBuilder, String> {
+    Err(format!(
+        "cuda:{id} was asked for, but this ferroserve was built without CUDA support (build with `cargo build --release --features cuda`)"
+    ))
 }
 
 fn spec(name: &str, ty: &ValueType, what: &str) -> std::result::Result<TensorSpec, LoadError> {

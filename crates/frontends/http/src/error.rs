@@ -1,6 +1,6 @@
 //! Errors as HTTP responses: `{"error": "..."}` with the status the error's kind calls for.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferroserve_core::Error;
@@ -20,7 +20,8 @@ pub fn status(e: &Error) -> StatusCode {
     match e {
         Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable(_) | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
         Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -34,10 +35,17 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(%status, error = %self.0, "request rejected");
         }
-        (
+        let mut response = (
             status,
             Json(serde_json::json!({ "error": self.0.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if matches!(self.0, Error::Overloaded(_)) {
+            // The queue drains in milliseconds; one second is the smallest value the header has.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }

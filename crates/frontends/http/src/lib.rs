@@ -24,7 +24,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
@@ -107,11 +109,34 @@ pub fn router(runtime: Arc<Runtime>, options: HttpOptions) -> Router {
             post(v2::infer),
         )
         .route("/v2/repository/index", post(v2::repository_index))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(RequestDecompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A router with only `GET /metrics`, for a separate metrics port.
+pub fn metrics_router(runtime: Arc<Runtime>) -> Router {
+    let state = Arc::new(AppState {
+        runtime,
+        options: HttpOptions::default(),
+    });
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            ferroserve_runtime::metrics::CONTENT_TYPE,
+        )],
+        s.runtime.metrics_text(),
+    )
 }
 
 async fn not_found(uri: Uri) -> (StatusCode, Json<serde_json::Value>) {

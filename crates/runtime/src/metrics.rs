@@ -1,0 +1,258 @@
+//! Prometheus metrics of the runtime and the process (names documented in the README).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    model: String,
+    version: String,
+    result: &'static str,
+}
+
+type Histograms = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+fn seconds() -> Histogram {
+    // 50 µs to ~26 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+fn rows() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 11))
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<ResultLabels, Counter>,
+    request_seconds: Histograms,
+    queue_seconds: Histograms,
+    compute_seconds: Histograms,
+    batch_size: Histograms,
+    queue_depth: Family<ModelLabels, Gauge>,
+    inflight: Family<ModelLabels, Gauge>,
+    replicas: Family<ModelLabels, Gauge>,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    resident_bytes: Gauge,
+    /// Serialises scrapes, so the CPU counter's catch-up below is not done twice.
+    scrape: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ferroserve");
+        let m = Self {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(seconds as fn() -> Histogram),
+            queue_seconds: Family::new_with_constructor(seconds as fn() -> Histogram),
+            compute_seconds: Family::new_with_constructor(seconds as fn() -> Histogram),
+            batch_size: Family::new_with_constructor(rows as fn() -> Histogram),
+            queue_depth: Family::default(),
+            inflight: Family::default(),
+            replicas: Family::default(),
+            cpu_seconds: Counter::default(),
+            resident_bytes: Gauge::default(),
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Inference requests that reached a model, by result (success or failure)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival at the model to its response",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "queue_duration_seconds",
+            "Time a request waited in the model's queue",
+            m.queue_seconds.clone(),
+        );
+        registry.register(
+            "compute_duration_seconds",
+            "Time the backend spent on the batch that carried a request",
+            m.compute_seconds.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Rows (sum of first dimensions) in each batch given to the backend",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Requests waiting in the model's queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "inflight_requests",
+            "Requests being computed by a replica",
+            m.inflight.clone(),
+        );
+        registry.register("replicas", "Loaded replicas", m.replicas.clone());
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time used by the server process (user + system)",
+            m.cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process",
+            m.resident_bytes.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Handles for one model version, cheap to use on the request path.
+    pub(crate) fn model(&self, model: &str, version: u64) -> ModelMetrics {
+        let l = ModelLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+        };
+        let result = |result| ResultLabels {
+            model: l.model.clone(),
+            version: l.version.clone(),
+            result,
+        };
+        // Each handle in its own statement: `get_or_create` returns a read guard, and a second
+        // call on the same family inserting while it lives would deadlock.
+        let success = self.requests.get_or_create(&result("success")).clone();
+        let failure = self.requests.get_or_create(&result("failure")).clone();
+        let request_seconds = self.request_seconds.get_or_create(&l).clone();
+        let queue_seconds = self.queue_seconds.get_or_create(&l).clone();
+        let compute_seconds = self.compute_seconds.get_or_create(&l).clone();
+        let batch_size = self.batch_size.get_or_create(&l).clone();
+        let queue_depth = self.queue_depth.get_or_create(&l).clone();
+        let inflight = self.inflight.get_or_create(&l).clone();
+        let replicas = self.replicas.get_or_create(&l).clone();
+        ModelMetrics {
+            success,
+            failure,
+            request_seconds,
+            queue_seconds,
+            compute_seconds,
+            batch_size,
+            queue_depth,
+            inflight,
+            replicas,
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format (which Prometheus scrapes).
+    pub fn encode(&self) -> String {
+        let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = process::sample() {
+            let seen = self.cpu_seconds.get();
+            if p.cpu_seconds > seen {
+                self.cpu_seconds.inc_by(p.cpu_seconds - seen);
+            }
+            self.resident_bytes.set(p.resident_bytes);
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The metrics of one model version.
+#[derive(Clone)]
+pub(crate) struct ModelMetrics {
+    pub success: Counter,
+    pub failure: Counter,
+    pub request_seconds: Histogram,
+    pub queue_seconds: Histogram,
+    pub compute_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub queue_depth: Gauge,
+    pub inflight: Gauge,
+    pub replicas: Gauge,
+}
+
+/// CPU time and resident memory of this process, from `/proc` (Linux).
+pub mod process {
+    /// One reading.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Sample {
+        /// User + system CPU seconds since the process started.
+        pub cpu_seconds: f64,
+        /// Resident set size in bytes.
+        pub resident_bytes: i64,
+    }
+
+    /// Reads `/proc/self`; `None` where there is no procfs.
+    pub fn sample() -> Option<Sample> {
+        // SAFETY: sysconf has no preconditions.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let resident: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(Sample {
+            cpu_seconds: (utime + stime) / ticks.max(1) as f64,
+            resident_bytes: resident * page.max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_model_and_process_metrics() {
+        let m = Metrics::new();
+        let h = m.model("simple", 1);
+        h.success.inc();
+        h.batch_size.observe(4.0);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "ferroserve_requests_total{model=\"simple\",version=\"1\",result=\"success\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferroserve_batch_size_count{model=\"simple\",version=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferroserve_process_resident_memory_bytes"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,280 @@
+//! The per-model-version scheduler: a bounded queue, dynamic batching, and a pool of replica
+//! threads that each own a backend and take the next batch when idle (so work always goes to a
+//! free replica, the least loaded one).
+
+mod batch;
+mod queue;
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ferroserve_core::{Backend, Error, InferRequest, NamedTensor, Result, Signature};
+use tokio::sync::oneshot;
+
+use self::batch::BatchKey;
+use self::queue::{BatchPolicy, Pending, Queue, Work, ABANDONED, QUEUED};
+use crate::metrics::ModelMetrics;
+
+/// How a scheduler batches and bounds its queue.
+#[derive(Debug, Clone)]
+pub(crate) struct SchedulerConfig {
+    /// Model name, for messages and thread names.
+    pub model: String,
+    /// Most rows per batch; 0 disables dynamic batching.
+    pub max_batch_size: usize,
+    /// A batch goes as soon as it has this many rows.
+    pub target_rows: usize,
+    /// How long the oldest request waits for others.
+    pub max_queue_delay: Duration,
+    /// Requests that may wait.
+    pub max_queue_size: usize,
+    /// Timeout for requests that set none.
+    pub default_timeout: Option<Duration>,
+    /// Pad values of inputs whose non-batch dimensions may differ.
+    pub pad: BTreeMap<String, f64>,
+}
+
+/// Runs one model version's requests on its replicas.
+pub(crate) struct Scheduler {
+    config: Arc<SchedulerConfig>,
+    queue: Arc<Queue>,
+    metrics: ModelMetrics,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Scheduler {
+    /// Starts one thread per replica.
+    pub fn start(
+        config: SchedulerConfig,
+        signature: Signature,
+        replicas: Vec<Box<dyn Backend>>,
+        metrics: ModelMetrics,
+    ) -> Self {
+        let config = Arc::new(config);
+        let queue = Arc::new(Queue::new(config.max_queue_size));
+        let policy = BatchPolicy {
+            max_rows: config.max_batch_size,
+            target_rows: config.target_rows,
+            delay: config.max_queue_delay,
+        };
+        let signature = Arc::new(signature);
+        metrics.replicas.set(replicas.len() as i64);
+        let workers = replicas
+            .into_iter()
+            .enumerate()
+            .map(|(i, backend)| {
+                let replica = Replica {
+                    backend,
+                    queue: queue.clone(),
+                    policy: policy.clone(),
+                    config: config.clone(),
+                    signature: signature.clone(),
+                    metrics: metrics.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("replica-{}-{i}", config.model))
+                    .spawn(move || replica.run())
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            // Failing to start a thread means the process is out of resources; nothing to serve.
+            .unwrap_or_else(|e| panic!("cannot start replica threads: {e}"));
+        Self {
+            config,
+            queue,
+            metrics,
+            workers: Mutex::new(workers),
+        }
+    }
+
+    /// Queues `request` and waits for its outputs.
+    ///
+    /// Refuses at once when the queue is full ([`Error::Overloaded`]); answers
+    /// [`Error::DeadlineExceeded`] without running it when its timeout passes while queued.
+    /// Dropping the future withdraws a queued request.
+    pub async fn submit(&self, request: InferRequest) -> Result<Vec<NamedTensor>> {
+        let (rows, key) = if self.config.max_batch_size > 0 {
+            let rows = batch::rows(&request)?;
+            if rows > self.config.max_batch_size {
+                return Err(Error::invalid(format!(
+                    "the request has {rows} rows but model '{}' takes at most {} per batch (max_batch_size)",
+                    self.config.model, self.config.max_batch_size
+                )));
+            }
+            (rows, Some(BatchKey::of(&request, &self.config.pad)))
+        } else {
+            (0, None)
+        };
+        let timeout = timeout_of(&request)?
+            .into_iter()
+            .chain(self.config.default_timeout)
+            .min();
+        let now = Instant::now();
+        let deadline = timeout.map(|t| now + t);
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let (reply, mut answer) = oneshot::channel();
+        let pending = Pending {
+            request,
+            rows,
+            key,
+            enqueued: now,
+            deadline,
+            state: state.clone(),
+            reply,
+        };
+        let depth = self.queue.push(pending).ok_or_else(|| {
+            Error::Overloaded(format!(
+                "model '{}' has {} requests queued already; retry shortly",
+                self.config.model, self.config.max_queue_size
+            ))
+        })?;
+        self.metrics.queue_depth.set(depth as i64);
+        let _withdraw = Withdraw(state.clone());
+        let result = match deadline {
+            None => answer.await,
+            Some(deadline) => {
+                tokio::select! {
+                    r = &mut answer => r,
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        if state.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                            return Err(expired(&self.config.model, timeout));
+                        }
+                        // A replica took it just now: it runs, so wait for its answer.
+                        answer.await
+                    }
+                }
+            }
+        };
+        result.map_err(|_| {
+            Error::Internal(format!(
+                "model '{}' stopped before answering",
+                self.config.model
+            ))
+        })?
+    }
+
+    /// Stops taking requests; replicas finish the queued ones, then their threads end.
+    pub fn close(&self) {
+        self.queue.close();
+    }
+
+    /// Waits for the replica threads to end (after [`Scheduler::close`]).
+    pub fn join(&self) {
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// On drop (client gone, or answered), marks a still-queued request abandoned so no replica
+/// runs it.
+struct Withdraw(Arc<AtomicU8>);
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+fn expired(model: &str, timeout: Option<Duration>) -> Error {
+    let ms = timeout.map_or(0, |t| t.as_millis());
+    Error::DeadlineExceeded(format!(
+        "the request waited {ms} ms in model '{model}''s queue, its timeout, and was not run"
+    ))
+}
+
+/// The request's own `timeout` parameter, in microseconds (Triton's convention).
+fn timeout_of(request: &InferRequest) -> Result<Option<Duration>> {
+    match request.parameters.get("timeout") {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(|us| Some(Duration::from_micros(us)))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "parameter 'timeout' must be a whole number of microseconds, got {v}"
+                ))
+            }),
+    }
+}
+
+/// One replica: a backend and the loop that feeds it.
+struct Replica {
+    backend: Box<dyn Backend>,
+    queue: Arc<Queue>,
+    policy: BatchPolicy,
+    config: Arc<SchedulerConfig>,
+    signature: Arc<Signature>,
+    metrics: ModelMetrics,
+}
+
+impl Replica {
+    fn run(mut self) {
+        while let Some(work) = self.queue.next(&self.policy) {
+            self.metrics.queue_depth.set(self.queue.depth() as i64);
+            match work {
+                Work::Expired(items) => {
+                    for p in items {
+                        let waited = p.deadline.map(|d| d.saturating_duration_since(p.enqueued));
+                        let _ = p.reply.send(Err(expired(&self.config.model, waited)));
+                    }
+                }
+                Work::Batch(items) => self.run_batch(items),
+            }
+        }
+    }
+
+    fn run_batch(&mut self, items: Vec<Pending>) {
+        let started = Instant::now();
+        for p in &items {
+            self.metrics
+                .queue_seconds
+                .observe(started.duration_since(p.enqueued).as_secs_f64());
+        }
+        let n = items.len() as i64;
+        self.metrics.inflight.inc_by(n);
+        let rows: usize = items.iter().map(|p| p.rows.max(1)).sum();
+        let results = std::panic::catch_unwind(AssertUnwindSafe(|| self.compute(&items)))
+            .unwrap_or_else(|_| {
+                Err(Error::Internal(format!(
+                    "model '{}' panicked while computing",
+                    self.config.model
+                )))
+            });
+        let compute = started.elapsed().as_secs_f64();
+        self.metrics.batch_size.observe(rows as f64);
+        self.metrics.inflight.dec_by(n);
+        match results {
+            Ok(outputs) => {
+                for (p, out) in items.into_iter().zip(outputs) {
+                    self.metrics.compute_seconds.observe(compute);
+                    let _ = p.reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                for p in items {
+                    self.metrics.compute_seconds.observe(compute);
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Runs one request as it is, or several merged into one batch and split again.
+    fn compute(&mut self, items: &[Pending]) -> Result<Vec<Vec<NamedTensor>>> {
+        if let [only] = items {
+            let r = &only.request;
+            return Ok(vec![self.backend.run(&r.inputs, &r.outputs)?]);
+        }
+        let requests: Vec<&InferRequest> = items.iter().map(|p| &p.request).collect();
+        let (inputs, parts) = batch::merge(&requests, &self.config.pad)?;
+        let outputs = self.backend.run(&inputs, &requests[0].outputs)?;
+        batch::split(outputs, &parts, &self.signature)
+    }
+}

@@ -1,0 +1,353 @@
+//! The bounded queue between request tasks and replica threads, and batch formation.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ferroserve_core::{InferRequest, NamedTensor, Result};
+use tokio::sync::oneshot;
+
+use super::batch::BatchKey;
+
+/// A request's claim state: exactly one of the waiting task (on timeout or disconnect) and a
+/// replica (when it takes the request) wins the move away from `QUEUED`.
+pub(crate) const QUEUED: u8 = 0;
+pub(crate) const TAKEN: u8 = 1;
+pub(crate) const ABANDONED: u8 = 2;
+
+/// A request waiting for a replica.
+pub(crate) struct Pending {
+    pub request: InferRequest,
+    /// Rows it adds to a batch (0 when the model is not batched).
+    pub rows: usize,
+    /// What it must share with others to join their batch (`None` when not batched).
+    pub key: Option<BatchKey>,
+    pub enqueued: Instant,
+    pub deadline: Option<Instant>,
+    pub state: Arc<AtomicU8>,
+    pub reply: oneshot::Sender<Result<Vec<NamedTensor>>>,
+}
+
+impl Pending {
+    fn claim(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn abandoned(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ABANDONED || self.reply.is_closed()
+    }
+}
+
+/// How batches are formed.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchPolicy {
+    /// Most rows in one batch; 0 runs every request alone.
+    pub max_rows: usize,
+    /// A batch goes as soon as it has this many rows.
+    pub target_rows: usize,
+    /// How long the oldest request may wait for company.
+    pub delay: Duration,
+}
+
+/// What a replica gets from [`Queue::next`].
+pub(crate) enum Work {
+    /// Requests to run together (one, when not batching).
+    Batch(Vec<Pending>),
+    /// Requests whose deadline passed while queued: answer them, do not run them.
+    Expired(Vec<Pending>),
+}
+
+struct Inner {
+    items: VecDeque<Pending>,
+    closed: bool,
+}
+
+/// A bounded FIFO shared by one model version's replicas.
+pub(crate) struct Queue {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    capacity: usize,
+}
+
+impl Queue {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            changed: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a request and returns the new depth, or `None` when the queue is full or closed.
+    pub fn push(&self, p: Pending) -> Option<usize> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return None;
+        }
+        if inner.items.len() >= self.capacity {
+            // Requests whose clients left still hold places until a replica passes them.
+            inner.items.retain(|p| !p.abandoned());
+            if inner.items.len() >= self.capacity {
+                return None;
+            }
+        }
+        inner.items.push_back(p);
+        let depth = inner.items.len();
+        drop(inner);
+        self.changed.notify_all();
+        Some(depth)
+    }
+
+    /// Requests waiting now.
+    pub fn depth(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// Stops accepting requests; replicas finish what is queued, then [`Queue::next`] returns
+    /// `None`.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Blocks until there is work for a replica: a batch formed under `policy`, or expired
+    /// requests to answer. `None` once the queue is closed and empty.
+    pub fn next(&self, policy: &BatchPolicy) -> Option<Work> {
+        let mut inner = self.lock();
+        loop {
+            let now = Instant::now();
+            let mut expired = Vec::new();
+            let mut i = 0;
+            while i < inner.items.len() {
+                let p = &inner.items[i];
+                if p.abandoned() {
+                    inner.items.remove(i);
+                } else if p.deadline.is_some_and(|d| d <= now) {
+                    if let Some(p) = inner.items.remove(i).filter(Pending::claim) {
+                        expired.push(p);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            if !expired.is_empty() {
+                return Some(Work::Expired(expired));
+            }
+            let Some(first) = inner.items.front() else {
+                if inner.closed {
+                    return None;
+                }
+                inner = self.changed.wait(inner).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            if policy.max_rows == 0 {
+                let batch: Vec<Pending> = inner
+                    .items
+                    .pop_front()
+                    .filter(Pending::claim)
+                    .into_iter()
+                    .collect();
+                if batch.is_empty() {
+                    continue;
+                }
+                return Some(Work::Batch(batch));
+            }
+            // Gather the requests that can share the oldest one's batch, in arrival order.
+            let mut picked = Vec::new();
+            let mut rows = 0;
+            for (idx, p) in inner.items.iter().enumerate() {
+                if p.key == first.key && rows + p.rows <= policy.max_rows {
+                    picked.push(idx);
+                    rows += p.rows;
+                }
+            }
+            let ready_at = first.enqueued + policy.delay;
+            if rows >= policy.target_rows || now >= ready_at || inner.closed {
+                let mut batch = Vec::with_capacity(picked.len());
+                for idx in picked.into_iter().rev() {
+                    if let Some(p) = inner.items.remove(idx).filter(Pending::claim) {
+                        batch.push(p);
+                    }
+                }
+                batch.reverse();
+                if batch.is_empty() {
+                    continue;
+                }
+                return Some(Work::Batch(batch));
+            }
+            let wait = ready_at - now;
+            // Wake early for a deadline that falls inside the wait.
+            let wait = inner
+                .items
+                .iter()
+                .filter_map(|p| p.deadline)
+                .map(|d| d.saturating_duration_since(now))
+                .fold(wait, Duration::min);
+            inner = self
+                .changed
+                .wait_timeout(inner, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferroserve_core::{DataType, Tensor};
+    use std::collections::BTreeMap;
+
+    fn pending(
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> (
+        Pending,
+        oneshot::Receiver<Result<Vec<NamedTensor>>>,
+        Arc<AtomicU8>,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let request = InferRequest {
+            inputs: vec![NamedTensor {
+                name: "x".into(),
+                tensor: Tensor::new(DataType::Uint8, vec![rows, 2], vec![0; rows * 2].into())
+                    .unwrap(),
+            }],
+            ..Default::default()
+        };
+        let key = Some(BatchKey::of(&request, &BTreeMap::new()));
+        (
+            Pending {
+                request,
+                rows,
+                key,
+                enqueued: Instant::now(),
+                deadline,
+                state: state.clone(),
+                reply: tx,
+            },
+            rx,
+            state,
+        )
+    }
+
+    fn batching(max: usize, target: usize, delay_ms: u64) -> BatchPolicy {
+        BatchPolicy {
+            max_rows: max,
+            target_rows: target,
+            delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    #[test]
+    fn full_queue_refuses() {
+        let q = Queue::new(2);
+        let (a, _ra, _) = pending(1, None);
+        let (b, _rb, _) = pending(1, None);
+        let (c, _rc, _) = pending(1, None);
+        assert!(q.push(a).is_some());
+        assert!(q.push(b).is_some());
+        assert!(q.push(c).is_none());
+    }
+
+    #[test]
+    fn abandoned_requests_free_their_place() {
+        let q = Queue::new(1);
+        let (a, ra, _) = pending(1, None);
+        q.push(a).unwrap();
+        drop(ra);
+        let (b, _rb, _) = pending(1, None);
+        assert!(q.push(b).is_some());
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn batches_up_to_the_row_limit_in_order() {
+        let q = Queue::new(10);
+        let mut keep = Vec::new();
+        for rows in [2, 3, 2, 1] {
+            let (p, r, _) = pending(rows, None);
+            q.push(p).unwrap();
+            keep.push(r);
+        }
+        let Some(Work::Batch(b)) = q.next(&batching(5, 5, 0)) else {
+            panic!()
+        };
+        // 2 + 3 reach the limit; the 2 that follows does not fit, the 1 is not taken past it
+        // because the limit is already reached.
+        assert_eq!(b.iter().map(|p| p.rows).collect::<Vec<_>>(), [2, 3]);
+        let Some(Work::Batch(b)) = q.next(&batching(5, 5, 0)) else {
+            panic!()
+        };
+        assert_eq!(b.iter().map(|p| p.rows).collect::<Vec<_>>(), [2, 1]);
+    }
+
+    #[test]
+    fn waits_for_the_delay_unless_the_target_is_reached() {
+        let q = Queue::new(10);
+        let (p, _r, _) = pending(1, None);
+        q.push(p).unwrap();
+        let started = Instant::now();
+        let Some(Work::Batch(b)) = q.next(&batching(8, 4, 50)) else {
+            panic!()
+        };
+        assert_eq!(b.len(), 1);
+        assert!(started.elapsed() >= Duration::from_millis(45));
+
+        let mut keep = Vec::new();
+        for _ in 0..4 {
+            let (p, r, _) = pending(1, None);
+            q.push(p).unwrap();
+            keep.push(r);
+        }
+        let started = Instant::now();
+        let Some(Work::Batch(b)) = q.next(&batching(8, 4, 10_000)) else {
+            panic!()
+        };
+        assert_eq!(b.len(), 4);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn expired_requests_are_returned_unrun() {
+        let q = Queue::new(10);
+        let (p, _r, state) = pending(1, Some(Instant::now()));
+        q.push(p).unwrap();
+        let Some(Work::Expired(e)) = q.next(&batching(0, 0, 0)) else {
+            panic!()
+        };
+        assert_eq!(e.len(), 1);
+        assert_eq!(state.load(Ordering::Acquire), TAKEN);
+    }
+
+    #[test]
+    fn closed_queue_drains_then_ends() {
+        let q = Queue::new(10);
+        let (p, _r, _) = pending(1, None);
+        q.push(p).unwrap();
+        q.close();
+        assert!(matches!(
+            q.next(&batching(8, 8, 10_000)),
+            Some(Work::Batch(_))
+        ));
+        assert!(q.next(&batching(8, 8, 10_000)).is_none());
+        let (p, _r, _) = pending(1, None);
+        assert!(q.push(p).is_none());
+    }
+}
