@@ -196,6 +196,36 @@ impl Server {
         (status, json, bytes[split..].to_vec())
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        self.child.wait().expect("wait")
+    }
+
+    /// The text of `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        client()
+            .get(self.at("/metrics"))
+            .send()
+            .expect("GET /metrics")
+            .text()
+            .unwrap()
+    }
+
+    /// One sample of `/metrics`: the line of metric `name` whose labels include `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.metrics(), name, labels)
+    }
+
     /// Asserts the server still answers health checks and a real inference.
     pub fn assert_healthy(&self) {
         assert_eq!(self.get("/v2/health/live").0, 200);
@@ -250,4 +280,34 @@ pub fn as_f32(v: &Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().expect("number") as f32)
         .collect()
+}
+
+/// Finds the sample of `name` whose labels include all of `labels` in OpenMetrics text.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(r) => {
+                let (l, v) = r.split_once('}')?;
+                (l, v)
+            }
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue,
+        };
+        let found: Vec<(String, String)> = label_text
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        if labels
+            .iter()
+            .all(|(k, v)| found.iter().any(|(fk, fv)| fk == k && fv == v))
+        {
+            return value.trim().parse().ok();
+        }
+    }
+    None
 }

@@ -42,7 +42,6 @@ pub(crate) struct SchedulerConfig {
 pub(crate) struct Scheduler {
     config: Arc<SchedulerConfig>,
     queue: Arc<Queue>,
-    metrics: ModelMetrics,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -55,7 +54,10 @@ impl Scheduler {
         metrics: ModelMetrics,
     ) -> Self {
         let config = Arc::new(config);
-        let queue = Arc::new(Queue::new(config.max_queue_size));
+        let queue = Arc::new(Queue::new(
+            config.max_queue_size,
+            metrics.queue_depth.clone(),
+        ));
         let policy = BatchPolicy {
             max_rows: config.max_batch_size,
             target_rows: config.target_rows,
@@ -85,7 +87,6 @@ impl Scheduler {
         Self {
             config,
             queue,
-            metrics,
             workers: Mutex::new(workers),
         }
     }
@@ -125,13 +126,12 @@ impl Scheduler {
             state: state.clone(),
             reply,
         };
-        let depth = self.queue.push(pending).ok_or_else(|| {
-            Error::Overloaded(format!(
+        if !self.queue.push(pending) {
+            return Err(Error::Overloaded(format!(
                 "model '{}' has {} requests queued already; retry shortly",
                 self.config.model, self.config.max_queue_size
-            ))
-        })?;
-        self.metrics.queue_depth.set(depth as i64);
+            )));
+        }
         let _withdraw = Withdraw(state.clone());
         let result = match deadline {
             None => answer.await,
@@ -217,7 +217,6 @@ struct Replica {
 impl Replica {
     fn run(mut self) {
         while let Some(work) = self.queue.next(&self.policy) {
-            self.metrics.queue_depth.set(self.queue.depth() as i64);
             match work {
                 Work::Expired(items) => {
                     for p in items {

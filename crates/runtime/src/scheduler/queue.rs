@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ferroserve_core::{InferRequest, NamedTensor, Result};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
 use super::batch::BatchKey;
@@ -65,15 +66,94 @@ struct Inner {
     closed: bool,
 }
 
+/// What [`Inner::step`] decided.
+enum Step {
+    /// Work to hand out, or `None` when closed and empty.
+    Done(Option<Work>),
+    /// Nothing to hand out yet: wait for a change, at most this long.
+    Wait(Option<Duration>),
+}
+
+impl Inner {
+    /// One look at the queue: drop abandoned requests, hand out expired ones, and form a batch
+    /// if one is due.
+    fn step(&mut self, policy: &BatchPolicy, now: Instant) -> Step {
+        let mut expired = Vec::new();
+        let mut i = 0;
+        while i < self.items.len() {
+            let p = &self.items[i];
+            if p.abandoned() {
+                self.items.remove(i);
+            } else if p.deadline.is_some_and(|d| d <= now) {
+                if let Some(p) = self.items.remove(i).filter(Pending::claim) {
+                    expired.push(p);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        if !expired.is_empty() {
+            return Step::Done(Some(Work::Expired(expired)));
+        }
+        let Some(first) = self.items.front() else {
+            return if self.closed {
+                Step::Done(None)
+            } else {
+                Step::Wait(None)
+            };
+        };
+        if policy.max_rows == 0 {
+            return match self.items.pop_front().filter(Pending::claim) {
+                Some(p) => Step::Done(Some(Work::Batch(vec![p]))),
+                // Abandoned between the sweep and now: look again.
+                None => Step::Wait(Some(Duration::ZERO)),
+            };
+        }
+        // Gather the requests that can share the oldest one's batch, in arrival order.
+        let mut picked = Vec::new();
+        let mut rows = 0;
+        for (idx, p) in self.items.iter().enumerate() {
+            if p.key == first.key && rows + p.rows <= policy.max_rows {
+                picked.push(idx);
+                rows += p.rows;
+            }
+        }
+        let ready_at = first.enqueued + policy.delay;
+        if rows >= policy.target_rows || now >= ready_at || self.closed {
+            let mut batch = Vec::with_capacity(picked.len());
+            for idx in picked.into_iter().rev() {
+                if let Some(p) = self.items.remove(idx).filter(Pending::claim) {
+                    batch.push(p);
+                }
+            }
+            batch.reverse();
+            if batch.is_empty() {
+                return Step::Wait(Some(Duration::ZERO));
+            }
+            return Step::Done(Some(Work::Batch(batch)));
+        }
+        // Wake for the batch's delay, or earlier for a deadline that falls inside it.
+        let wait = self
+            .items
+            .iter()
+            .filter_map(|p| p.deadline)
+            .map(|d| d.saturating_duration_since(now))
+            .fold(ready_at - now, Duration::min);
+        Step::Wait(Some(wait))
+    }
+}
+
 /// A bounded FIFO shared by one model version's replicas.
 pub(crate) struct Queue {
     inner: Mutex<Inner>,
     changed: Condvar,
     capacity: usize,
+    /// Mirrors the queue's length; only written under the lock, so it never goes stale.
+    depth: Gauge,
 }
 
 impl Queue {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, depth: Gauge) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
@@ -81,6 +161,7 @@ impl Queue {
             }),
             changed: Condvar::new(),
             capacity,
+            depth,
         }
     }
 
@@ -88,29 +169,25 @@ impl Queue {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a request and returns the new depth, or `None` when the queue is full or closed.
-    pub fn push(&self, p: Pending) -> Option<usize> {
+    /// Adds a request, or returns `false` when the queue is full or closed.
+    pub fn push(&self, p: Pending) -> bool {
         let mut inner = self.lock();
         if inner.closed {
-            return None;
+            return false;
         }
         if inner.items.len() >= self.capacity {
             // Requests whose clients left still hold places until a replica passes them.
             inner.items.retain(|p| !p.abandoned());
             if inner.items.len() >= self.capacity {
-                return None;
+                self.depth.set(inner.items.len() as i64);
+                return false;
             }
         }
         inner.items.push_back(p);
-        let depth = inner.items.len();
+        self.depth.set(inner.items.len() as i64);
         drop(inner);
         self.changed.notify_all();
-        Some(depth)
-    }
-
-    /// Requests waiting now.
-    pub fn depth(&self) -> usize {
-        self.lock().items.len()
+        true
     }
 
     /// Stops accepting requests; replicas finish what is queued, then [`Queue::next`] returns
@@ -125,79 +202,18 @@ impl Queue {
     pub fn next(&self, policy: &BatchPolicy) -> Option<Work> {
         let mut inner = self.lock();
         loop {
-            let now = Instant::now();
-            let mut expired = Vec::new();
-            let mut i = 0;
-            while i < inner.items.len() {
-                let p = &inner.items[i];
-                if p.abandoned() {
-                    inner.items.remove(i);
-                } else if p.deadline.is_some_and(|d| d <= now) {
-                    if let Some(p) = inner.items.remove(i).filter(Pending::claim) {
-                        expired.push(p);
-                    }
-                } else {
-                    i += 1;
+            let step = inner.step(policy, Instant::now());
+            self.depth.set(inner.items.len() as i64);
+            inner = match step {
+                Step::Done(work) => return work,
+                Step::Wait(None) => self.changed.wait(inner).unwrap_or_else(|p| p.into_inner()),
+                Step::Wait(Some(timeout)) => {
+                    self.changed
+                        .wait_timeout(inner, timeout)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
-            }
-            if !expired.is_empty() {
-                return Some(Work::Expired(expired));
-            }
-            let Some(first) = inner.items.front() else {
-                if inner.closed {
-                    return None;
-                }
-                inner = self.changed.wait(inner).unwrap_or_else(|p| p.into_inner());
-                continue;
             };
-            if policy.max_rows == 0 {
-                let batch: Vec<Pending> = inner
-                    .items
-                    .pop_front()
-                    .filter(Pending::claim)
-                    .into_iter()
-                    .collect();
-                if batch.is_empty() {
-                    continue;
-                }
-                return Some(Work::Batch(batch));
-            }
-            // Gather the requests that can share the oldest one's batch, in arrival order.
-            let mut picked = Vec::new();
-            let mut rows = 0;
-            for (idx, p) in inner.items.iter().enumerate() {
-                if p.key == first.key && rows + p.rows <= policy.max_rows {
-                    picked.push(idx);
-                    rows += p.rows;
-                }
-            }
-            let ready_at = first.enqueued + policy.delay;
-            if rows >= policy.target_rows || now >= ready_at || inner.closed {
-                let mut batch = Vec::with_capacity(picked.len());
-                for idx in picked.into_iter().rev() {
-                    if let Some(p) = inner.items.remove(idx).filter(Pending::claim) {
-                        batch.push(p);
-                    }
-                }
-                batch.reverse();
-                if batch.is_empty() {
-                    continue;
-                }
-                return Some(Work::Batch(batch));
-            }
-            let wait = ready_at - now;
-            // Wake early for a deadline that falls inside the wait.
-            let wait = inner
-                .items
-                .iter()
-                .filter_map(|p| p.deadline)
-                .map(|d| d.saturating_duration_since(now))
-                .fold(wait, Duration::min);
-            inner = self
-                .changed
-                .wait_timeout(inner, wait)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
     }
 
@@ -257,33 +273,33 @@ mod tests {
 
     #[test]
     fn full_queue_refuses() {
-        let q = Queue::new(2);
+        let q = Queue::new(2, Gauge::default());
         let (a, _ra, _) = pending(1, None);
         let (b, _rb, _) = pending(1, None);
         let (c, _rc, _) = pending(1, None);
-        assert!(q.push(a).is_some());
-        assert!(q.push(b).is_some());
-        assert!(q.push(c).is_none());
+        assert!(q.push(a));
+        assert!(q.push(b));
+        assert!(!q.push(c));
     }
 
     #[test]
     fn abandoned_requests_free_their_place() {
-        let q = Queue::new(1);
+        let q = Queue::new(1, Gauge::default());
         let (a, ra, _) = pending(1, None);
-        q.push(a).unwrap();
+        q.push(a);
         drop(ra);
         let (b, _rb, _) = pending(1, None);
-        assert!(q.push(b).is_some());
+        assert!(q.push(b));
         assert_eq!(q.len(), 1);
     }
 
     #[test]
     fn batches_up_to_the_row_limit_in_order() {
-        let q = Queue::new(10);
+        let q = Queue::new(10, Gauge::default());
         let mut keep = Vec::new();
         for rows in [2, 3, 2, 1] {
             let (p, r, _) = pending(rows, None);
-            q.push(p).unwrap();
+            q.push(p);
             keep.push(r);
         }
         let Some(Work::Batch(b)) = q.next(&batching(5, 5, 0)) else {
@@ -300,9 +316,9 @@ mod tests {
 
     #[test]
     fn waits_for_the_delay_unless_the_target_is_reached() {
-        let q = Queue::new(10);
+        let q = Queue::new(10, Gauge::default());
         let (p, _r, _) = pending(1, None);
-        q.push(p).unwrap();
+        q.push(p);
         let started = Instant::now();
         let Some(Work::Batch(b)) = q.next(&batching(8, 4, 50)) else {
             panic!()
@@ -313,7 +329,7 @@ mod tests {
         let mut keep = Vec::new();
         for _ in 0..4 {
             let (p, r, _) = pending(1, None);
-            q.push(p).unwrap();
+            q.push(p);
             keep.push(r);
         }
         let started = Instant::now();
@@ -326,9 +342,9 @@ mod tests {
 
     #[test]
     fn expired_requests_are_returned_unrun() {
-        let q = Queue::new(10);
+        let q = Queue::new(10, Gauge::default());
         let (p, _r, state) = pending(1, Some(Instant::now()));
-        q.push(p).unwrap();
+        q.push(p);
         let Some(Work::Expired(e)) = q.next(&batching(0, 0, 0)) else {
             panic!()
         };
@@ -338,9 +354,9 @@ mod tests {
 
     #[test]
     fn closed_queue_drains_then_ends() {
-        let q = Queue::new(10);
+        let q = Queue::new(10, Gauge::default());
         let (p, _r, _) = pending(1, None);
-        q.push(p).unwrap();
+        q.push(p);
         q.close();
         assert!(matches!(
             q.next(&batching(8, 8, 10_000)),
@@ -348,6 +364,6 @@ mod tests {
         ));
         assert!(q.next(&batching(8, 8, 10_000)).is_none());
         let (p, _r, _) = pending(1, None);
-        assert!(q.push(p).is_none());
+        assert!(!q.push(p));
     }
 }
