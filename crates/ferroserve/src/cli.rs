@@ -34,6 +34,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Send one inference request to a running server and print the response.
     Infer(InferArgs),
+    /// Load-test a running server: requests/s, latency percentiles, errors.
+    Bench(BenchArgs),
 }
 
 /// `ferroserve serve`.
@@ -100,4 +102,71 @@ pub struct InferArgs {
     /// Output to return, repeatable (default: all outputs).
     #[arg(long = "output", short = 'o', value_name = "NAME")]
     pub outputs: Vec<String>,
+}
+
+/// How tensors travel in `ferroserve bench` requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// `data` arrays in the JSON body.
+    Json,
+    /// Triton's binary tensor extension, for inputs and outputs.
+    Binary,
+}
+
+/// `ferroserve bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model name.
+    #[arg(long)]
+    pub model: String,
+
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+
+    /// Model version (default: the server's default version).
+    #[arg(long)]
+    pub model_version: Option<String>,
+
+    /// Requests in flight at once (one connection each).
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub concurrency: usize,
+
+    /// Seconds to measure (default 10, unless --requests is given).
+    #[arg(long, conflicts_with = "requests")]
+    pub duration: Option<f64>,
+
+    /// Number of requests to measure, instead of a duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+
+    /// An input as NAME=FILE (.npy or .json, as for `infer`), repeatable. Without any, inputs are
+    /// random, shaped from the model's metadata.
+    #[arg(long = "input", short = 'i', value_name = "NAME=FILE")]
+    pub inputs: Vec<String>,
+
+    /// Shape of a random input as NAME=d1,d2,... (default: the model's, with dynamic dimensions
+    /// set to --batch for the first and 1 for the others).
+    #[arg(long = "shape", value_name = "NAME=DIMS")]
+    pub shapes: Vec<String>,
+
+    /// Rows (first dimension) of random inputs whose first dimension is dynamic.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+
+    /// How tensors travel: JSON `data` or Triton's binary extension.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+
+    /// Threads of the load generator (it reports its own CPU use; keep it below the server's).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -1,9 +1,11 @@
 //! The `ferroserve` command: serve a model repository, or send an inference request to a server.
 
+mod bench;
 mod cli;
 mod infer;
 mod logging;
 mod serve;
+mod tensors;
 
 use clap::Parser;
 
@@ -13,6 +15,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
         cli::Command::Infer(args) => infer::run(args),
+        cli::Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

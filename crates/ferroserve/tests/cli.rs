@@ -165,3 +165,78 @@ fn missing_onnx_runtime_fails_with_one_clear_sentence() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not load ONNX Runtime"));
 }
+
+#[test]
+fn bench_reports_throughput_latency_and_errors() {
+    let server = Server::start(Repo::with(&["simple", "reshape3"]), &[]);
+    for format in ["json", "binary"] {
+        let out = ferroserve()
+            .args([
+                "bench",
+                "--model",
+                "simple",
+                "--url",
+                &server.url,
+                "-c",
+                "4",
+                "--requests",
+                "200",
+            ])
+            .args(["--warmup", "0.1", "--json", "--format", format])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+        assert_eq!(s["requests"], 200, "{s}");
+        assert_eq!(s["succeeded"], 200, "{s}");
+        assert_eq!(s["errors"], serde_json::json!({}));
+        assert!(s["throughput_rps"].as_f64().unwrap() > 0.0);
+        assert!(
+            s["latency_ms"]["p99"].as_f64().unwrap() >= s["latency_ms"]["p50"].as_f64().unwrap()
+        );
+        assert!(s["client_cpu_cores"].as_f64().is_some());
+    }
+    // Every request fails: a shape the model cannot run (500s), counted by kind.
+    let out = ferroserve()
+        .args([
+            "bench",
+            "--model",
+            "reshape3",
+            "--url",
+            &server.url,
+            "--requests",
+            "20",
+            "--warmup",
+            "0",
+        ])
+        .args(["--shape", "X=4", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["succeeded"], 0);
+    assert_eq!(s["errors"]["HTTP 500"], 20, "{s}");
+    // An unknown model is reported before any load is sent.
+    let out = ferroserve()
+        .args([
+            "bench",
+            "--model",
+            "nope",
+            "--url",
+            &server.url,
+            "--requests",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model 'nope'"));
+}

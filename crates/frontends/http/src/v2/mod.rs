@@ -3,7 +3,7 @@
 //! Spec: <https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/>, plus
 //! Triton's binary tensor data extension and the repository index.
 
-mod data;
+pub mod data;
 mod request;
 mod response;
 
