@@ -1,12 +1,15 @@
-"""Serving overhead: ferroserve over HTTP vs. the same model in-process in onnxruntime (Python).
+"""Reproduces BENCHMARKS.md. Every figure is a ratio of two measurements taken in this one run,
+because the machine is shared and absolute numbers drift.
 
-Both sides run the same ONNX file on the same inputs in one run, alternating in short slices, so
-the ratio holds on a shared machine where absolute numbers drift. The HTTP client is a bare
-keep-alive `http.client` connection sending Triton's binary tensor format, to keep client-side
-cost small. Sequential requests (concurrency 1): this measures per-request latency; throughput
-under load is `ferroserve bench` (issue 3).
+1. Overhead: ferroserve over HTTP vs. the same ONNX file in-process in onnxruntime (Python),
+   one request at a time, alternating in short slices.
+2. HTTP ceiling: wrk against a static nginx response, beside wrk and `ferroserve bench` against
+   ferroserve's no-op V2 JSON infer (identity, simple), at concurrency 1, 8, 32, 128.
+3. MiniLM at concurrency 32 with dynamic batching off and on, beside in-process onnxruntime at
+   batch 32 (the backend's limit).
+4. MiniLM latency at concurrency 1 with batching on vs. off.
 
-Usage: .venv/bin/python scripts/bench.py [--seconds 5]   (scripts/bench.sh sets it up)
+Usage: scripts/bench.sh [--seconds 5]   (it installs nginx, wrk and onnxruntime first)
 """
 import argparse
 import http.client
@@ -14,6 +17,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -25,61 +29,105 @@ import onnxruntime as ort
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ROOT / "examples" / "models"
+BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "ferroserve"
 DTYPE = {np.float32: "FP32", np.int64: "INT64", np.int32: "INT32"}
+SEQ = 16
+BATCHED_MINILM = f"""max_batch_size: 32
+dynamic_batching:
+  preferred_batch_size: [32]
+  max_queue_delay_us: 2000
+pad: {{input_ids: 0, attention_mask: 0, token_type_ids: 0}}
+"""
 
 
-def workloads():
-    rng = np.random.default_rng(0)
-    seq = 16
-    ids = rng.integers(1000, 5000, size=(1, seq)).astype(np.int64)
-    return [
-        ("identity FP32 [1,16]", "identity", {"INPUT0": rng.standard_normal((1, 16)).astype(np.float32)}),
-        ("simple INT32 [1,16]x2", "simple", {
-            "INPUT0": np.arange(16, dtype=np.int32).reshape(1, 16),
-            "INPUT1": np.ones((1, 16), dtype=np.int32)}),
-        ("MiniLM int8, 16 tokens", "minilm", {
-            "input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}),
-        ("EfficientNet-Lite0 [1,3,224,224]", "efficientnet-lite0", {
-            "input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}),
-    ]
+class Server:
+    """A ferroserve process on an ephemeral port over a temporary repository."""
+
+    def __init__(self, models, configs=None):
+        self.repo = tempfile.TemporaryDirectory()
+        for name, src in models.items():
+            d = pathlib.Path(self.repo.name) / name
+            d.mkdir()
+            os.symlink(MODELS / src / "1", d / "1")
+            if configs and name in configs:
+                (d / "model.yaml").write_text(configs[name])
+        self.proc = subprocess.Popen([str(BIN), "serve", "--http-port", "0", "--model-repository", self.repo.name],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        found, ev = {}, threading.Event()
+
+        def drain():
+            for line in self.proc.stderr:
+                m = re.search(r"listening on http://([0-9.]+):([0-9]+)", line)
+                if m and not ev.is_set():
+                    found["host"], found["port"] = m.group(1), int(m.group(2))
+                    ev.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        if not ev.wait(30):
+            raise SystemExit("ferroserve did not start")
+        self.host, self.port = found["host"], found["port"]
+        self.url = f"http://{self.host}:{self.port}"
+        conn = http.client.HTTPConnection(self.host, self.port)
+        for _ in range(2400):
+            conn.request("GET", "/v2/health/ready")
+            r = conn.getresponse()
+            r.read()
+            if r.status == 200:
+                return
+            time.sleep(0.05)
+        raise SystemExit("ferroserve never became ready")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.repo.cleanup()
 
 
-def start_server(binary, repo):
-    proc = subprocess.Popen([binary, "serve", "--http-port", "0", "--model-repository", repo],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    addr = {}
-    ev = threading.Event()
-
-    def drain():
-        for line in proc.stderr:
-            m = re.search(r"listening on http://([0-9.]+):([0-9]+)", line)
-            if m:
-                addr["host"], addr["port"] = m.group(1), int(m.group(2))
-                ev.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    if not ev.wait(30):
-        proc.kill()
-        raise SystemExit("ferroserve did not start")
-    conn = http.client.HTTPConnection(addr["host"], addr["port"])
-    for _ in range(2400):
-        conn.request("GET", "/v2/health/ready")
-        r = conn.getresponse()
-        r.read()
-        if r.status == 200:
-            return proc, conn
-        time.sleep(0.05)
-    raise SystemExit("ferroserve never became ready")
+def fbench(server, model, concurrency, seconds, extra=()):
+    out = subprocess.run([str(BIN), "bench", "--url", server.url, "--model", model, "-c", str(concurrency),
+                          "--duration", str(seconds), "--warmup", "1", "--json", *extra],
+                         check=True, capture_output=True, text=True).stdout
+    s = json.loads(out)
+    if s["errors"]:
+        raise SystemExit(f"bench {model}: errors {s['errors']}")
+    return s
 
 
-def binary_request(inputs):
-    blobs = [np.ascontiguousarray(v).tobytes() for v in inputs.values()]
-    header = json.dumps({
-        "inputs": [{"name": k, "shape": list(v.shape), "datatype": DTYPE[v.dtype.type],
-                    "parameters": {"binary_data_size": len(b)}} for (k, v), b in zip(inputs.items(), blobs)],
-        "parameters": {"binary_data_output": True},
-    }).encode()
-    return header + b"".join(blobs), len(header)
+def wrk(url, concurrency, seconds, script=None):
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
+    if re.search(r"Non-2xx or 3xx responses", out):
+        raise SystemExit(f"wrk {url}: errors\n{out}")
+    return rps
+
+
+class Nginx:
+    def __init__(self):
+        self.dir = tempfile.TemporaryDirectory()
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        conf = pathlib.Path(self.dir.name) / "nginx.conf"
+        conf.write_text(f"""daemon off; worker_processes 2; pid {self.dir.name}/nginx.pid;
+error_log {self.dir.name}/error.log;
+events {{ worker_connections 1024; }}
+http {{ access_log off; client_body_temp_path {self.dir.name};
+  server {{ listen 127.0.0.1:{self.port}; location / {{ return 200 "ok"; }} }} }}
+""")
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", self.dir.name],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.dir.cleanup()
 
 
 def timed_pair(a, b, seconds, rounds=10):
@@ -98,45 +146,142 @@ def timed_pair(a, b, seconds, rounds=10):
     return samples
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--binary", default=str(pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "ferroserve"))
-    args = ap.parse_args()
+def session(model):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(MODELS / model / "1" / "model.onnx"), opts, providers=["CPUExecutionProvider"])
 
-    repo = tempfile.TemporaryDirectory()
-    for name in ["identity", "simple", "minilm", "efficientnet-lite0"]:
-        os.symlink(MODELS / name, pathlib.Path(repo.name) / name)
-    proc, conn = start_server(args.binary, repo.name)
+
+def minilm_inputs(rows, rng):
+    ids = rng.integers(1000, 5000, size=(rows, SEQ)).astype(np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def overhead(seconds):
+    rng = np.random.default_rng(0)
+    work = [
+        ("identity FP32 [1,16]", "identity", {"INPUT0": rng.standard_normal((1, 16)).astype(np.float32)}),
+        ("simple INT32 [1,16]x2", "simple", {"INPUT0": np.arange(16, dtype=np.int32).reshape(1, 16),
+                                             "INPUT1": np.ones((1, 16), dtype=np.int32)}),
+        (f"MiniLM int8, {SEQ} tokens", "minilm", minilm_inputs(1, rng)),
+        ("EfficientNet-Lite0 [1,3,224,224]", "efficientnet-lite0",
+         {"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}),
+    ]
+    server = Server({m: m for _, m, _ in work})
+    conn = http.client.HTTPConnection(server.host, server.port)
+    print(f"### 1. Serving overhead, one request at a time ({seconds:.0f} s per cell)\n")
+    print("| workload | in-process p50 | ferroserve p50 | ratio | overhead p50 | ferroserve p99 |")
+    print("| --- | --- | --- | --- | --- | --- |")
     try:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        print(f"onnxruntime {ort.__version__} in-process vs ferroserve over HTTP (binary tensors), "
-              f"sequential, {args.seconds:.0f} s per cell, {os.cpu_count()} cores\n")
-        print("| workload | in-process p50 | ferroserve p50 | ratio | overhead p50 | ferroserve p99 |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for label, model, inputs in workloads():
-            sess = ort.InferenceSession(str(MODELS / model / "1" / "model.onnx"), opts,
-                                        providers=["CPUExecutionProvider"])
-            body, hlen = binary_request(inputs)
-            path = f"/v2/models/{model}/infer"
-            headers = {"Inference-Header-Content-Length": str(hlen), "Content-Type": "application/octet-stream"}
+        for label, model, inputs in work:
+            sess = session(model)
+            blobs = [np.ascontiguousarray(v).tobytes() for v in inputs.values()]
+            header = json.dumps({
+                "inputs": [{"name": k, "shape": list(v.shape), "datatype": DTYPE[v.dtype.type],
+                            "parameters": {"binary_data_size": len(b)}} for (k, v), b in zip(inputs.items(), blobs)],
+                "parameters": {"binary_data_output": True}}).encode()
+            body = header + b"".join(blobs)
+            headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
 
             def over_http():
-                conn.request("POST", path, body=body, headers=headers)
+                conn.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers)
                 r = conn.getresponse()
                 r.read()
                 if r.status != 200:
                     raise SystemExit(f"{model}: HTTP {r.status}")
 
-            local, remote = timed_pair(lambda: sess.run(None, inputs), over_http, args.seconds)
+            local, remote = timed_pair(lambda: sess.run(None, inputs), over_http, seconds)
             lp, rp = statistics.median(local), statistics.median(remote)
             p99 = sorted(remote)[int(len(remote) * 0.99) - 1]
             print(f"| {label} | {lp * 1e3:.3f} ms | {rp * 1e3:.3f} ms | {rp / lp:.2f}x | "
                   f"{(rp - lp) * 1e6:.0f} µs | {p99 * 1e3:.3f} ms |")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
+    print()
+
+
+def ceiling(seconds):
+    server = Server({"identity": "identity", "simple": "simple"})
+    nginx = Nginx()
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]})
+    script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                 'wrk.headers["Content-Type"] = "application/json"\n')
+    script.close()
+    print(f"### 2. The HTTP ceiling: no-op V2 JSON infer vs. a static nginx response ({seconds:.0f} s per cell)\n")
+    print("| concurrency | nginx static (wrk) | identity infer (wrk) | ratio | identity (ferroserve bench) | simple (ferroserve bench) | bench p50 / p99 (identity) | bench client CPU |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    try:
+        for c in [1, 8, 32, 128]:
+            ng = wrk(nginx.url, c, seconds)
+            fs = wrk(f"{server.url}/v2/models/identity/infer", c, seconds, script.name)
+            ident = fbench(server, "identity", c, seconds)
+            simple = fbench(server, "simple", c, seconds)
+            lat = ident["latency_ms"]
+            print(f"| {c} | {ng:,.0f} req/s | {fs:,.0f} req/s | {fs / ng:.2f} | {ident['throughput_rps']:,.0f} req/s | "
+                  f"{simple['throughput_rps']:,.0f} req/s | {lat['p50']:.3f} / {lat['p99']:.3f} ms | "
+                  f"{ident['client_cpu_cores']:.2f} cores |")
+    finally:
+        os.unlink(script.name)
+        nginx.stop()
+        server.stop()
+    print()
+
+
+def minilm(seconds):
+    rng = np.random.default_rng(1)
+    files = tempfile.TemporaryDirectory()
+    args = []
+    for name, arr in minilm_inputs(1, rng).items():
+        path = pathlib.Path(files.name) / f"{name}.npy"
+        np.save(path, arr)
+        args += ["--input", f"{name}={path}"]
+    server = Server({"minilm": "minilm", "minilm-batched": "minilm"}, {"minilm-batched": BATCHED_MINILM})
+    sess = session("minilm")
+    batch = minilm_inputs(32, rng)
+    try:
+        local, _ = timed_pair(lambda: sess.run(None, batch), lambda: None, seconds, rounds=2)
+        inproc = 32 / statistics.median(local)
+        off = fbench(server, "minilm", 32, seconds, ["--format", "binary", *args])
+        on = fbench(server, "minilm-batched", 32, seconds, ["--format", "binary", *args])
+        print(f"### 3. MiniLM ({SEQ} tokens) at concurrency 32 ({seconds:.0f} s per cell)\n")
+        print("| | sentences/s | vs. in-process batch 32 | p50 | p99 |")
+        print("| --- | --- | --- | --- | --- |")
+        print(f"| onnxruntime in-process, batch 32 | {inproc:,.0f} | 1.00 | | |")
+        for label, s in [("ferroserve, batching off", off), ("ferroserve, dynamic batching (32, 2 ms)", on)]:
+            print(f"| {label} | {s['throughput_rps']:,.0f} | {s['throughput_rps'] / inproc:.2f} | "
+                  f"{s['latency_ms']['p50']:.2f} ms | {s['latency_ms']['p99']:.2f} ms |")
+        print()
+        off1 = fbench(server, "minilm", 1, seconds, ["--format", "binary", *args])
+        on1 = fbench(server, "minilm-batched", 1, seconds, ["--format", "binary", *args])
+        d = on1["latency_ms"]["p50"] - off1["latency_ms"]["p50"]
+        print(f"### 4. MiniLM latency at concurrency 1 ({seconds:.0f} s per cell)\n")
+        print("| | p50 | p99 |")
+        print("| --- | --- | --- |")
+        print(f"| batching off | {off1['latency_ms']['p50']:.3f} ms | {off1['latency_ms']['p99']:.3f} ms |")
+        print(f"| batching on (max_queue_delay_us 2000) | {on1['latency_ms']['p50']:.3f} ms | {on1['latency_ms']['p99']:.3f} ms |")
+        print(f"\nBatching on adds {d:.3f} ms to the median (budget: 2 ms delay + 0.2 ms).\n")
+    finally:
+        server.stop()
+        files.cleanup()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--only", choices=["overhead", "ceiling", "minilm"])
+    args = ap.parse_args()
+    for tool in ["nginx", "wrk"]:
+        if not shutil.which(tool) and args.only in (None, "ceiling"):
+            raise SystemExit(f"{tool} is not installed (scripts/bench.sh installs it)")
+    print(f"ferroserve {subprocess.run([str(BIN), '--version'], capture_output=True, text=True).stdout.split()[-1]}, "
+          f"onnxruntime {ort.__version__}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
+    if args.only in (None, "overhead"):
+        overhead(args.seconds)
+    if args.only in (None, "ceiling"):
+        ceiling(args.seconds)
+    if args.only in (None, "minilm"):
+        minilm(args.seconds)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Reproduces BENCHMARKS.md: set-up, onnxruntime for the in-process baseline, then the benchmark.
+# Reproduces BENCHMARKS.md: set-up, the peers (nginx and wrk from Debian, onnxruntime from
+# PyPI for the in-process baseline), then scripts/bench.py. Loopback traffic only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh" --test
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  # policy-rc.d-style environments refuse to start the system nginx; the benchmark runs its own.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q nginx wrk
+fi
 "$ROOT/.venv/bin/python" -c "import onnxruntime" 2>/dev/null \
   || "$ROOT/.venv/bin/python" -m pip install --quiet "onnxruntime==1.31.1"
 exec "$ROOT/.venv/bin/python" "$ROOT/scripts/bench.py" "$@"

@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --release --locked --workspace --all-targets --quiet -- -D warnings
 
+echo "==> cargo check --features cuda (the GPU build must keep compiling)"
+cargo check --release --locked -p ferroserve --features cuda --quiet
+
 echo "==> Rust tests"
 cargo test --release --locked --workspace
 

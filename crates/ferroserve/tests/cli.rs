@@ -240,3 +240,31 @@ fn bench_reports_throughput_latency_and_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model 'nope'"));
 }
+
+#[test]
+fn metrics_port_serves_metrics_only() {
+    let server = Server::start(Repo::with(&["simple"]), &["--metrics-port", "0"]);
+    let log = server.log.lock().unwrap().clone();
+    let line = log
+        .lines()
+        .find(|l| l.contains("metrics listening on http://"))
+        .unwrap_or_else(|| panic!("no metrics listener in the log:\n{log}"));
+    let url: String = line[line.find("http://").unwrap()..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    let r = common::client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .unwrap()
+        .contains("ferroserve_replicas{model=\"simple\",version=\"1\"} 1"));
+    let r = common::client()
+        .get(format!("{url}/v2/models/simple"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404, "the metrics port serves nothing else");
+}
