@@ -64,6 +64,9 @@ pub(crate) enum Work {
 struct Inner {
     items: VecDeque<Pending>,
     closed: bool,
+    /// Replicas blocked in [`Queue::next`]; a push wakes them only when there are any, which
+    /// spares a system call per request while every replica is busy.
+    waiting: usize,
 }
 
 /// What [`Inner::step`] decided.
@@ -158,6 +161,7 @@ impl Queue {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
                 closed: false,
+                waiting: 0,
             }),
             changed: Condvar::new(),
             capacity,
@@ -185,8 +189,11 @@ impl Queue {
         }
         inner.items.push_back(p);
         self.depth.set(inner.items.len() as i64);
+        let wake = inner.waiting > 0;
         drop(inner);
-        self.changed.notify_all();
+        if wake {
+            self.changed.notify_all();
+        }
         true
     }
 
@@ -204,16 +211,21 @@ impl Queue {
         loop {
             let step = inner.step(policy, Instant::now());
             self.depth.set(inner.items.len() as i64);
-            inner = match step {
+            let timeout = match step {
                 Step::Done(work) => return work,
-                Step::Wait(None) => self.changed.wait(inner).unwrap_or_else(|p| p.into_inner()),
-                Step::Wait(Some(timeout)) => {
+                Step::Wait(timeout) => timeout,
+            };
+            inner.waiting += 1;
+            inner = match timeout {
+                None => self.changed.wait(inner).unwrap_or_else(|p| p.into_inner()),
+                Some(t) => {
                     self.changed
-                        .wait_timeout(inner, timeout)
+                        .wait_timeout(inner, t)
                         .unwrap_or_else(|p| p.into_inner())
                         .0
                 }
             };
+            inner.waiting -= 1;
         }
     }
 
