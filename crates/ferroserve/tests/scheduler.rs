@@ -433,3 +433,56 @@ fn unusable_placement_and_batching_configs_are_load_errors() {
     );
     assert_eq!(status, 200);
 }
+
+#[test]
+fn preserve_ordering_holds_a_fast_answer_behind_a_slow_earlier_one() {
+    let repo = Repo::with(&[]);
+    let base = "replicas: 2\nthreads: 1\nmax_batch_size: 1\ndynamic_batching:\n";
+    configured(
+        &repo,
+        "ordered",
+        "slow",
+        &format!("{base}  preserve_ordering: true\n"),
+    );
+    configured(
+        &repo,
+        "unordered",
+        "slow",
+        &format!("{base}  preserve_ordering: false\n"),
+    );
+    let server = Server::start(repo, &[]);
+    // The slow request goes first; the fast one lands on the other replica and finishes first.
+    let finish_order = |model: &str| -> Vec<i64> {
+        let done = std::sync::Mutex::new(Vec::new());
+        thread::scope(|s| {
+            let (server, done) = (&server, &done);
+            let path = format!("/v2/models/{model}/infer");
+            let slow = {
+                let path = path.clone();
+                s.spawn(move || {
+                    let (status, body) = server.post_json(&path, &slow_request(3000));
+                    assert_eq!(status, 200, "{body}");
+                    done.lock().unwrap().push(echoed(&body));
+                })
+            };
+            while server.metric("ferroserve_inflight_requests", &[("model", model)]) != Some(1.0) {
+                thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let (status, body) = server.post_json(&path, &slow_request(5));
+            assert_eq!(status, 200, "{body}");
+            done.lock().unwrap().push(echoed(&body));
+            slow.join().unwrap();
+        });
+        done.into_inner().unwrap()
+    };
+    assert_eq!(
+        finish_order("unordered"),
+        [5, 3000],
+        "without the option the fast answer leaves first"
+    );
+    assert_eq!(
+        finish_order("ordered"),
+        [3000, 5],
+        "with it, answers leave in arrival order"
+    );
+}

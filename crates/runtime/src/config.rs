@@ -17,6 +17,7 @@
 //!   max_queue_delay_us: 500
 //!   max_queue_size: 256
 //!   default_timeout_ms: 2000
+//!   preserve_ordering: false
 //! pad:                    # pad token inputs of different lengths to the longest in the batch
 //!   input_ids: 0
 //!   attention_mask: 0
@@ -100,6 +101,9 @@ pub struct DynamicBatching {
     /// A request still queued after this many milliseconds is answered 504 without running.
     /// Default: none (a request's own `timeout` parameter, in microseconds, still applies).
     pub default_timeout_ms: Option<u64>,
+    /// Answer requests in the order they arrived, holding back one that finishes before an
+    /// earlier one (with several replicas, or when an earlier request is slower). Default: false.
+    pub preserve_ordering: bool,
 }
 
 /// The contents of `model.yaml`. Field defaults live in [`Default`] and nowhere else.

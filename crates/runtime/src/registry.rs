@@ -227,6 +227,7 @@ impl Runtime {
                     .default_timeout_ms
                     .map(std::time::Duration::from_millis),
                 pad: config.pad.clone(),
+                preserve_ordering: batching.preserve_ordering,
             },
             signature.clone(),
             replicas,

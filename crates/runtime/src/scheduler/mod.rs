@@ -3,6 +3,7 @@
 //! free replica, the least loaded one).
 
 mod batch;
+mod order;
 mod queue;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use ferroserve_core::{Backend, Error, InferRequest, NamedTensor, Result, Signatu
 use tokio::sync::oneshot;
 
 use self::batch::BatchKey;
+use self::order::{Gate, Reply};
 use self::queue::{BatchPolicy, Pending, Queue, Work, ABANDONED, QUEUED};
 use crate::metrics::ModelMetrics;
 
@@ -36,6 +38,8 @@ pub(crate) struct SchedulerConfig {
     pub default_timeout: Option<Duration>,
     /// Pad values of inputs whose non-batch dimensions may differ.
     pub pad: BTreeMap<String, f64>,
+    /// Answer in arrival order, even when a later request finishes first.
+    pub preserve_ordering: bool,
 }
 
 /// Runs one model version's requests on its replicas.
@@ -54,9 +58,11 @@ impl Scheduler {
         metrics: ModelMetrics,
     ) -> Self {
         let config = Arc::new(config);
+        let gate = config.preserve_ordering.then(|| Arc::new(Gate::default()));
         let queue = Arc::new(Queue::new(
             config.max_queue_size,
             metrics.queue_depth.clone(),
+            gate.clone(),
         ));
         let policy = BatchPolicy {
             max_rows: config.max_batch_size,
@@ -72,6 +78,7 @@ impl Scheduler {
                 let replica = Replica {
                     backend,
                     queue: queue.clone(),
+                    gate: gate.clone(),
                     policy: policy.clone(),
                     config: config.clone(),
                     signature: signature.clone(),
@@ -125,6 +132,7 @@ impl Scheduler {
             deadline,
             state: state.clone(),
             reply,
+            seq: 0,
         };
         if !self.queue.push(pending) {
             return Err(Error::Overloaded(format!(
@@ -208,6 +216,7 @@ fn timeout_of(request: &InferRequest) -> Result<Option<Duration>> {
 struct Replica {
     backend: Box<dyn Backend>,
     queue: Arc<Queue>,
+    gate: Option<Arc<Gate>>,
     policy: BatchPolicy,
     config: Arc<SchedulerConfig>,
     signature: Arc<Signature>,
@@ -215,13 +224,23 @@ struct Replica {
 }
 
 impl Replica {
+    /// Sends an answer, through the ordering gate when the model preserves ordering.
+    fn answer(&self, seq: u64, reply: Reply, result: Result<Vec<NamedTensor>>) {
+        match &self.gate {
+            Some(gate) => gate.complete(seq, Some((reply, result))),
+            None => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+
     fn run(mut self) {
         while let Some(work) = self.queue.next(&self.policy) {
             match work {
                 Work::Expired(items) => {
                     for p in items {
                         let waited = p.deadline.map(|d| d.saturating_duration_since(p.enqueued));
-                        let _ = p.reply.send(Err(expired(&self.config.model, waited)));
+                        self.answer(p.seq, p.reply, Err(expired(&self.config.model, waited)));
                     }
                 }
                 Work::Batch(items) => self.run_batch(items),
@@ -253,13 +272,13 @@ impl Replica {
             Ok(outputs) => {
                 for (p, out) in items.into_iter().zip(outputs) {
                     self.metrics.compute_seconds.observe(compute);
-                    let _ = p.reply.send(Ok(out));
+                    self.answer(p.seq, p.reply, Ok(out));
                 }
             }
             Err(e) => {
                 for p in items {
                     self.metrics.compute_seconds.observe(compute);
-                    let _ = p.reply.send(Err(e.clone()));
+                    self.answer(p.seq, p.reply, Err(e.clone()));
                 }
             }
         }

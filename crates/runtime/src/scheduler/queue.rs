@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ferroserve_core::{InferRequest, NamedTensor, Result};
+use ferroserve_core::InferRequest;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::oneshot;
 
 use super::batch::BatchKey;
+use super::order::{Gate, Reply};
 
 /// A request's claim state: exactly one of the waiting task (on timeout or disconnect) and a
 /// replica (when it takes the request) wins the move away from `QUEUED`.
@@ -27,7 +27,9 @@ pub(crate) struct Pending {
     pub enqueued: Instant,
     pub deadline: Option<Instant>,
     pub state: Arc<AtomicU8>,
-    pub reply: oneshot::Sender<Result<Vec<NamedTensor>>>,
+    pub reply: Reply,
+    /// Arrival number, set when the queue accepts the request.
+    pub seq: u64,
 }
 
 impl Pending {
@@ -64,6 +66,10 @@ pub(crate) enum Work {
 struct Inner {
     items: VecDeque<Pending>,
     closed: bool,
+    /// Arrival number of the next accepted request.
+    next_seq: u64,
+    /// Arrival numbers of abandoned requests swept out by the last step, for the ordering gate.
+    swept: Vec<u64>,
     /// Replicas blocked in [`Queue::next`]; a push wakes them only when there are any, which
     /// spares a system call per request while every replica is busy.
     waiting: usize,
@@ -86,7 +92,9 @@ impl Inner {
         while i < self.items.len() {
             let p = &self.items[i];
             if p.abandoned() {
+                let seq = p.seq;
                 self.items.remove(i);
+                self.swept.push(seq);
             } else if p.deadline.is_some_and(|d| d <= now) {
                 if let Some(p) = self.items.remove(i).filter(Pending::claim) {
                     expired.push(p);
@@ -153,19 +161,33 @@ pub(crate) struct Queue {
     capacity: usize,
     /// Mirrors the queue's length; only written under the lock, so it never goes stale.
     depth: Gauge,
+    /// With `preserve_ordering`: told about requests that leave the queue unanswered.
+    gate: Option<Arc<Gate>>,
 }
 
 impl Queue {
-    pub fn new(capacity: usize, depth: Gauge) -> Self {
+    pub fn new(capacity: usize, depth: Gauge, gate: Option<Arc<Gate>>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
                 closed: false,
+                next_seq: 0,
+                swept: Vec::new(),
                 waiting: 0,
             }),
             changed: Condvar::new(),
             capacity,
             depth,
+            gate,
+        }
+    }
+
+    /// Passes abandoned requests swept out of the queue to the ordering gate.
+    fn release_swept(&self, inner: &mut Inner) {
+        for seq in inner.swept.drain(..) {
+            if let Some(gate) = &self.gate {
+                gate.complete(seq, None);
+            }
         }
     }
 
@@ -174,19 +196,29 @@ impl Queue {
     }
 
     /// Adds a request, or returns `false` when the queue is full or closed.
-    pub fn push(&self, p: Pending) -> bool {
+    pub fn push(&self, mut p: Pending) -> bool {
         let mut inner = self.lock();
         if inner.closed {
             return false;
         }
         if inner.items.len() >= self.capacity {
             // Requests whose clients left still hold places until a replica passes them.
-            inner.items.retain(|p| !p.abandoned());
+            let Inner { items, swept, .. } = &mut *inner;
+            items.retain(|p| {
+                let keep = !p.abandoned();
+                if !keep {
+                    swept.push(p.seq);
+                }
+                keep
+            });
+            self.release_swept(&mut inner);
             if inner.items.len() >= self.capacity {
                 self.depth.set(inner.items.len() as i64);
                 return false;
             }
         }
+        p.seq = inner.next_seq;
+        inner.next_seq += 1;
         inner.items.push_back(p);
         self.depth.set(inner.items.len() as i64);
         let wake = inner.waiting > 0;
@@ -210,6 +242,7 @@ impl Queue {
         let mut inner = self.lock();
         loop {
             let step = inner.step(policy, Instant::now());
+            self.release_swept(&mut inner);
             self.depth.set(inner.items.len() as i64);
             let timeout = match step {
                 Step::Done(work) => return work,
@@ -239,7 +272,9 @@ impl Queue {
 mod tests {
     use super::*;
     use ferroserve_core::{DataType, Tensor};
+    use ferroserve_core::{NamedTensor, Result};
     use std::collections::BTreeMap;
+    use tokio::sync::oneshot;
 
     fn pending(
         rows: usize,
@@ -269,6 +304,7 @@ mod tests {
                 deadline,
                 state: state.clone(),
                 reply: tx,
+                seq: 0,
             },
             rx,
             state,
@@ -285,7 +321,7 @@ mod tests {
 
     #[test]
     fn full_queue_refuses() {
-        let q = Queue::new(2, Gauge::default());
+        let q = Queue::new(2, Gauge::default(), None);
         let (a, _ra, _) = pending(1, None);
         let (b, _rb, _) = pending(1, None);
         let (c, _rc, _) = pending(1, None);
@@ -296,7 +332,7 @@ mod tests {
 
     #[test]
     fn abandoned_requests_free_their_place() {
-        let q = Queue::new(1, Gauge::default());
+        let q = Queue::new(1, Gauge::default(), None);
         let (a, ra, _) = pending(1, None);
         q.push(a);
         drop(ra);
@@ -307,7 +343,7 @@ mod tests {
 
     #[test]
     fn batches_up_to_the_row_limit_in_order() {
-        let q = Queue::new(10, Gauge::default());
+        let q = Queue::new(10, Gauge::default(), None);
         let mut keep = Vec::new();
         for rows in [2, 3, 2, 1] {
             let (p, r, _) = pending(rows, None);
@@ -328,7 +364,7 @@ mod tests {
 
     #[test]
     fn waits_for_the_delay_unless_the_target_is_reached() {
-        let q = Queue::new(10, Gauge::default());
+        let q = Queue::new(10, Gauge::default(), None);
         let (p, _r, _) = pending(1, None);
         q.push(p);
         let started = Instant::now();
@@ -354,7 +390,7 @@ mod tests {
 
     #[test]
     fn expired_requests_are_returned_unrun() {
-        let q = Queue::new(10, Gauge::default());
+        let q = Queue::new(10, Gauge::default(), None);
         let (p, _r, state) = pending(1, Some(Instant::now()));
         q.push(p);
         let Some(Work::Expired(e)) = q.next(&batching(0, 0, 0)) else {
@@ -366,7 +402,7 @@ mod tests {
 
     #[test]
     fn closed_queue_drains_then_ends() {
-        let q = Queue::new(10, Gauge::default());
+        let q = Queue::new(10, Gauge::default(), None);
         let (p, _r, _) = pending(1, None);
         q.push(p);
         q.close();
