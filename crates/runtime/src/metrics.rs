@@ -1,7 +1,8 @@
 //! Prometheus metrics of the runtime and the process (names documented in the README).
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -150,6 +151,7 @@ impl Metrics {
         let inflight = self.inflight.get_or_create(&l).clone();
         let replicas = self.replicas.get_or_create(&l).clone();
         ModelMetrics {
+            stats: Arc::default(),
             success,
             failure,
             request_seconds,
@@ -182,6 +184,8 @@ impl Metrics {
 /// The metrics of one model version.
 #[derive(Clone)]
 pub(crate) struct ModelMetrics {
+    /// Cumulative counts and durations in Triton's statistics shape.
+    pub stats: Arc<Stats>,
     pub success: Counter,
     pub failure: Counter,
     pub request_seconds: Histogram,
@@ -191,6 +195,102 @@ pub(crate) struct ModelMetrics {
     pub queue_depth: Gauge,
     pub inflight: Gauge,
     pub replicas: Gauge,
+}
+
+/// A count of events and their total duration.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Tally {
+    pub fn add(&self, d: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn read(&self) -> StatisticDuration {
+        StatisticDuration {
+            count: self.count.load(Ordering::Relaxed),
+            ns: self.ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Cumulative statistics of one model version (Triton's model statistics).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub success: Tally,
+    pub fail: Tally,
+    pub queue: Tally,
+    pub compute_infer: Tally,
+    /// Rows inferred successfully.
+    pub inference_count: AtomicU64,
+    /// Backend executions.
+    pub execution_count: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last request.
+    pub last_inference_ms: AtomicU64,
+}
+
+impl Stats {
+    /// Marks a request's arrival time as the last inference.
+    pub fn touch(&self) {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_inference_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A snapshot for `name` at `version`.
+    pub fn read(&self, name: &str, version: u64) -> ModelStatistics {
+        ModelStatistics {
+            name: name.to_string(),
+            version: version.to_string(),
+            last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
+            inference_count: self.inference_count.load(Ordering::Relaxed),
+            execution_count: self.execution_count.load(Ordering::Relaxed),
+            success: self.success.read(),
+            fail: self.fail.read(),
+            queue: self.queue.read(),
+            compute_infer: self.compute_infer.read(),
+        }
+    }
+}
+
+/// A count and the total nanoseconds of the events counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct StatisticDuration {
+    /// Events.
+    pub count: u64,
+    /// Their total duration in nanoseconds.
+    pub ns: u64,
+}
+
+/// Cumulative statistics of a model version, in the shape of Triton's statistics extension.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelStatistics {
+    /// Model name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// When the last request arrived, in milliseconds since the Unix epoch (0: never).
+    pub last_inference_ms: u64,
+    /// Rows inferred successfully (a request with 8 rows counts 8).
+    pub inference_count: u64,
+    /// Backend executions (one batch of several requests counts 1).
+    pub execution_count: u64,
+    /// Successful requests, end to end.
+    pub success: StatisticDuration,
+    /// Failed requests, end to end.
+    pub fail: StatisticDuration,
+    /// Time requests waited in the queue.
+    pub queue: StatisticDuration,
+    /// Backend time of the batches that carried each request.
+    pub compute_infer: StatisticDuration,
 }
 
 /// CPU time and resident memory of this process, from `/proc` (Linux).

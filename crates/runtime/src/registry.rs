@@ -76,6 +76,27 @@ pub struct IndexEntry {
     pub reason: Option<String>,
 }
 
+/// How a model version is configured, for the protocol's model-configuration endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfigInfo {
+    /// Model name.
+    pub name: String,
+    /// Backend platform, e.g. `onnxruntime_onnx`.
+    pub platform: String,
+    /// Inputs and outputs as the model file declares them (with the batch dimension).
+    pub signature: Signature,
+    /// Rows per batch when the server batches the model, else 0.
+    pub max_batch_size: usize,
+    /// The dynamic batching settings, when batching is on.
+    pub dynamic_batching: Option<crate::config::DynamicBatching>,
+    /// The queue bound in force.
+    pub max_queue_size: usize,
+    /// Where each replica runs.
+    pub devices: Vec<Device>,
+    /// The model file's name.
+    pub model_file: String,
+}
+
 /// One loaded model version: its signature and the scheduler that feeds its replicas.
 struct Version {
     number: u64,
@@ -83,6 +104,7 @@ struct Version {
     platform: &'static str,
     scheduler: Scheduler,
     metrics: ModelMetrics,
+    config: ModelConfigInfo,
 }
 
 enum VersionState {
@@ -178,6 +200,7 @@ impl Runtime {
         config: &ModelConfig,
     ) -> std::result::Result<Version, String> {
         let devices = replica_devices(config)?;
+        let placement = devices.clone();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = config
             .threads
@@ -209,6 +232,19 @@ impl Runtime {
             0
         };
         let metrics = self.metrics.model(model, number);
+        let max_queue_size = batching
+            .max_queue_size
+            .unwrap_or(self.options.max_queue_size);
+        let info = ModelConfigInfo {
+            name: model.to_string(),
+            platform: ONNX_PLATFORM.to_string(),
+            signature: signature.clone(),
+            max_batch_size,
+            dynamic_batching: config.dynamic_batching.clone(),
+            max_queue_size,
+            devices: placement,
+            model_file: config.model_file.clone(),
+        };
         let scheduler = Scheduler::start(
             SchedulerConfig {
                 model: model.to_string(),
@@ -239,6 +275,7 @@ impl Runtime {
             platform: ONNX_PLATFORM,
             scheduler,
             metrics,
+            config: info,
         })
     }
 
@@ -272,6 +309,44 @@ impl Runtime {
             inputs: v.signature.inputs.clone(),
             outputs: v.signature.outputs.clone(),
         })
+    }
+
+    /// The configuration of `model` at `version` (or its default version).
+    pub fn model_config(&self, model: &str, version: Option<&str>) -> Result<ModelConfigInfo> {
+        Ok(self.resolve(model, version)?.config.clone())
+    }
+
+    /// Cumulative statistics of `model` at `version`; with no model, of every ready model
+    /// version; with a model but no version, of each of its ready versions.
+    pub fn statistics(
+        &self,
+        model: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Vec<crate::metrics::ModelStatistics>> {
+        if let (Some(m), Some(_)) = (model, version) {
+            let v = self.resolve(m, version)?;
+            return Ok(vec![v.metrics.stats.read(m, v.number)]);
+        }
+        if let Some(m) = model {
+            if !self.read_models().contains_key(m) {
+                return Err(Error::NotFound(format!("unknown model '{m}'")));
+            }
+        }
+        let models = self.read_models();
+        let mut out = Vec::new();
+        for (name, entry) in models.iter() {
+            if model.is_some_and(|m| m != name) {
+                continue;
+            }
+            if let ModelEntry::Loaded(versions) = entry {
+                for state in versions.values() {
+                    if let VersionState::Ready(v) = state {
+                        out.push(v.metrics.stats.read(name, v.number));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every model version and its state, sorted by name and version. With `ready_only`, only
@@ -324,17 +399,23 @@ impl Runtime {
     ) -> Result<InferResponse> {
         let v = self.resolve(model, version)?;
         let started = std::time::Instant::now();
+        v.metrics.stats.touch();
         let id = request.id.clone();
         let result = match validate::check(model, &v.signature, &request) {
             Ok(()) => v.scheduler.submit(request).await,
             Err(e) => Err(e),
         };
-        v.metrics
-            .request_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        v.metrics.request_seconds.observe(elapsed.as_secs_f64());
         match &result {
-            Ok(_) => v.metrics.success.inc(),
-            Err(_) => v.metrics.failure.inc(),
+            Ok(_) => {
+                v.metrics.success.inc();
+                v.metrics.stats.success.add(elapsed);
+            }
+            Err(_) => {
+                v.metrics.failure.inc();
+                v.metrics.stats.fail.add(elapsed);
+            }
         };
         Ok(InferResponse {
             model_name: model.to_string(),

@@ -251,9 +251,9 @@ impl Replica {
     fn run_batch(&mut self, items: Vec<Pending>) {
         let started = Instant::now();
         for p in &items {
-            self.metrics
-                .queue_seconds
-                .observe(started.duration_since(p.enqueued).as_secs_f64());
+            let waited = started.duration_since(p.enqueued);
+            self.metrics.queue_seconds.observe(waited.as_secs_f64());
+            self.metrics.stats.queue.add(waited);
         }
         let n = items.len() as i64;
         self.metrics.inflight.inc_by(n);
@@ -265,19 +265,27 @@ impl Replica {
                     self.config.model
                 )))
             });
-        let compute = started.elapsed().as_secs_f64();
+        let elapsed = started.elapsed();
+        let compute = elapsed.as_secs_f64();
         self.metrics.batch_size.observe(rows as f64);
         self.metrics.inflight.dec_by(n);
+        let stats = &self.metrics.stats;
+        stats.execution_count.fetch_add(1, Ordering::Relaxed);
         match results {
             Ok(outputs) => {
+                stats
+                    .inference_count
+                    .fetch_add(rows as u64, Ordering::Relaxed);
                 for (p, out) in items.into_iter().zip(outputs) {
                     self.metrics.compute_seconds.observe(compute);
+                    stats.compute_infer.add(elapsed);
                     self.answer(p.seq, p.reply, Ok(out));
                 }
             }
             Err(e) => {
                 for p in items {
                     self.metrics.compute_seconds.observe(compute);
+                    stats.compute_infer.add(elapsed);
                     self.answer(p.seq, p.reply, Err(e.clone()));
                 }
             }
