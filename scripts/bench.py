@@ -51,13 +51,14 @@ class Server:
             os.symlink(MODELS / src / "1", d / "1")
             if configs and name in configs:
                 (d / "model.yaml").write_text(configs[name])
-        self.proc = subprocess.Popen([str(BIN), "serve", "--http-port", "0", "--model-repository", self.repo.name],
+        self.proc = subprocess.Popen([str(BIN), "serve", "--http-port", "0", "--grpc-port", "0",
+                                      "--model-repository", self.repo.name],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         found, ev = {}, threading.Event()
 
         def drain():
             for line in self.proc.stderr:
-                m = re.search(r"listening on http://([0-9.]+):([0-9]+)", line)
+                m = re.search(r"HTTP listening on http://([0-9.]+):([0-9]+)", line)
                 if m and not ev.is_set():
                     found["host"], found["port"] = m.group(1), int(m.group(2))
                     ev.set()

@@ -79,11 +79,11 @@ fi
 # 3. Test tools.
 if [ "$WITH_TEST" = 1 ]; then
   VENV="$ROOT/.venv"
-  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import tritonclient.http, numpy, pytest, prometheus_client" 2>/dev/null; then
-    say "Python test venv with tritonclient[http] -> $VENV"
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, prometheus_client" 2>/dev/null; then
+    say "Python test venv with tritonclient[http,grpc] -> $VENV"
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet "tritonclient[http]==2.50.0" numpy pytest prometheus_client
+    "$VENV/bin/python" -m pip install --quiet "tritonclient[http,grpc]==2.50.0" numpy pytest prometheus_client
   fi
 fi
 

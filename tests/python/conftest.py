@@ -21,13 +21,14 @@ def _binary() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def server():
-    """Yields 'host:port' of a server over simple, identity, string_identity and minilm."""
+def ferroserve():
+    """Yields {"http": "host:port", "grpc": "host:port"} of a server over simple, identity,
+    string_identity and minilm."""
     repo = tempfile.TemporaryDirectory()
     for name in ["simple", "identity", "string_identity", "minilm"]:
         os.symlink(ROOT / "examples" / "models" / name, pathlib.Path(repo.name) / name)
     proc = subprocess.Popen(
-        [str(_binary()), "serve", "--host", "127.0.0.1", "--http-port", "0",
+        [str(_binary()), "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
          "--model-repository", repo.name],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -38,16 +39,17 @@ def server():
     def drain():
         for line in proc.stderr:
             log.append(line)
-            m = re.search(r"listening on http://([0-9.]+:[0-9]+)", line)
-            if m and not ready.is_set():
-                found["addr"] = m.group(1)
-                ready.set()
+            m = re.search(r"(HTTP|gRPC) listening on http://([0-9.]+:[0-9]+)", line)
+            if m:
+                found[m.group(1)] = m.group(2)
+                if "HTTP" in found and "gRPC" in found:
+                    ready.set()
 
     threading.Thread(target=drain, daemon=True).start()
     try:
         if not ready.wait(30):
             raise RuntimeError("ferroserve did not start:\n" + "".join(log))
-        addr = found["addr"]
+        addr = found["HTTP"]
         deadline = time.time() + 120
         while True:
             try:
@@ -59,7 +61,7 @@ def server():
             if time.time() > deadline:
                 raise RuntimeError("ferroserve never became ready:\n" + "".join(log))
             time.sleep(0.05)
-        yield addr
+        yield {"http": addr, "grpc": found["gRPC"]}
     finally:
         proc.terminate()
         try:
@@ -67,3 +69,15 @@ def server():
         except subprocess.TimeoutExpired:
             proc.kill()
         repo.cleanup()
+
+
+@pytest.fixture(scope="session")
+def server(ferroserve):
+    """'host:port' of the server's HTTP listener."""
+    return ferroserve["http"]
+
+
+@pytest.fixture(scope="session")
+def grpc_server(ferroserve):
+    """'host:port' of the server's gRPC listener."""
+    return ferroserve["grpc"]

@@ -55,6 +55,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8000)]
     pub http_port: u16,
 
+    /// gRPC port for inference.GRPCInferenceService and grpc.health.v1 (0 picks a free one).
+    #[arg(long, default_value_t = 8001)]
+    pub grpc_port: u16,
+
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub grpc_max_message_bytes: usize,
+
     /// ONNX Runtime shared library (libonnxruntime.so). Default: $ORT_DYLIB_PATH, else
     /// $FERROSERVE_HOME/lib/libonnxruntime.so (FERROSERVE_HOME defaults to ~/.ferroserve),
     /// which scripts/setup.sh fills.

@@ -65,6 +65,17 @@ async fn serve(args: ServeArgs, runtime: Arc<Runtime>) -> anyhow::Result<()> {
         app,
         until_stopped(stopped.clone()),
     ))];
+    let grpc = bind(SocketAddr::new(args.host, args.grpc_port), "gRPC").await?;
+    let grpc_options = ferroserve_grpc::GrpcOptions {
+        max_message_bytes: args.grpc_max_message_bytes,
+    };
+    let grpc_runtime = runtime.clone();
+    let grpc_stop = until_stopped(stopped.clone());
+    servers.push(tokio::spawn(async move {
+        ferroserve_grpc::serve(grpc, grpc_runtime, grpc_options, grpc_stop)
+            .await
+            .map_err(std::io::Error::other)
+    }));
     if let Some(port) = args.metrics_port {
         let listener = bind(SocketAddr::new(args.host, port), "metrics").await?;
         servers.push(tokio::spawn(ferroserve_http::serve(

@@ -25,4 +25,6 @@ pub mod repository;
 mod scheduler;
 mod validate;
 
-pub use registry::{IndexEntry, ModelMetadata, ModelState, Runtime, RuntimeOptions, ONNX_PLATFORM};
+pub use registry::{
+    IndexEntry, ModelConfigInfo, ModelMetadata, ModelState, Runtime, RuntimeOptions, ONNX_PLATFORM,
+};

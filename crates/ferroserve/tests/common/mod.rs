@@ -85,6 +85,8 @@ impl Server {
                 "127.0.0.1",
                 "--http-port",
                 "0",
+                "--grpc-port",
+                "0",
                 "--model-repository",
             ])
             .arg(repo.path())
@@ -101,9 +103,9 @@ impl Server {
         // Drain stderr for the server's whole life so it never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on http://") {
+                if let Some(i) = line.find("HTTP listening on http://") {
                     // The URL ends at a quote in JSON logs and at the line's end in text logs.
-                    let url: String = line[i + "listening on ".len()..]
+                    let url: String = line[i + "HTTP listening on ".len()..]
                         .chars()
                         .take_while(|c| !c.is_whitespace() && *c != '"')
                         .collect();
@@ -194,6 +196,20 @@ impl Server {
             )
         });
         (status, json, bytes[split..].to_vec())
+    }
+
+    /// `http://host:port` of the gRPC listener (logged before the server reports ready).
+    pub fn grpc_url(&self) -> String {
+        let log = self.log.lock().unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains("gRPC listening on http://"))
+            .unwrap_or_else(|| panic!("no gRPC listener in the log:\n{log}"));
+        let at = line.find("http://").unwrap();
+        line[at..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '"')
+            .collect()
     }
 
     /// The server's process id.

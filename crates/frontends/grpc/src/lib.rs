@@ -1,0 +1,79 @@
+//! ferroserve's gRPC frontend.
+//!
+//! Serves `inference.GRPCInferenceService`, the Open Inference Protocol's gRPC service with
+//! Triton's model-configuration, statistics and repository-index extensions, plus the standard
+//! `grpc.health.v1.Health`, on top of the same [`Runtime`] as the HTTP frontend: validation,
+//! batching and errors are the runtime's, so both protocols behave alike.
+//!
+//! ```no_run
+//! # async fn run(runtime: std::sync::Arc<ferroserve_runtime::Runtime>) -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8001").await?;
+//! ferroserve_grpc::serve(listener, runtime, ferroserve_grpc::GrpcOptions::default(), std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod convert;
+mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ferroserve_runtime::Runtime;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+pub use service::{model_config, status, InferenceService};
+
+/// The protocol's messages and the generated client and server.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}
+
+/// Settings of the gRPC frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcOptions {
+    /// Largest message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for GrpcOptions {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Serves the inference and health services on `listener` until `shutdown` completes, then
+/// lets in-flight calls finish. Health reports SERVING once the runtime is ready.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+    options: GrpcOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let ready = runtime.clone();
+    tokio::spawn(async move {
+        while !ready.is_ready() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        health.set_service_status("", ServingStatus::Serving).await;
+        health
+            .set_serving::<proto::grpc_inference_service_server::GrpcInferenceServiceServer<InferenceService>>()
+            .await;
+    });
+    let inference = proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+        InferenceService::new(runtime),
+    )
+    .max_decoding_message_size(options.max_message_bytes)
+    .max_encoding_message_size(options.max_message_bytes);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(inference)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
