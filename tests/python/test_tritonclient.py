@@ -116,3 +116,31 @@ def test_errors_surface_as_exceptions(client):
         client.get_model_metadata("nope")
     with pytest.raises(InferenceServerException, match="unknown version"):
         client.get_model_metadata("simple", "7")
+
+
+def test_model_config_and_statistics_over_http(client):
+    config = client.get_model_config("simple")
+    assert config["name"] == "simple"
+    assert config["max_batch_size"] == 0
+    assert [i["name"] for i in config["input"]] == ["INPUT0", "INPUT1"]
+    assert config["input"][0]["data_type"] == "TYPE_INT32"
+    assert config["input"][0]["dims"] == [-1, 16]
+    assert client.get_model_config("simple", "1") == config
+
+    def successes():
+        stats = client.get_inference_statistics("simple")["model_stats"]
+        assert [s["name"] for s in stats] == ["simple"]
+        return stats[0]["inference_stats"]["success"]["count"]
+
+    before = successes()
+    a = np.ones((1, 16), dtype=np.int32)
+    inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"), httpclient.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(a)
+    for _ in range(4):
+        client.infer("simple", inputs)
+    assert successes() - before == 4
+    everything = client.get_inference_statistics()["model_stats"]
+    assert {s["name"] for s in everything} >= {"simple", "identity"}
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.get_inference_statistics("nope")

@@ -82,6 +82,27 @@ impl DataType {
         }
     }
 
+    /// The name in Triton's model configuration vocabulary, e.g. `"TYPE_FP32"` (`BYTES` is
+    /// `TYPE_STRING` there).
+    pub fn config_name(self) -> &'static str {
+        match self {
+            DataType::Bool => "TYPE_BOOL",
+            DataType::Uint8 => "TYPE_UINT8",
+            DataType::Uint16 => "TYPE_UINT16",
+            DataType::Uint32 => "TYPE_UINT32",
+            DataType::Uint64 => "TYPE_UINT64",
+            DataType::Int8 => "TYPE_INT8",
+            DataType::Int16 => "TYPE_INT16",
+            DataType::Int32 => "TYPE_INT32",
+            DataType::Int64 => "TYPE_INT64",
+            DataType::Fp16 => "TYPE_FP16",
+            DataType::Bf16 => "TYPE_BF16",
+            DataType::Fp32 => "TYPE_FP32",
+            DataType::Fp64 => "TYPE_FP64",
+            DataType::Bytes => "TYPE_STRING",
+        }
+    }
+
     /// Bytes per element, or `None` for [`DataType::Bytes`], whose elements vary in size.
     pub fn size(self) -> Option<usize> {
         Some(match self {

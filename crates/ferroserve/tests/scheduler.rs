@@ -484,3 +484,30 @@ fn preserve_ordering_holds_a_fast_answer_behind_a_slow_earlier_one() {
         "with it, the fast answer waits for the earlier one"
     );
 }
+
+#[test]
+fn model_config_reports_batching_as_triton_tools_expect() {
+    let repo = Repo::with(&[]);
+    configured(
+        &repo,
+        "minilm",
+        "minilm",
+        "replicas: 2\nmax_batch_size: 8\ndynamic_batching:\n  preferred_batch_size: [4, 8]\n  max_queue_delay_us: 300\n  max_queue_size: 16\n  default_timeout_ms: 5\npad: {input_ids: 0, attention_mask: 0, token_type_ids: 0}\n",
+    );
+    let server = Server::start(repo, &[]);
+    let (status, config) = server.get("/v2/models/minilm/config");
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(config["max_batch_size"], 8);
+    // Dims leave out the batch dimension when the server batches.
+    assert_eq!(config["input"][0]["dims"], json!([-1]));
+    assert_eq!(config["output"][0]["dims"], json!([-1, 384]));
+    assert_eq!(config["output"][0]["data_type"], "TYPE_FP32");
+    assert_eq!(config["instance_group"][0]["count"], 2);
+    let db = &config["dynamic_batching"];
+    assert_eq!(db["preferred_batch_size"], json!([4, 8]));
+    assert_eq!(db["max_queue_delay_microseconds"], 300);
+    assert_eq!(
+        db["default_queue_policy"],
+        json!({"default_timeout_microseconds": 5000, "max_queue_size": 16})
+    );
+}

@@ -97,6 +97,18 @@ pub struct ModelConfigInfo {
     pub model_file: String,
 }
 
+impl ModelConfigInfo {
+    /// `shape` as Triton's configuration writes dims: without the batch dimension when the server
+    /// batches the model.
+    pub fn dims(&self, shape: &[i64]) -> Vec<i64> {
+        if self.max_batch_size > 0 {
+            shape.get(1..).unwrap_or_default().to_vec()
+        } else {
+            shape.to_vec()
+        }
+    }
+}
+
 /// One loaded model version: its signature and the scheduler that feeds its replicas.
 struct Version {
     number: u64,

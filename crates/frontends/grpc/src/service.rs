@@ -296,14 +296,6 @@ impl GrpcInferenceService for InferenceService {
 /// Triton's `ModelConfig` for a model version: dims without the batch dimension when the server
 /// batches the model, as Triton's tools expect.
 pub fn model_config(info: ModelConfigInfo) -> ModelConfig {
-    let batched = info.max_batch_size > 0;
-    let dims = |shape: &[i64]| {
-        if batched {
-            shape.get(1..).unwrap_or_default().to_vec()
-        } else {
-            shape.to_vec()
-        }
-    };
     let gpus: Vec<i32> = info
         .devices
         .iter()
@@ -332,9 +324,9 @@ pub fn model_config(info: ModelConfigInfo) -> ModelConfig {
             .iter()
             .map(|s| ModelInput {
                 name: s.name.clone(),
-                data_type: data_type(s.datatype) as i32,
+                data_type: data_type(s.datatype),
                 format: model_input::Format::None as i32,
-                dims: dims(&s.shape),
+                dims: info.dims(&s.shape),
             })
             .collect(),
         output: info
@@ -343,8 +335,8 @@ pub fn model_config(info: ModelConfigInfo) -> ModelConfig {
             .iter()
             .map(|s| ModelOutput {
                 name: s.name.clone(),
-                data_type: data_type(s.datatype) as i32,
-                dims: dims(&s.shape),
+                data_type: data_type(s.datatype),
+                dims: info.dims(&s.shape),
             })
             .collect(),
         instance_group: vec![ModelInstanceGroup {
@@ -376,22 +368,7 @@ pub fn model_config(info: ModelConfigInfo) -> ModelConfig {
     }
 }
 
-fn data_type(t: DataType) -> crate::proto::DataType {
-    use crate::proto::DataType as P;
-    match t {
-        DataType::Bool => P::TypeBool,
-        DataType::Uint8 => P::TypeUint8,
-        DataType::Uint16 => P::TypeUint16,
-        DataType::Uint32 => P::TypeUint32,
-        DataType::Uint64 => P::TypeUint64,
-        DataType::Int8 => P::TypeInt8,
-        DataType::Int16 => P::TypeInt16,
-        DataType::Int32 => P::TypeInt32,
-        DataType::Int64 => P::TypeInt64,
-        DataType::Fp16 => P::TypeFp16,
-        DataType::Bf16 => P::TypeBf16,
-        DataType::Fp32 => P::TypeFp32,
-        DataType::Fp64 => P::TypeFp64,
-        DataType::Bytes => P::TypeString,
-    }
+fn data_type(t: DataType) -> i32 {
+    crate::proto::DataType::from_str_name(t.config_name())
+        .unwrap_or(crate::proto::DataType::TypeInvalid) as i32
 }

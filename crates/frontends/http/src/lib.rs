@@ -108,6 +108,17 @@ pub fn router(runtime: Arc<Runtime>, options: HttpOptions) -> Router {
             "/v2/models/{model}/versions/{version}/infer",
             post(v2::infer),
         )
+        .route("/v2/models/{model}/config", get(v2::model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(v2::model_config),
+        )
+        .route("/v2/models/stats", get(v2::all_stats))
+        .route("/v2/models/{model}/stats", get(v2::model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(v2::model_stats),
+        )
         .route("/v2/repository/index", post(v2::repository_index))
         .route("/metrics", get(metrics))
         .fallback(not_found)

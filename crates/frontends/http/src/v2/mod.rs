@@ -51,7 +51,7 @@ pub(crate) async fn server_metadata() -> Json<serde_json::Value> {
     Json(json!({
         "name": "ferroserve",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
     }))
 }
 
@@ -147,4 +147,107 @@ pub(crate) async fn repository_index(
             .map_err(|e| Error::invalid(format!("malformed repository index request: {e}")))?
     };
     Ok(Json(s.runtime.index(req.ready)).into_response())
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]/config`: the model's configuration in Triton's JSON shape,
+/// which perf_analyzer reads (dims without the batch dimension when the server batches).
+pub(crate) async fn model_config(
+    State(s): State<Arc<AppState>>,
+    Path(p): Path<ModelPath>,
+) -> Result<Response, ApiError> {
+    let c = s.runtime.model_config(&p.model, p.version.as_deref())?;
+    let tensors = |specs: &[ferroserve_core::TensorSpec], input: bool| {
+        specs
+            .iter()
+            .map(|t| {
+                let mut v = json!({
+                    "name": t.name,
+                    "data_type": t.datatype.config_name(),
+                    "dims": c.dims(&t.shape),
+                });
+                if input {
+                    v["format"] = json!("FORMAT_NONE");
+                }
+                v
+            })
+            .collect::<Vec<_>>()
+    };
+    let gpus: Vec<u32> = c
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            ferroserve_core::Device::Cuda(i) => Some(*i),
+            ferroserve_core::Device::Cpu => None,
+        })
+        .collect();
+    let mut config = json!({
+        "name": c.name,
+        "platform": c.platform,
+        "backend": "onnxruntime",
+        "version_policy": {"all": {}},
+        "max_batch_size": c.max_batch_size,
+        "input": tensors(&c.signature.inputs, true),
+        "output": tensors(&c.signature.outputs, false),
+        "instance_group": [{
+            "name": c.name,
+            "count": c.devices.len(),
+            "kind": if gpus.is_empty() { "KIND_CPU" } else { "KIND_GPU" },
+            "gpus": gpus,
+        }],
+        "default_model_filename": c.model_file,
+    });
+    if let Some(db) = &c.dynamic_batching {
+        config["dynamic_batching"] = json!({
+            "preferred_batch_size": db.preferred_batch_size,
+            "max_queue_delay_microseconds": db.max_queue_delay_us,
+            "preserve_ordering": db.preserve_ordering,
+            "default_queue_policy": {
+                "default_timeout_microseconds": db.default_timeout_ms.unwrap_or(0).saturating_mul(1000),
+                "max_queue_size": c.max_queue_size,
+            },
+        });
+    }
+    Ok(Json(config).into_response())
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]/stats`: Triton's statistics extension.
+pub(crate) async fn model_stats(
+    State(s): State<Arc<AppState>>,
+    Path(p): Path<ModelPath>,
+) -> Result<Response, ApiError> {
+    stats(&s, Some(&p.model), p.version.as_deref())
+}
+
+/// `GET /v2/models/stats`: statistics of every ready model version.
+pub(crate) async fn all_stats(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    stats(&s, None, None)
+}
+
+fn stats(s: &AppState, model: Option<&str>, version: Option<&str>) -> Result<Response, ApiError> {
+    let stats = s.runtime.statistics(model, version)?;
+    let d =
+        |x: ferroserve_runtime::metrics::StatisticDuration| json!({"count": x.count, "ns": x.ns});
+    let zero = ferroserve_runtime::metrics::StatisticDuration::default();
+    let model_stats: Vec<serde_json::Value> = stats
+        .into_iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "version": m.version,
+                "last_inference": m.last_inference_ms,
+                "inference_count": m.inference_count,
+                "execution_count": m.execution_count,
+                "inference_stats": {
+                    "success": d(m.success),
+                    "fail": d(m.fail),
+                    "queue": d(m.queue),
+                    "compute_input": d(zero),
+                    "compute_infer": d(m.compute_infer),
+                    "compute_output": d(zero),
+                },
+                "batch_stats": [],
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "model_stats": model_stats })).into_response())
 }
