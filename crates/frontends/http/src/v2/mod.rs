@@ -227,7 +227,6 @@ fn stats(s: &AppState, model: Option<&str>, version: Option<&str>) -> Result<Res
     let stats = s.runtime.statistics(model, version)?;
     let d =
         |x: ferroserve_runtime::metrics::StatisticDuration| json!({"count": x.count, "ns": x.ns});
-    let zero = ferroserve_runtime::metrics::StatisticDuration::default();
     let model_stats: Vec<serde_json::Value> = stats
         .into_iter()
         .map(|m| {
@@ -241,9 +240,9 @@ fn stats(s: &AppState, model: Option<&str>, version: Option<&str>) -> Result<Res
                     "success": d(m.success),
                     "fail": d(m.fail),
                     "queue": d(m.queue),
-                    "compute_input": d(zero),
+                    "compute_input": d(m.compute_input),
                     "compute_infer": d(m.compute_infer),
-                    "compute_output": d(zero),
+                    "compute_output": d(m.compute_output),
                 },
                 "batch_stats": [],
             })
