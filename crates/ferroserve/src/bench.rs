@@ -20,8 +20,8 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::{BenchArgs, Format};
-use crate::tensors;
+use crate::cli::{BenchArgs, Format, Protocol};
+use crate::{grpc_client, tensors};
 
 /// What one worker saw.
 struct WorkerReport {
@@ -60,33 +60,49 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let base = args.url.trim_end_matches('/').to_string();
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| args.protocol.default_url().to_string());
+    let base = url.trim_end_matches('/').to_string();
     let model_path = match &args.model_version {
         Some(v) => format!("/v2/models/{}/versions/{v}", args.model),
         None => format!("/v2/models/{}", args.model),
     };
     let inputs = if args.inputs.is_empty() {
-        random_inputs(&base, &model_path, &args)?
+        let meta = match args.protocol {
+            Protocol::Http => http_metadata(&base, &model_path)?,
+            Protocol::Grpc => grpc_metadata(&base, &args)?,
+        };
+        random_inputs(&meta, &args)?
     } else {
         args.inputs
             .iter()
             .map(|s| tensors::read_input(s))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    let binary = args.format == Format::Binary;
-    let (body, header_len) = tensors::request_body(&inputs, &[], binary, binary)?;
-    let uri: hyper::Uri = format!("{base}{model_path}/infer")
-        .parse()
-        .context("--url is not a valid URL")?;
-    if uri.scheme_str() != Some("http") {
-        bail!("--url must be an http:// URL");
-    }
-    let authority = uri.authority().context("--url has no host")?.to_string();
-    let target = Target {
-        authority,
-        path: uri.path().to_string(),
-        body: Bytes::from(body),
-        header_len,
+    let target = match args.protocol {
+        Protocol::Grpc => Target::Grpc {
+            url: base.clone(),
+            request: grpc_client::request(&args.model, args.model_version.as_deref(), &inputs, &[]),
+        },
+        Protocol::Http => {
+            let binary = args.format == Format::Binary;
+            let (body, header_len) = tensors::request_body(&inputs, &[], binary, binary)?;
+            let uri: hyper::Uri = format!("{base}{model_path}/infer")
+                .parse()
+                .context("--url is not a valid URL")?;
+            if uri.scheme_str() != Some("http") {
+                bail!("--url must be an http:// URL");
+            }
+            let authority = uri.authority().context("--url has no host")?.to_string();
+            Target::Http {
+                authority,
+                path: uri.path().to_string(),
+                body: Bytes::from(body),
+                header_len,
+            }
+        }
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -102,20 +118,91 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Target {
-    authority: String,
-    path: String,
-    body: Bytes,
-    header_len: Option<usize>,
+/// Where requests go and what they carry, built once.
+enum Target {
+    Http {
+        authority: String,
+        path: String,
+        body: Bytes,
+        header_len: Option<usize>,
+    },
+    Grpc {
+        url: String,
+        request: ferroserve_grpc::proto::ModelInferRequest,
+    },
 }
 
-/// Makes random inputs from the model's metadata: dynamic dimensions become `--batch` for the
-/// first and 1 elsewhere, unless `--shape NAME=d1,d2,...` says otherwise.
-fn random_inputs(
-    base: &str,
-    model_path: &str,
-    args: &BenchArgs,
-) -> anyhow::Result<Vec<NamedTensor>> {
+/// One worker's connection.
+enum Connection {
+    Http(Sender),
+    Grpc(
+        ferroserve_grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient<
+            tonic::transport::Channel,
+        >,
+    ),
+}
+
+impl Target {
+    async fn connect(&self) -> anyhow::Result<Connection> {
+        Ok(match self {
+            Target::Http { authority, .. } => Connection::Http(connect(authority).await?),
+            Target::Grpc { url, .. } => Connection::Grpc(grpc_client::connect(url).await?),
+        })
+    }
+
+    /// Sends one request; `Err` names the kind of failure, and whether the connection is gone.
+    async fn send(&self, conn: &mut Connection) -> Result<(), (String, bool)> {
+        match (self, conn) {
+            (
+                Target::Http {
+                    authority,
+                    path,
+                    body,
+                    header_len,
+                },
+                Connection::Http(s),
+            ) => {
+                let req =
+                    Request::post(path.as_str()).header(hyper::header::HOST, authority.as_str());
+                let req = match header_len {
+                    Some(n) => req
+                        .header("content-type", "application/octet-stream")
+                        .header("inference-header-content-length", *n),
+                    None => req.header("content-type", "application/json"),
+                };
+                let req = req
+                    .body(Full::new(body.clone()))
+                    .map_err(|e| (format!("building the request: {e}"), false))?;
+                let resp = s
+                    .send_request(req)
+                    .await
+                    .map_err(|e| (format!("connection: {e}"), true))?;
+                let status = resp.status();
+                match resp.into_body().collect().await {
+                    Ok(_) if status.is_success() => Ok(()),
+                    Ok(_) => Err((format!("HTTP {}", status.as_u16()), false)),
+                    Err(e) => Err((format!("reading the response: {e}"), true)),
+                }
+            }
+            (Target::Grpc { request, .. }, Connection::Grpc(c)) => c
+                .model_infer(request.clone())
+                .await
+                .map(|_| ())
+                .map_err(|s| (format!("gRPC {:?}", s.code()), false)),
+            _ => Err(("connection of the wrong protocol".into(), true)),
+        }
+    }
+
+    fn address(&self) -> &str {
+        match self {
+            Target::Http { authority, .. } => authority,
+            Target::Grpc { url, .. } => url,
+        }
+    }
+}
+
+/// The model's metadata over HTTP.
+fn http_metadata(base: &str, model_path: &str) -> anyhow::Result<Value> {
     let url = format!("{base}{model_path}");
     let response = reqwest::blocking::get(&url).with_context(|| format!("cannot reach {url}"))?;
     let status = response.status();
@@ -123,6 +210,37 @@ fn random_inputs(
     if !status.is_success() {
         bail!("{url} answered {status}: {}", meta["error"]);
     }
+    Ok(meta)
+}
+
+/// The model's metadata over gRPC, in the HTTP answer's JSON shape.
+fn grpc_metadata(url: &str, args: &BenchArgs) -> anyhow::Result<Value> {
+    let request = ferroserve_grpc::proto::ModelMetadataRequest {
+        name: args.model.clone(),
+        version: args.model_version.clone().unwrap_or_default(),
+    };
+    let meta = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut client = grpc_client::connect(url).await?;
+            client
+                .model_metadata(request)
+                .await
+                .map_err(|s| anyhow::anyhow!("{url} answered {:?}: {}", s.code(), s.message()))
+        })?
+        .into_inner();
+    let inputs: Vec<Value> = meta
+        .inputs
+        .into_iter()
+        .map(|t| serde_json::json!({"name": t.name, "datatype": t.datatype, "shape": t.shape}))
+        .collect();
+    Ok(serde_json::json!({ "inputs": inputs }))
+}
+
+/// Makes random inputs from the model's metadata: dynamic dimensions become `--batch` for the
+/// first and 1 elsewhere, unless `--shape NAME=d1,d2,...` says otherwise.
+fn random_inputs(meta: &Value, args: &BenchArgs) -> anyhow::Result<Vec<NamedTensor>> {
     let mut shapes = BTreeMap::new();
     for s in &args.shapes {
         let (name, dims) = s
@@ -247,10 +365,10 @@ async fn drive(target: Arc<Target>, args: &BenchArgs) -> anyhow::Result<Summary>
     Ok(Summary {
         model: args.model.clone(),
         concurrency: args.concurrency,
-        format: if args.format == Format::Binary {
-            "binary"
-        } else {
-            "json"
+        format: match (args.protocol, args.format) {
+            (Protocol::Grpc, _) => "gRPC raw",
+            (Protocol::Http, Format::Binary) => "binary",
+            (Protocol::Http, Format::Json) => "json",
         },
         requests,
         succeeded: ok,
@@ -301,63 +419,40 @@ async fn worker(
         ok: 0,
         errors: BTreeMap::new(),
     };
-    let mut sender = None;
+    let mut conn = None;
     while !stop.load(Ordering::Acquire) {
-        if sender.is_none() {
-            match connect(&target.authority).await {
-                Ok(s) => sender = Some(s),
+        if conn.is_none() {
+            match target.connect().await {
+                Ok(c) => conn = Some(c),
                 Err(e) => {
                     if measuring.load(Ordering::Acquire) {
-                        *report.errors.entry(format!("connect: {e}")).or_insert(0) += 1;
+                        let kind = format!("connect to {}: {e}", target.address());
+                        *report.errors.entry(kind).or_insert(0) += 1;
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             }
         }
-        let Some(s) = sender.as_mut() else { continue };
+        let Some(c) = conn.as_mut() else { continue };
         let measured = measuring.load(Ordering::Acquire);
         if measured {
-            if let Some(l) = limit {
-                if sent.fetch_add(1, Ordering::AcqRel) >= l {
-                    break;
-                }
-            } else {
-                sent.fetch_add(1, Ordering::AcqRel);
+            let n = sent.fetch_add(1, Ordering::AcqRel);
+            if limit.is_some_and(|l| n >= l) {
+                break;
             }
         }
-        let mut req = Request::post(target.path.as_str())
-            .header(hyper::header::HOST, target.authority.as_str());
-        req = match target.header_len {
-            Some(n) => req
-                .header("content-type", "application/octet-stream")
-                .header("inference-header-content-length", n),
-            None => req.header("content-type", "application/json"),
-        };
-        let Ok(req) = req.body(Full::new(target.body.clone())) else {
-            break;
-        };
         let t = Instant::now();
-        let outcome = match s.send_request(req).await {
-            Ok(resp) => {
-                let status = resp.status();
-                match resp.into_body().collect().await {
-                    Ok(_) if status.is_success() => Ok(()),
-                    Ok(_) => Err(format!("HTTP {}", status.as_u16())),
-                    Err(e) => Err(format!("reading the response: {e}")),
-                }
-            }
-            Err(e) => {
-                sender = None;
-                Err(format!("connection: {e}"))
-            }
-        };
+        let outcome = target.send(c).await;
+        if let Err((_, true)) = &outcome {
+            conn = None;
+        }
         if measured {
             let us = (t.elapsed().as_micros() as u64).clamp(1, 100_000_000);
             report.latency_us.saturating_record(us);
             match outcome {
                 Ok(()) => report.ok += 1,
-                Err(kind) => *report.errors.entry(kind).or_insert(0) += 1,
+                Err((kind, _)) => *report.errors.entry(kind).or_insert(0) += 1,
             }
         }
     }

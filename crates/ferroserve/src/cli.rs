@@ -88,15 +88,38 @@ pub struct ServeArgs {
     pub shutdown_grace: f64,
 }
 
+/// Which protocol a client command speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// The Open Inference Protocol over HTTP (REST).
+    Http,
+    /// The Open Inference Protocol over gRPC.
+    Grpc,
+}
+
+impl Protocol {
+    /// The URL of a local server's listener for this protocol, at its default port.
+    pub fn default_url(self) -> &'static str {
+        match self {
+            Protocol::Http => "http://127.0.0.1:8000",
+            Protocol::Grpc => "http://127.0.0.1:8001",
+        }
+    }
+}
+
 /// `ferroserve infer`.
 #[derive(Debug, Args)]
 pub struct InferArgs {
     /// Model name.
     pub model: String,
 
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
-    pub url: String,
+    /// Protocol to speak.
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    pub protocol: Protocol,
+
+    /// Server URL (default: http://127.0.0.1:8000 for HTTP, http://127.0.0.1:8001 for gRPC).
+    #[arg(long)]
+    pub url: Option<String>,
 
     /// Model version (default: the server's default version).
     #[arg(long)]
@@ -128,9 +151,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub model: String,
 
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
-    pub url: String,
+    /// Protocol to speak.
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    pub protocol: Protocol,
+
+    /// Server URL (default: http://127.0.0.1:8000 for HTTP, http://127.0.0.1:8001 for gRPC).
+    #[arg(long)]
+    pub url: Option<String>,
 
     /// Model version (default: the server's default version).
     #[arg(long)]
@@ -166,7 +193,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
 
-    /// How tensors travel: JSON `data` or Triton's binary extension.
+    /// How tensors travel over HTTP: JSON `data` or Triton's binary extension (gRPC always
+    /// sends raw tensor bytes).
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
 

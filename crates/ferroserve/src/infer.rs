@@ -3,8 +3,8 @@
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::cli::InferArgs;
-use crate::tensors;
+use crate::cli::{InferArgs, Protocol};
+use crate::{grpc_client, tensors};
 
 /// Sends the request (inputs as binary tensor data, outputs as JSON, which is what gets
 /// printed) and prints the response.
@@ -14,10 +14,36 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| tensors::read_input(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| args.protocol.default_url().to_string());
+    if args.protocol == Protocol::Grpc {
+        let request = grpc_client::request(
+            &args.model,
+            args.model_version.as_deref(),
+            &inputs,
+            &args.outputs,
+        );
+        let answer = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let mut client = grpc_client::connect(&url).await?;
+                client.model_infer(request).await.map_err(|s| {
+                    anyhow::anyhow!("the server answered {:?}: {}", s.code(), s.message())
+                })
+            })?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&grpc_client::response_json(answer.into_inner())?)?
+        );
+        return Ok(());
+    }
     let (body, header_len) = tensors::request_body(&inputs, &args.outputs, true, false)?;
     let json_len = header_len.context("binary body without a header length")?;
 
-    let base = args.url.trim_end_matches('/');
+    let base = url.trim_end_matches('/');
     let url = match &args.model_version {
         Some(v) => format!("{base}/v2/models/{}/versions/{v}/infer", args.model),
         None => format!("{base}/v2/models/{}/infer", args.model),

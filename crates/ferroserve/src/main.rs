@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod grpc_client;
 mod infer;
 mod logging;
 mod serve;

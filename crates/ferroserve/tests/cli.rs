@@ -268,3 +268,93 @@ fn metrics_port_serves_metrics_only() {
         .unwrap();
     assert_eq!(r.status(), 404, "the metrics port serves nothing else");
 }
+
+#[test]
+fn infer_and_bench_speak_grpc() {
+    let server = Server::start(Repo::with(&["simple"]), &[]);
+    let grpc = server.grpc_url();
+    let dir = tempfile::tempdir().unwrap();
+    let a: Vec<u8> = (0..16i32).flat_map(i32::to_le_bytes).collect();
+    write_npy(&dir.path().join("a.npy"), "<i4", &[1, 16], &a);
+    let input = |name: &str| format!("{name}={}", dir.path().join("a.npy").display());
+
+    let out = ferroserve()
+        .args(["infer", "simple", "--protocol", "grpc", "--url", &grpc])
+        .args([
+            "-i",
+            &input("INPUT0"),
+            "-i",
+            &input("INPUT1"),
+            "-o",
+            "OUTPUT0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doubled: Vec<i32> = (0..16).map(|x| 2 * x).collect();
+    assert_eq!(printed["outputs"][0]["data"], serde_json::json!(doubled));
+    assert_eq!(printed["outputs"].as_array().unwrap().len(), 1);
+
+    let out = ferroserve()
+        .args([
+            "infer",
+            "simple",
+            "--protocol",
+            "grpc",
+            "--url",
+            &grpc,
+            "-i",
+            &input("INPUT0"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("missing input 'INPUT1'"),
+        "{err}"
+    );
+
+    // Random inputs shaped from the model's gRPC metadata.
+    let out = ferroserve()
+        .args([
+            "bench",
+            "--protocol",
+            "grpc",
+            "--url",
+            &grpc,
+            "--model",
+            "simple",
+        ])
+        .args([
+            "-c",
+            "4",
+            "--requests",
+            "100",
+            "--warmup",
+            "0.1",
+            "--shape",
+            "INPUT0=2,16",
+            "--shape",
+            "INPUT1=2,16",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (s["succeeded"].as_u64(), s["format"].as_str()),
+        (Some(100), Some("gRPC raw")),
+        "{s}"
+    );
+}

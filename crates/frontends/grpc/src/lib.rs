@@ -72,8 +72,34 @@ pub async fn serve(
     .max_decoding_message_size(options.max_message_bytes)
     .max_encoding_message_size(options.max_message_bytes);
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            too_large_is_resource_exhausted,
+        ))
         .add_service(health_service)
         .add_service(inference)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+/// tonic answers a message over the size limit with OUT_OF_RANGE; gRPC's own servers (and
+/// Triton) say RESOURCE_EXHAUSTED, the twin of HTTP's 413, which is what clients handle.
+fn too_large_is_resource_exhausted<B>(
+    mut response: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let headers = response.headers_mut();
+    let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("message%20length%20too%20large")
+                    || m.contains("message length too large")
+            });
+    if too_large {
+        headers.insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("8"),
+        );
+    }
+    response
 }
