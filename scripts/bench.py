@@ -5,6 +5,8 @@ because the machine is shared and absolute numbers drift.
    one request at a time, alternating in short slices.
 2. HTTP ceiling: wrk against a static nginx response, beside wrk and `ferroserve bench` against
    ferroserve's no-op V2 JSON infer (identity, simple), at concurrency 1, 8, 32, 128.
+2b. gRPC: `ferroserve bench` and NVIDIA's perf_analyzer over HTTP (binary tensors) and gRPC on
+   `simple`, at concurrency 1, 8, 32, 128.
 3. MiniLM at concurrency 32 with dynamic batching off and on, beside in-process onnxruntime at
    batch 32 (the backend's limit).
 4. MiniLM latency at concurrency 1 with batching on vs. off.
@@ -20,6 +22,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -58,15 +61,17 @@ class Server:
 
         def drain():
             for line in self.proc.stderr:
-                m = re.search(r"HTTP listening on http://([0-9.]+):([0-9]+)", line)
-                if m and not ev.is_set():
-                    found["host"], found["port"] = m.group(1), int(m.group(2))
-                    ev.set()
+                m = re.search(r"(HTTP|gRPC) listening on http://([0-9.]+):([0-9]+)", line)
+                if m:
+                    found[m.group(1)] = (m.group(2), int(m.group(3)))
+                    if len(found) == 2:
+                        ev.set()
 
         threading.Thread(target=drain, daemon=True).start()
         if not ev.wait(30):
             raise SystemExit("ferroserve did not start")
-        self.host, self.port = found["host"], found["port"]
+        self.host, self.port = found["HTTP"]
+        self.grpc_port = found["gRPC"][1]
         self.url = f"http://{self.host}:{self.port}"
         conn = http.client.HTTPConnection(self.host, self.port)
         for _ in range(2400):
@@ -84,8 +89,8 @@ class Server:
         self.repo.cleanup()
 
 
-def fbench(server, model, concurrency, seconds, extra=()):
-    out = subprocess.run([str(BIN), "bench", "--url", server.url, "--model", model, "-c", str(concurrency),
+def fbench(server, model, concurrency, seconds, extra=(), url=None):
+    out = subprocess.run([str(BIN), "bench", "--url", url or server.url, "--model", model, "-c", str(concurrency),
                           "--duration", str(seconds), "--warmup", "1", "--json", *extra],
                          check=True, capture_output=True, text=True).stdout
     s = json.loads(out)
@@ -229,6 +234,40 @@ def ceiling(seconds):
     print()
 
 
+def perf_analyzer(url, protocol, concurrency, seconds):
+    import nvidia.cuda_runtime
+    lib = pathlib.Path(nvidia.cuda_runtime.__path__[0]) / "lib"
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    cmd = [str(pathlib.Path(sys.executable).parent / "perf_analyzer"), "-m", "simple", "-u", url, "-i", protocol,
+           "--shape", "INPUT0:1,16", "--shape", "INPUT1:1,16", "--concurrency-range", f"{concurrency}:{concurrency}",
+           "-p", str(int(seconds * 1000)), "-s", "100", "--max-trials", "5"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600).stdout
+    m = re.search(r"Concurrency: \d+, throughput: ([0-9.]+) infer/sec, latency (\d+) usec", out)
+    if not m:
+        raise SystemExit(f"perf_analyzer {protocol}: no result\n{out}")
+    return float(m.group(1)), int(m.group(2)) / 1000
+
+
+def grpc(seconds):
+    server = Server({"simple": "simple"})
+    grpc_url = re.sub(r":\d+$", f":{server.grpc_port}", server.url)
+    shapes = ["--shape", "INPUT0=1,16", "--shape", "INPUT1=1,16"]
+    print(f"### 2b. gRPC and HTTP on `simple`, ferroserve bench and perf_analyzer ({seconds:.0f} s per cell)\n")
+    print("| concurrency | bench HTTP (binary) | bench gRPC | gRPC / HTTP | perf_analyzer HTTP | perf_analyzer gRPC | perf_analyzer gRPC avg latency |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    try:
+        for c in [1, 8, 32, 128]:
+            http = fbench(server, "simple", c, seconds, ["--format", "binary", *shapes])["throughput_rps"]
+            g = fbench(server, "simple", c, seconds, ["--protocol", "grpc", *shapes], url=grpc_url)["throughput_rps"]
+            pa_http, _ = perf_analyzer(f"{server.host}:{server.port}", "http", c, seconds)
+            pa_grpc, pa_lat = perf_analyzer(f"{server.host}:{server.grpc_port}", "grpc", c, seconds)
+            print(f"| {c} | {http:,.0f} req/s | {g:,.0f} req/s | {g / http:.2f} | {pa_http:,.0f} infer/s | "
+                  f"{pa_grpc:,.0f} infer/s | {pa_lat:.3f} ms |")
+    finally:
+        server.stop()
+    print()
+
+
 def minilm(seconds):
     rng = np.random.default_rng(1)
     files = tempfile.TemporaryDirectory()
@@ -270,7 +309,7 @@ def minilm(seconds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", choices=["overhead", "ceiling", "minilm"])
+    ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm"])
     args = ap.parse_args()
     for tool in ["nginx", "wrk"]:
         if not shutil.which(tool) and args.only in (None, "ceiling"):
@@ -281,6 +320,8 @@ def main():
         overhead(args.seconds)
     if args.only in (None, "ceiling"):
         ceiling(args.seconds)
+    if args.only in (None, "grpc"):
+        grpc(args.seconds)
     if args.only in (None, "minilm"):
         minilm(args.seconds)
 

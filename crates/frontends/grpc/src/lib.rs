@@ -21,7 +21,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use ferroserve_runtime::Runtime;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 pub use service::{model_config, status, InferenceService};
@@ -77,7 +76,11 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(inference)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Small HTTP/2 frames must not wait for Nagle's algorithm.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
 
