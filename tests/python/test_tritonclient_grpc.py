@@ -180,3 +180,13 @@ def test_errors_map_to_grpc_status_codes(client, call, code, needle):
         call(client)
     assert e.value.status() == code
     assert needle in e.value.message()
+
+
+def test_unload_and_load_over_grpc(client):
+    client.unload_model("identity")
+    assert not client.is_model_ready("identity")
+    with pytest.raises(InferenceServerException) as e:
+        client.load_model("nope")
+    assert e.value.status() == "StatusCode.NOT_FOUND"
+    client.load_model("identity")
+    assert client.is_model_ready("identity")

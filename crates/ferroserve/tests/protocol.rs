@@ -557,3 +557,103 @@ fn backend_failure_is_a_500_and_the_model_keeps_serving() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["outputs"][0]["data"], json!([1.5, 1.5, 1.5]));
 }
+
+#[test]
+fn repository_load_and_unload_by_name() {
+    let repo = Repo::with(&["simple"]);
+    // A real folder (not a link) whose model.yaml the test can change between loads.
+    repo.write("ident/model.yaml", b"replicas: 1\n");
+    repo.link("ident/1", &common::model_dir("identity").join("1"));
+    let server = Server::start(repo, &[]);
+    let post = |path: &str| server.post_raw(path, Vec::new(), None);
+    let ident_req = json!({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": vec![1.0; 16]}]});
+
+    assert_eq!(post("/v2/repository/models/ident/unload").0, 200);
+    let (_, index) = server.post_json("/v2/repository/index", &json!({}));
+    let row = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "ident")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (row["state"].as_str(), row["reason"].as_str()),
+        (Some("UNAVAILABLE"), Some("unloaded"))
+    );
+    assert_eq!(
+        server.post_json("/v2/models/ident/infer", &ident_req).0,
+        503
+    );
+
+    // Reload picks up the folder as it is now.
+    std::fs::write(
+        server_repo_file(&server, "ident/model.yaml"),
+        b"replicas: 2\n",
+    )
+    .unwrap();
+    assert_eq!(post("/v2/repository/models/ident/load").0, 200);
+    assert_eq!(
+        server.post_json("/v2/models/ident/infer", &ident_req).0,
+        200
+    );
+    let (_, config) = server.get("/v2/models/ident/config");
+    assert_eq!(config["instance_group"][0]["count"], 2);
+
+    for (path, status, needle) in [
+        (
+            "/v2/repository/models/nope/load",
+            404,
+            "no model folder 'nope'",
+        ),
+        (
+            "/v2/repository/models/nope/unload",
+            404,
+            "unknown model 'nope'",
+        ),
+        (
+            "/v2/repository/models/..%2Fetc/load",
+            400,
+            "not a model folder name",
+        ),
+    ] {
+        let (s, body) = post(path);
+        assert_eq!(s, status, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "{path}: {body}"
+        );
+    }
+    let (s, body) = server.post_json(
+        "/v2/repository/models/ident/load",
+        &json!({"parameters": {"config": "{}"}}),
+    );
+    assert_eq!(s, 400, "{body}");
+    // A folder that fails to load answers with the reason and is listed unavailable.
+    std::fs::write(
+        server_repo_file(&server, "ident/model.yaml"),
+        b"replica: 2\n",
+    )
+    .unwrap();
+    let (s, body) = post("/v2/repository/models/ident/load");
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown key 'replica'"),
+        "{body}"
+    );
+    // The other model never noticed.
+    assert_eq!(
+        server
+            .post_json("/v2/models/simple/infer", &simple_request(&seq(), &seq()))
+            .0,
+        200
+    );
+}
+
+/// A file inside the server's repository.
+fn server_repo_file(server: &Server, rel: &str) -> std::path::PathBuf {
+    server.repo_path().join(rel)
+}

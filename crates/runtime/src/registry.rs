@@ -140,6 +140,8 @@ pub struct Runtime {
     models: RwLock<BTreeMap<String, ModelEntry>>,
     ready: AtomicBool,
     metrics: Metrics,
+    /// The repository `load_repository` read, for loading and unloading single models later.
+    root: RwLock<Option<std::path::PathBuf>>,
 }
 
 impl Runtime {
@@ -151,21 +153,85 @@ impl Runtime {
             models: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
             metrics: Metrics::new(),
+            root: RwLock::new(None),
         }
     }
 
     /// Loads every model under `root`. A model that fails is recorded as unavailable with its
     /// reason, and the others still serve; only an unreadable `root` is an error.
     pub fn load_repository(&self, root: &Path) -> std::io::Result<()> {
+        *self.root.write().unwrap_or_else(|p| p.into_inner()) = Some(root.to_path_buf());
         for source in repository::scan(root)? {
-            let entry = self.load_model(&source);
+            let entry = self.load_entry(&source);
             self.write_models().insert(source.name, entry);
         }
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
 
-    fn load_model(&self, source: &ModelSource) -> ModelEntry {
+    /// Loads (or reloads) the model folder `name` of the repository (Triton's repository
+    /// extension). Requests already running on the old copy finish on it; new ones go to the new
+    /// copy. Blocks while the model loads. Only names of folders in the repository are accepted,
+    /// never paths.
+    pub fn load(&self, name: &str) -> Result<()> {
+        let root = self
+            .root
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Error::Unavailable("no model repository is loaded".into()))?;
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && Path::new(name).components().count() == 1
+            && !name.contains(['/', '\\']);
+        if !plain {
+            return Err(Error::invalid(format!(
+                "'{name}' is not a model folder name"
+            )));
+        }
+        let dir = root.join(name);
+        if !dir.is_dir() {
+            return Err(Error::NotFound(format!(
+                "no model folder '{name}' in the repository {}",
+                root.display()
+            )));
+        }
+        let entry = self.load_entry(&ModelSource {
+            name: name.to_string(),
+            dir,
+        });
+        let failure = match &entry {
+            ModelEntry::Unavailable(reason) => Some(reason.clone()),
+            ModelEntry::Loaded(versions) => versions.values().find_map(|v| match v {
+                VersionState::Unavailable(r) => Some(r.clone()),
+                VersionState::Ready(_) => None,
+            }),
+        };
+        let old = self.write_models().insert(name.to_string(), entry);
+        retire(old);
+        match failure {
+            None => Ok(()),
+            Some(reason) => Err(Error::invalid(format!(
+                "model '{name}' failed to load: {reason}"
+            ))),
+        }
+    }
+
+    /// Unloads model `name`: it stops taking requests, finishes those already queued, and is
+    /// listed as unavailable ("unloaded") until loaded again. Blocks until its replicas stop.
+    pub fn unload(&self, name: &str) -> Result<()> {
+        let old = {
+            let mut models = self.write_models();
+            if !models.contains_key(name) {
+                return Err(Error::NotFound(format!("unknown model '{name}'")));
+            }
+            models.insert(name.to_string(), ModelEntry::Unavailable("unloaded".into()))
+        };
+        retire(old);
+        Ok(())
+    }
+
+    fn load_entry(&self, source: &ModelSource) -> ModelEntry {
         let layout = match source.layout() {
             Ok(l) => l,
             Err(e) => {
@@ -532,6 +598,26 @@ impl Runtime {
 
     fn write_models(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
         self.models.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Stops the schedulers of a replaced model entry and waits for their queued work.
+fn retire(entry: Option<ModelEntry>) {
+    let Some(ModelEntry::Loaded(versions)) = entry else {
+        return;
+    };
+    let ready: Vec<Arc<Version>> = versions
+        .into_values()
+        .filter_map(|v| match v {
+            VersionState::Ready(v) => Some(v),
+            VersionState::Unavailable(_) => None,
+        })
+        .collect();
+    for v in &ready {
+        v.scheduler.close();
+    }
+    for v in &ready {
+        v.scheduler.join();
     }
 }
 

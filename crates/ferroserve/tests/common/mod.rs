@@ -212,6 +212,11 @@ impl Server {
             .collect()
     }
 
+    /// The server's model repository.
+    pub fn repo_path(&self) -> &Path {
+        self._repo.path()
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

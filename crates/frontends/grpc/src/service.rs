@@ -124,9 +124,14 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(ServerMetadataResponse {
             name: "ferroserve".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: ["binary_tensor_data", "model_configuration", "statistics"]
-                .map(String::from)
-                .to_vec(),
+            extensions: [
+                "binary_tensor_data",
+                "model_configuration",
+                "statistics",
+                "model_repository",
+            ]
+            .map(String::from)
+            .to_vec(),
         }))
     }
 
@@ -270,6 +275,28 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
+    async fn repository_model_load(
+        &self,
+        req: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        let r = req.into_inner();
+        let inline = r.parameters.keys().any(|k| inline_model(k));
+        self.repository(Runtime::load, r.model_name, inline).await?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        req: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        let r = req.into_inner();
+        // `unload_dependents` means nothing without ensembles; nothing else is defined.
+        let inline = r.parameters.keys().any(|k| inline_model(k));
+        self.repository(Runtime::unload, r.model_name, inline)
+            .await?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+
     async fn repository_index(
         &self,
         req: Request<RepositoryIndexRequest>,
@@ -291,6 +318,33 @@ impl GrpcInferenceService for InferenceService {
             .collect();
         Ok(Response::new(RepositoryIndexResponse { models }))
     }
+}
+
+impl InferenceService {
+    /// Runs a blocking repository operation off the async threads.
+    async fn repository(
+        &self,
+        op: fn(&Runtime, &str) -> ferroserve_core::Result<()>,
+        name: String,
+        has_params: bool,
+    ) -> Result<(), Status> {
+        if has_params {
+            return Err(Status::invalid_argument(
+                "load and unload parameters (inline configs and files) are not supported; put the model in the repository",
+            ));
+        }
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || op(&runtime, &name))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)
+    }
+}
+
+/// Parameters that carry a model inline (Triton's `config` and `file:` keys): ferroserve loads
+/// models from its repository only.
+pub fn inline_model(key: &str) -> bool {
+    key == "config" || key.starts_with("file:")
 }
 
 /// Triton's `ModelConfig` for a model version: dims without the batch dimension when the server

@@ -120,6 +120,14 @@ pub fn router(runtime: Arc<Runtime>, options: HttpOptions) -> Router {
             get(v2::model_stats),
         )
         .route("/v2/repository/index", post(v2::repository_index))
+        .route(
+            "/v2/repository/models/{model}/load",
+            post(v2::repository_load),
+        )
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(v2::repository_unload),
+        )
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use self::batch::BatchKey;
 use self::order::{Gate, Reply};
-use self::queue::{BatchPolicy, Pending, Queue, Work, ABANDONED, QUEUED};
+use self::queue::{BatchPolicy, Pending, Push, Queue, Work, ABANDONED, QUEUED};
 use crate::metrics::ModelMetrics;
 
 /// How a scheduler batches and bounds its queue.
@@ -134,11 +134,20 @@ impl Scheduler {
             reply,
             seq: 0,
         };
-        if !self.queue.push(pending) {
-            return Err(Error::Overloaded(format!(
-                "model '{}' has {} requests queued already; retry shortly",
-                self.config.model, self.config.max_queue_size
-            )));
+        match self.queue.push(pending) {
+            Push::Queued => {}
+            Push::Full => {
+                return Err(Error::Overloaded(format!(
+                    "model '{}' has {} requests queued already; retry shortly",
+                    self.config.model, self.config.max_queue_size
+                )))
+            }
+            Push::Closed => {
+                return Err(Error::Unavailable(format!(
+                    "model '{}' is being unloaded",
+                    self.config.model
+                )))
+            }
         }
         let _withdraw = Withdraw(state.clone());
         let result = match deadline {

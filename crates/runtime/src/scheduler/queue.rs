@@ -44,6 +44,17 @@ impl Pending {
     }
 }
 
+/// What [`Queue::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// Accepted.
+    Queued,
+    /// Refused: the queue is at capacity.
+    Full,
+    /// Refused: the model is being unloaded or the server is shutting down.
+    Closed,
+}
+
 /// How batches are formed.
 #[derive(Debug, Clone)]
 pub(crate) struct BatchPolicy {
@@ -195,11 +206,11 @@ impl Queue {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a request, or returns `false` when the queue is full or closed.
-    pub fn push(&self, mut p: Pending) -> bool {
+    /// Adds a request, or says why not.
+    pub fn push(&self, mut p: Pending) -> Push {
         let mut inner = self.lock();
         if inner.closed {
-            return false;
+            return Push::Closed;
         }
         if inner.items.len() >= self.capacity {
             // Requests whose clients left still hold places until a replica passes them.
@@ -214,7 +225,7 @@ impl Queue {
             self.release_swept(&mut inner);
             if inner.items.len() >= self.capacity {
                 self.depth.set(inner.items.len() as i64);
-                return false;
+                return Push::Full;
             }
         }
         p.seq = inner.next_seq;
@@ -226,7 +237,7 @@ impl Queue {
         if wake {
             self.changed.notify_all();
         }
-        true
+        Push::Queued
     }
 
     /// Stops accepting requests; replicas finish what is queued, then [`Queue::next`] returns
@@ -325,9 +336,9 @@ mod tests {
         let (a, _ra, _) = pending(1, None);
         let (b, _rb, _) = pending(1, None);
         let (c, _rc, _) = pending(1, None);
-        assert!(q.push(a));
-        assert!(q.push(b));
-        assert!(!q.push(c));
+        assert_eq!(q.push(a), Push::Queued);
+        assert_eq!(q.push(b), Push::Queued);
+        assert_eq!(q.push(c), Push::Full);
     }
 
     #[test]
@@ -337,7 +348,7 @@ mod tests {
         q.push(a);
         drop(ra);
         let (b, _rb, _) = pending(1, None);
-        assert!(q.push(b));
+        assert_eq!(q.push(b), Push::Queued);
         assert_eq!(q.len(), 1);
     }
 
@@ -412,6 +423,6 @@ mod tests {
         ));
         assert!(q.next(&batching(8, 8, 10_000)).is_none());
         let (p, _r, _) = pending(1, None);
-        assert!(!q.push(p));
+        assert_eq!(q.push(p), Push::Closed);
     }
 }

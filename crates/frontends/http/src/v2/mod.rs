@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use ferroserve_core::Error;
+use ferroserve_runtime::Runtime;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -51,7 +52,7 @@ pub(crate) async fn server_metadata() -> Json<serde_json::Value> {
     Json(json!({
         "name": "ferroserve",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+        "extensions": ["binary_tensor_data", "model_configuration", "statistics", "model_repository"],
     }))
 }
 
@@ -249,4 +250,57 @@ fn stats(s: &AppState, model: Option<&str>, version: Option<&str>) -> Result<Res
         })
         .collect();
     Ok(Json(json!({ "model_stats": model_stats })).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RepositoryPath {
+    model: String,
+}
+
+/// `POST /v2/repository/models/{m}/load`: loads or reloads a model folder of the repository.
+pub(crate) async fn repository_load(
+    State(s): State<Arc<AppState>>,
+    Path(p): Path<RepositoryPath>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    repository_op(s, p.model, headers, body, Runtime::load).await
+}
+
+/// `POST /v2/repository/models/{m}/unload`: unloads a model.
+pub(crate) async fn repository_unload(
+    State(s): State<Arc<AppState>>,
+    Path(p): Path<RepositoryPath>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    repository_op(s, p.model, headers, body, Runtime::unload).await
+}
+
+async fn repository_op(
+    s: Arc<AppState>,
+    model: String,
+    headers: HeaderMap,
+    body: Body,
+    op: fn(&Runtime, &str) -> ferroserve_core::Result<()>,
+) -> Result<Response, ApiError> {
+    let body = s.read_body(&headers, body).await?;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::invalid(format!("malformed repository request: {e}")))?;
+        if v.get("parameters")
+            .and_then(|p| p.as_object())
+            .is_some_and(|p| !p.is_empty())
+        {
+            return Err(Error::invalid(
+                "load and unload parameters (inline configs and files) are not supported; put the model in the repository",
+            )
+            .into());
+        }
+    }
+    let runtime = s.runtime.clone();
+    tokio::task::spawn_blocking(move || op(&runtime, &model))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    Ok(Json(json!({})).into_response())
 }
