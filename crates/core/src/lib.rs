@@ -20,4 +20,4 @@ pub use dtype::{DataType, UnknownDataType};
 pub use error::{Error, Result};
 pub use infer::{InferRequest, InferResponse, Parameters};
 pub use model::{Signature, TensorSpec};
-pub use tensor::{element_count, BytesElements, NamedTensor, Tensor, TensorError};
+pub use tensor::{declared, element_count, BytesElements, NamedTensor, Tensor, TensorError};

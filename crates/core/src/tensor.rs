@@ -35,6 +35,21 @@ pub fn element_count(shape: &[usize]) -> Result<usize, TensorError> {
         .ok_or_else(|| TensorError::ShapeOverflow(shape.to_vec()))
 }
 
+/// A tensor header as a client declares it on the wire (a data type name and signed
+/// dimensions), checked: the type exists, no dimension is negative, and the element count fits
+/// in memory. Returns the type, the shape and the element count, before any data is read.
+pub fn declared(datatype: &str, shape: &[i64]) -> Result<(DataType, Vec<usize>, usize), String> {
+    let dtype: DataType = datatype.parse().map_err(|e| format!("{e}"))?;
+    let dims = shape
+        .iter()
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| format!("shape {shape:?} has a negative dimension"))
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    let count = element_count(&dims).map_err(|e| e.to_string())?;
+    Ok((dtype, dims, count))
+}
+
 /// A dense, row-major tensor: an element type, a shape and contiguous little-endian bytes.
 ///
 /// The bytes are reference-counted ([`Bytes`]), so slicing a request body into tensors and

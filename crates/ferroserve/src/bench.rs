@@ -60,17 +60,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let url = args
-        .url
-        .clone()
-        .unwrap_or_else(|| args.protocol.default_url().to_string());
-    let base = url.trim_end_matches('/').to_string();
-    let model_path = match &args.model_version {
+    let base = args.endpoint.url();
+    let model_path = match &args.endpoint.model_version {
         Some(v) => format!("/v2/models/{}/versions/{v}", args.model),
         None => format!("/v2/models/{}", args.model),
     };
     let inputs = if args.inputs.is_empty() {
-        let meta = match args.protocol {
+        let meta = match args.endpoint.protocol {
             Protocol::Http => http_metadata(&base, &model_path)?,
             Protocol::Grpc => grpc_metadata(&base, &args)?,
         };
@@ -81,10 +77,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|s| tensors::read_input(s))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    let target = match args.protocol {
+    let target = match args.endpoint.protocol {
         Protocol::Grpc => Target::Grpc {
             url: base.clone(),
-            request: grpc_client::request(&args.model, args.model_version.as_deref(), &inputs, &[]),
+            request: grpc_client::request(
+                &args.model,
+                args.endpoint.model_version.as_deref(),
+                &inputs,
+                &[],
+            ),
         },
         Protocol::Http => {
             let binary = args.format == Format::Binary;
@@ -217,7 +218,7 @@ fn http_metadata(base: &str, model_path: &str) -> anyhow::Result<Value> {
 fn grpc_metadata(url: &str, args: &BenchArgs) -> anyhow::Result<Value> {
     let request = ferroserve_grpc::proto::ModelMetadataRequest {
         name: args.model.clone(),
-        version: args.model_version.clone().unwrap_or_default(),
+        version: args.endpoint.model_version.clone().unwrap_or_default(),
     };
     let meta = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -365,7 +366,7 @@ async fn drive(target: Arc<Target>, args: &BenchArgs) -> anyhow::Result<Summary>
     Ok(Summary {
         model: args.model.clone(),
         concurrency: args.concurrency,
-        format: match (args.protocol, args.format) {
+        format: match (args.endpoint.protocol, args.format) {
             (Protocol::Grpc, _) => "gRPC raw",
             (Protocol::Http, Format::Binary) => "binary",
             (Protocol::Http, Format::Json) => "json",

@@ -107,12 +107,9 @@ impl Protocol {
     }
 }
 
-/// `ferroserve infer`.
+/// Where a client command sends its requests.
 #[derive(Debug, Args)]
-pub struct InferArgs {
-    /// Model name.
-    pub model: String,
-
+pub struct Endpoint {
     /// Protocol to speak.
     #[arg(long, value_enum, default_value_t = Protocol::Http)]
     pub protocol: Protocol,
@@ -124,6 +121,27 @@ pub struct InferArgs {
     /// Model version (default: the server's default version).
     #[arg(long)]
     pub model_version: Option<String>,
+}
+
+impl Endpoint {
+    /// The URL to use, without a trailing slash.
+    pub fn url(&self) -> String {
+        self.url
+            .as_deref()
+            .unwrap_or(self.protocol.default_url())
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+/// `ferroserve infer`.
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    /// Model name.
+    pub model: String,
+
+    #[command(flatten)]
+    pub endpoint: Endpoint,
 
     /// An input as NAME=FILE, repeatable. FILE is a NumPy `.npy` array (sent as binary data) or a
     /// `.json` file holding a V2 tensor: {"datatype": "FP32", "shape": [1, 3], "data": [...]}.
@@ -151,17 +169,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub model: String,
 
-    /// Protocol to speak.
-    #[arg(long, value_enum, default_value_t = Protocol::Http)]
-    pub protocol: Protocol,
-
-    /// Server URL (default: http://127.0.0.1:8000 for HTTP, http://127.0.0.1:8001 for gRPC).
-    #[arg(long)]
-    pub url: Option<String>,
-
-    /// Model version (default: the server's default version).
-    #[arg(long)]
-    pub model_version: Option<String>,
+    #[command(flatten)]
+    pub endpoint: Endpoint,
 
     /// Requests in flight at once (one connection each).
     #[arg(long, short = 'c', default_value_t = 1)]

@@ -14,14 +14,11 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| tensors::read_input(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let url = args
-        .url
-        .clone()
-        .unwrap_or_else(|| args.protocol.default_url().to_string());
-    if args.protocol == Protocol::Grpc {
+    let url = args.endpoint.url();
+    if args.endpoint.protocol == Protocol::Grpc {
         let request = grpc_client::request(
             &args.model,
-            args.model_version.as_deref(),
+            args.endpoint.model_version.as_deref(),
             &inputs,
             &args.outputs,
         );
@@ -43,8 +40,8 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let (body, header_len) = tensors::request_body(&inputs, &args.outputs, true, false)?;
     let json_len = header_len.context("binary body without a header length")?;
 
-    let base = url.trim_end_matches('/');
-    let url = match &args.model_version {
+    let base = &url;
+    let url = match &args.endpoint.model_version {
         Some(v) => format!("{base}/v2/models/{}/versions/{v}/infer", args.model),
         None => format!("{base}/v2/models/{}/infer", args.model),
     };

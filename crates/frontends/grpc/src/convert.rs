@@ -2,8 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferroserve_core::{
-    element_count, DataType, Error, InferRequest, InferResponse, NamedTensor, Parameters, Result,
-    Tensor,
+    DataType, Error, InferRequest, InferResponse, NamedTensor, Parameters, Result, Tensor,
 };
 use serde_json::Value;
 
@@ -55,16 +54,7 @@ fn input_tensor(
     input: &InferInputTensor,
     raw: Option<Bytes>,
 ) -> std::result::Result<Tensor, String> {
-    let dtype: DataType = input.datatype.parse().map_err(|e| format!("{e}"))?;
-    let shape = input
-        .shape
-        .iter()
-        .map(|&d| {
-            usize::try_from(d)
-                .map_err(|_| format!("shape {:?} has a negative dimension", input.shape))
-        })
-        .collect::<std::result::Result<Vec<usize>, _>>()?;
-    let count = element_count(&shape).map_err(|e| e.to_string())?;
+    let (dtype, shape, count) = ferroserve_core::declared(&input.datatype, &input.shape)?;
     let data = match (raw, &input.contents) {
         (Some(_), Some(_)) => return Err(
             "has typed contents while the request uses raw_input_contents; use one or the other"

@@ -2,7 +2,7 @@
 //! binary tensor data extension).
 
 use bytes::Bytes;
-use ferroserve_core::{DataType, Error, InferRequest, NamedTensor, Parameters, Result, Tensor};
+use ferroserve_core::{Error, InferRequest, NamedTensor, Parameters, Result, Tensor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -111,16 +111,7 @@ fn decode_input(
     input: &InputHeader<'_>,
     binary: &mut Bytes,
 ) -> std::result::Result<Tensor, String> {
-    let dtype: DataType = input.datatype.parse().map_err(|e| format!("{e}"))?;
-    let shape = input
-        .shape
-        .iter()
-        .map(|&d| {
-            usize::try_from(d)
-                .map_err(|_| format!("shape {:?} has a negative dimension", input.shape))
-        })
-        .collect::<std::result::Result<Vec<usize>, _>>()?;
-    let count = ferroserve_core::element_count(&shape).map_err(|e| e.to_string())?;
+    let (dtype, shape, count) = ferroserve_core::declared(&input.datatype, &input.shape)?;
     let size = match input.parameters.get("binary_data_size") {
         None => None,
         Some(v) => Some(
