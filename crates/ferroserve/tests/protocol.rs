@@ -657,3 +657,23 @@ fn repository_load_and_unload_by_name() {
 fn server_repo_file(server: &Server, rel: &str) -> std::path::PathBuf {
     server.repo_path().join(rel)
 }
+
+#[test]
+fn torchserve_ping_and_predictions_for_plain_models() {
+    let server = Server::start(Repo::with(&["simple"]), &[]);
+    assert_eq!(server.get("/ping"), (200, json!({"status": "Healthy"})));
+    let sum: Vec<i32> = (0..16).map(|x| 2 * x).collect();
+    for path in ["/predictions/simple", "/predictions/simple/1"] {
+        let (status, body) = server.post_json(path, &simple_request(&seq(), &seq()));
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["outputs"][0]["data"], json!(sum), "{path}");
+    }
+    let (status, body) = server.post_json("/predictions/nope", &simple_request(&seq(), &seq()));
+    assert_eq!(status, 404);
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown model 'nope'"));
+    let (status, body) = server.post_raw("/predictions/simple", b"not json".to_vec(), None);
+    assert_eq!(status, 400, "{body}");
+}

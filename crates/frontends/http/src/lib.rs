@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod torchserve;
 pub mod v2;
 
 use std::future::Future;
@@ -129,6 +130,10 @@ pub fn router(runtime: Arc<Runtime>, options: HttpOptions) -> Router {
             post(v2::repository_unload),
         )
         .route("/metrics", get(metrics))
+        // TorchServe's inference routes share the port with V2 (see the README).
+        .route("/ping", get(torchserve::ping))
+        .route("/predictions/{model}", post(torchserve::predict))
+        .route("/predictions/{model}/{version}", post(torchserve::predict))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(RequestDecompressionLayer::new())
