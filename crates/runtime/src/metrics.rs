@@ -64,8 +64,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("ferroserve");
-        let m = Self {
+        let mut m = Self {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(seconds as fn() -> Histogram),
             queue_seconds: Family::new_with_constructor(seconds as fn() -> Histogram),
@@ -77,55 +76,56 @@ impl Metrics {
             cpu_seconds: Counter::default(),
             resident_bytes: Gauge::default(),
             scrape: Mutex::new(()),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("ferroserve"),
         };
-        registry.register(
+        m.registry.register(
             "requests",
             "Inference requests that reached a model, by result (success or failure)",
             m.requests.clone(),
         );
-        registry.register(
+        m.registry.register(
             "request_duration_seconds",
             "Time from a request's arrival at the model to its response",
             m.request_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "queue_duration_seconds",
             "Time a request waited in the model's queue",
             m.queue_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "compute_duration_seconds",
             "Time the backend spent on the batch that carried a request",
             m.compute_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "batch_size",
             "Rows (sum of first dimensions) in each batch given to the backend",
             m.batch_size.clone(),
         );
-        registry.register(
+        m.registry.register(
             "queue_depth",
             "Requests waiting in the model's queue",
             m.queue_depth.clone(),
         );
-        registry.register(
+        m.registry.register(
             "inflight_requests",
             "Requests being computed by a replica",
             m.inflight.clone(),
         );
-        registry.register("replicas", "Loaded replicas", m.replicas.clone());
-        registry.register(
+        m.registry
+            .register("replicas", "Loaded replicas", m.replicas.clone());
+        m.registry.register(
             "process_cpu_seconds",
             "CPU time used by the server process (user + system)",
             m.cpu_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "process_resident_memory_bytes",
             "Resident memory of the server process",
             m.resident_bytes.clone(),
         );
-        Self { registry, ..m }
+        m
     }
 
     /// Handles for one model version, cheap to use on the request path.

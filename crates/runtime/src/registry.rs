@@ -109,11 +109,10 @@ impl ModelConfigInfo {
     }
 }
 
-/// One loaded model version: its signature and the scheduler that feeds its replicas.
+/// One loaded model version: its configuration (signature included) and the scheduler that
+/// feeds its replicas.
 struct Version {
     number: u64,
-    signature: Signature,
-    platform: &'static str,
     scheduler: Scheduler,
     metrics: ModelMetrics,
     config: ModelConfigInfo,
@@ -127,6 +126,23 @@ enum VersionState {
 enum ModelEntry {
     Loaded(BTreeMap<u64, VersionState>),
     Unavailable(String),
+}
+
+impl ModelEntry {
+    /// The versions that loaded, ascending.
+    fn ready(&self) -> impl DoubleEndedIterator<Item = &Arc<Version>> {
+        let versions = match self {
+            ModelEntry::Loaded(v) => Some(v),
+            ModelEntry::Unavailable(_) => None,
+        };
+        versions
+            .into_iter()
+            .flat_map(BTreeMap::values)
+            .filter_map(|s| match s {
+                VersionState::Ready(v) => Some(v),
+                VersionState::Unavailable(_) => None,
+            })
+    }
 }
 
 /// The runtime: every model of the repository, and `infer` for frontends.
@@ -250,8 +266,8 @@ impl Runtime {
                             model = %source.name,
                             version = number,
                             file = %file.display(),
-                            inputs = %describe(&v.signature.inputs),
-                            outputs = %describe(&v.signature.outputs),
+                            inputs = %describe(&v.config.signature.inputs),
+                            outputs = %describe(&v.config.signature.outputs),
                             replicas = layout.config.replicas,
                             max_batch_size = layout.config.batch_limit(),
                             load_ms = started.elapsed().as_millis() as u64,
@@ -349,8 +365,6 @@ impl Runtime {
         );
         Ok(Version {
             number,
-            signature,
-            platform: ONNX_PLATFORM,
             scheduler,
             metrics,
             config: info,
@@ -383,9 +397,9 @@ impl Runtime {
         Ok(ModelMetadata {
             name: model.to_string(),
             versions,
-            platform: v.platform.to_string(),
-            inputs: v.signature.inputs.clone(),
-            outputs: v.signature.outputs.clone(),
+            platform: v.config.platform.clone(),
+            inputs: v.config.signature.inputs.clone(),
+            outputs: v.config.signature.outputs.clone(),
         })
     }
 
@@ -413,15 +427,8 @@ impl Runtime {
         let models = self.read_models();
         let mut out = Vec::new();
         for (name, entry) in models.iter() {
-            if model.is_some_and(|m| m != name) {
-                continue;
-            }
-            if let ModelEntry::Loaded(versions) = entry {
-                for state in versions.values() {
-                    if let VersionState::Ready(v) = state {
-                        out.push(v.metrics.stats.read(name, v.number));
-                    }
-                }
+            if model.is_none_or(|m| m == name) {
+                out.extend(entry.ready().map(|v| v.metrics.stats.read(name, v.number)));
             }
         }
         Ok(out)
@@ -479,7 +486,7 @@ impl Runtime {
         let started = std::time::Instant::now();
         v.metrics.stats.touch();
         let id = request.id.clone();
-        let result = match validate::check(model, &v.signature, &request) {
+        let result = match validate::check(model, &v.config.signature, &request) {
             Ok(()) => v.scheduler.submit(request).await,
             Err(e) => Err(e),
         };
@@ -515,22 +522,10 @@ impl Runtime {
         let versions: Vec<Arc<Version>> = self
             .read_models()
             .values()
-            .filter_map(|e| match e {
-                ModelEntry::Loaded(v) => Some(v),
-                ModelEntry::Unavailable(_) => None,
-            })
-            .flat_map(|versions| versions.values())
-            .filter_map(|s| match s {
-                VersionState::Ready(v) => Some(v.clone()),
-                VersionState::Unavailable(_) => None,
-            })
+            .flat_map(ModelEntry::ready)
+            .cloned()
             .collect();
-        for v in &versions {
-            v.scheduler.close();
-        }
-        for v in &versions {
-            v.scheduler.join();
-        }
+        stop(&versions);
     }
 
     fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<Version>> {
@@ -546,49 +541,35 @@ impl Runtime {
             }
             ModelEntry::Loaded(versions) => versions,
         };
-        let state = match version {
-            Some(v) => {
-                let state = v
-                    .parse::<u64>()
-                    .ok()
-                    .and_then(|n| versions.get(&n))
-                    .ok_or_else(|| {
-                        let known: Vec<String> = versions.keys().map(u64::to_string).collect();
-                        Error::NotFound(format!(
-                            "unknown version '{v}' of model '{model}' (versions: {})",
-                            known.join(", ")
-                        ))
-                    })?;
-                if let VersionState::Unavailable(reason) = state {
-                    return Err(Error::Unavailable(format!(
-                        "model '{model}' version {v} is not available: {reason}"
-                    )));
-                }
-                state
-            }
-            None => versions
-                .values()
-                .rev()
-                .find(|s| matches!(s, VersionState::Ready(_)))
-                .ok_or_else(|| {
-                    Error::Unavailable(format!("model '{model}' has no version that loaded"))
-                })?,
+        let Some(v) = version else {
+            return entry.ready().next_back().cloned().ok_or_else(|| {
+                Error::Unavailable(format!("model '{model}' has no version that loaded"))
+            });
         };
+        let state = v
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| versions.get(&n))
+            .ok_or_else(|| {
+                let known: Vec<String> = versions.keys().map(u64::to_string).collect();
+                Error::NotFound(format!(
+                    "unknown version '{v}' of model '{model}' (versions: {})",
+                    known.join(", ")
+                ))
+            })?;
         match state {
             VersionState::Ready(v) => Ok(v.clone()),
-            VersionState::Unavailable(reason) => Err(Error::Unavailable(reason.clone())),
+            VersionState::Unavailable(reason) => Err(Error::Unavailable(format!(
+                "model '{model}' version {v} is not available: {reason}"
+            ))),
         }
     }
 
     fn ready_versions(&self, model: &str) -> Vec<String> {
-        match self.read_models().get(model) {
-            Some(ModelEntry::Loaded(versions)) => versions
-                .iter()
-                .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
-                .map(|(n, _)| n.to_string())
-                .collect(),
-            _ => Vec::new(),
-        }
+        self.read_models()
+            .get(model)
+            .map(|e| e.ready().map(|v| v.number.to_string()).collect())
+            .unwrap_or_default()
     }
 
     fn read_models(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
@@ -603,20 +584,17 @@ impl Runtime {
 
 /// Stops the schedulers of a replaced model entry and waits for their queued work.
 fn retire(entry: Option<ModelEntry>) {
-    let Some(ModelEntry::Loaded(versions)) = entry else {
-        return;
-    };
-    let ready: Vec<Arc<Version>> = versions
-        .into_values()
-        .filter_map(|v| match v {
-            VersionState::Ready(v) => Some(v),
-            VersionState::Unavailable(_) => None,
-        })
-        .collect();
-    for v in &ready {
+    if let Some(entry) = entry {
+        stop(&entry.ready().cloned().collect::<Vec<_>>());
+    }
+}
+
+/// Closes the versions' queues, then waits for their replicas to finish what was queued.
+fn stop(versions: &[Arc<Version>]) {
+    for v in versions {
         v.scheduler.close();
     }
-    for v in &ready {
+    for v in versions {
         v.scheduler.join();
     }
 }

@@ -282,21 +282,21 @@ impl Replica {
         self.metrics.inflight.dec_by(n);
         let stats = &self.metrics.stats;
         stats.execution_count.fetch_add(1, Ordering::Relaxed);
+        for _ in &items {
+            self.metrics.compute_seconds.observe(compute);
+            phases.record(stats);
+        }
         match results {
             Ok(outputs) => {
                 stats
                     .inference_count
                     .fetch_add(rows as u64, Ordering::Relaxed);
                 for (p, out) in items.into_iter().zip(outputs) {
-                    self.metrics.compute_seconds.observe(compute);
-                    phases.record(stats);
                     self.answer(p.seq, p.reply, Ok(out));
                 }
             }
             Err(e) => {
                 for p in items {
-                    self.metrics.compute_seconds.observe(compute);
-                    phases.record(stats);
                     self.answer(p.seq, p.reply, Err(e.clone()));
                 }
             }
