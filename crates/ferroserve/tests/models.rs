@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{as_f32, binary_body, f32_bytes, f32s, fixture, reference, Repo, Server};
+use common::{as_f32, binary_body, cosine, f32_bytes, f32s, fixture, reference, Repo, Server};
 use image::imageops::FilterType;
 use serde_json::{json, Value};
 
@@ -41,7 +41,7 @@ fn argmax(v: &[f32]) -> usize {
 
 #[test]
 fn efficientnet_top1_matches_reference_json_and_binary() {
-    let server = Server::start(Repo::with(&["efficientnet-lite0"]), &[]);
+    let server = Server::start(Repo::plain(&["efficientnet-lite0"]), &[]);
     let refs = reference("efficientnet_top5.json");
     let images = refs["images"].as_object().unwrap();
     assert_eq!(images.len(), 7, "every test image has a reference");
@@ -117,13 +117,6 @@ fn pool(hidden: &[f32], mask: &[i64], seq: usize, dim: usize) -> Vec<f32> {
     out
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
-}
-
 /// Sends every reference sentence in one padded batch and returns the pooled embeddings.
 fn embed_all(server: &Server, model: &str, ids: &[Vec<i64>]) -> Vec<Vec<f32>> {
     let seq = ids.iter().map(Vec::len).max().unwrap();
@@ -168,7 +161,7 @@ fn minilm_embeddings_match_reference() {
     let ids: Vec<Vec<i64>> = serde_json::from_value(refs["input_ids"].clone()).unwrap();
     let expected: Vec<Vec<f32>> = serde_json::from_value(refs["embeddings"].clone()).unwrap();
 
-    let repo = Repo::with(&["minilm"]);
+    let repo = Repo::plain(&["minilm"]);
     // The fp32 export lives in ../shared on the team's machines only; check it where present.
     let fp32 = common::root().join("../shared/models/all-MiniLM-L6-v2");
     let have_fp32 = fp32.join("model.onnx").is_file();
@@ -206,7 +199,7 @@ fn minilm_embeddings_match_reference() {
 
 #[test]
 fn tiny_bert_logits_match_reference() {
-    let server = Server::start(Repo::with(&["tiny-bert-classifier"]), &[]);
+    let server = Server::start(Repo::plain(&["tiny-bert-classifier"]), &[]);
     let refs = reference("tiny_bert_logits.json");
     for ex in refs["examples"].as_array().unwrap() {
         let ids: Vec<i64> = serde_json::from_value(ex["input_ids"].clone()).unwrap();

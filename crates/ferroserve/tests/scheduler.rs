@@ -36,7 +36,7 @@ fn tokens(ids: &[i64]) -> Value {
 
 #[test]
 fn concurrent_requests_batch_and_each_gets_its_own_answer() {
-    let repo = Repo::with(&["minilm"]);
+    let repo = Repo::plain(&["minilm"]);
     configured(
         &repo,
         "minilm-batched",

@@ -22,12 +22,19 @@
 //!   input_ids: 0
 //!   attention_mask: 0
 //!   token_type_ids: 0
+//! task: text-embedding    # a built-in task around the model (see ferroserve_tasks::config)
+//! text:
+//!   pooling: mean
+//!   max_batch_tokens: 16384
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use ferroserve_core::Device;
+use ferroserve_tasks::config::{
+    ClassificationConfig, ImageConfig, TaskConfig, TaskKind, TextConfig,
+};
 use serde::Deserialize;
 
 /// File name of a model's configuration inside its folder.
@@ -134,8 +141,18 @@ pub struct ModelConfig {
     /// Combine concurrent requests into batches. Default: off.
     pub dynamic_batching: Option<DynamicBatching>,
     /// Inputs whose non-batch dimensions may differ between requests, with the value to pad
-    /// them with up to the longest in the batch (token ids, attention masks). Default: none.
+    /// them with up to the longest in the batch (token ids, attention masks). Default: none;
+    /// text tasks pad the token inputs they fill with 0 on their own.
     pub pad: BTreeMap<String, f64>,
+    /// A built-in task around the model: `image-classification`, `text-embedding` or
+    /// `text-classification`. Default: none (a plain model: tensors in, tensors out).
+    pub task: Option<TaskKind>,
+    /// Image preprocessing for `image-classification` (resize, crop, normalisation).
+    pub image: Option<ImageConfig>,
+    /// Tokenising and pooling for the text tasks.
+    pub text: Option<TextConfig>,
+    /// Labels, softmax and top-k for the classification tasks.
+    pub classification: Option<ClassificationConfig>,
 }
 
 impl Default for ModelConfig {
@@ -150,6 +167,10 @@ impl Default for ModelConfig {
             max_batch_size: None,
             dynamic_batching: None,
             pad: BTreeMap::new(),
+            task: None,
+            image: None,
+            text: None,
+            classification: None,
         }
     }
 }
@@ -209,6 +230,7 @@ impl ModelConfig {
         if config.replicas == 0 {
             return Err(fail("replicas must be at least 1".into()));
         }
+        config.task_config().check().map_err(fail)?;
         if let Some(db) = &config.dynamic_batching {
             let max = config.batch_limit();
             if max == 0 {
@@ -228,6 +250,16 @@ impl ModelConfig {
             }
         }
         Ok(config)
+    }
+
+    /// The task sections together.
+    pub fn task_config(&self) -> TaskConfig {
+        TaskConfig {
+            kind: self.task,
+            image: self.image.clone(),
+            text: self.text.clone(),
+            classification: self.classification.clone(),
+        }
     }
 
     /// The effective `max_batch_size`: as set, else 32 with dynamic batching and 0 without.
@@ -382,6 +414,20 @@ mod tests {
             typo.contains("did you mean 'max_queue_delay_us'?"),
             "{typo}"
         );
+    }
+
+    #[test]
+    fn task_sections_parse_and_must_fit_the_task() {
+        let c = parse("task: image-classification\nimage: {resize: {shorter_side: 256}, crop: 224, mean: [127, 127, 127], std: [128, 128, 128], scale: 1.0}\nclassification: {top_k: 3}\n").unwrap();
+        assert_eq!(c.task, Some(TaskKind::ImageClassification));
+        assert_eq!(c.image.unwrap().mean, [127.0; 3]);
+        let e = |t: &str| parse(t).unwrap_err().to_string();
+        assert!(e("task: text-embedding\nimage: {}\n").contains("'image' section does not apply"));
+        assert!(e("text: {}\n").contains("needs a task"));
+        assert!(e("task: image-classification\nimage: {resize: {}}\n").contains("shorter_side"));
+        assert!(e("task: image-clasification\n").contains("image-classification"));
+        let typo = e("task: text-embedding\ntext: {poolng: mean}\n");
+        assert!(typo.contains("did you mean 'pooling'?"), "{typo}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! use ferroserve_backend_onnx::{library_path, OnnxRuntime};
 //! use ferroserve_runtime::{Runtime, RuntimeOptions};
 //!
-//! let runtime = Runtime::new(OnnxRuntime::load(&library_path(None))?, RuntimeOptions::default());
+//! let runtime = Runtime::new(OnnxRuntime::load(&library_path(None))?, RuntimeOptions::default())?;
 //! runtime.load_repository("examples/models".as_ref())?;
 //! for row in runtime.index(false) {
 //!     println!("{} {:?} {:?}", row.name, row.version, row.state);
@@ -20,11 +20,13 @@
 
 pub mod config;
 pub mod metrics;
+mod pool;
 mod registry;
 pub mod repository;
 mod scheduler;
 mod validate;
 
 pub use registry::{
-    IndexEntry, ModelConfigInfo, ModelMetadata, ModelState, Runtime, RuntimeOptions, ONNX_PLATFORM,
+    IndexEntry, ModelConfigInfo, ModelMetadata, ModelState, Runtime, RuntimeOptions, TaskAnswer,
+    ONNX_PLATFORM,
 };

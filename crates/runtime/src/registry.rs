@@ -7,12 +7,14 @@ use std::sync::{Arc, RwLock};
 
 use ferroserve_backend_onnx::{OnnxBackend, OnnxRuntime, SessionOptions};
 use ferroserve_core::{
-    Backend, DataType, Device, Error, InferRequest, InferResponse, Result, Signature,
+    Backend, DataType, Device, Error, InferRequest, InferResponse, NamedTensor, Result, Signature,
 };
+use ferroserve_tasks::{Files, Task, TaskInput, TaskOutput};
 use serde::Serialize;
 
 use crate::config::{BackendKind, Devices, ModelConfig};
 use crate::metrics::{Metrics, ModelMetrics};
+use crate::pool::CpuPool;
 use crate::repository::{self, ModelSource};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::validate;
@@ -24,16 +26,29 @@ pub const ONNX_PLATFORM: &str = "onnxruntime_onnx";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeOptions {
     /// Requests that may wait in one model version's queue, unless its `model.yaml` says
-    /// otherwise; more are refused at once with [`Error::Overloaded`].
+    /// otherwise; more are refused at once with [`Error::Overloaded`]. Also bounds the jobs
+    /// waiting for the task preprocessing pool.
     pub max_queue_size: usize,
+    /// Threads that decode images and tokenise text for tasks. Default: the machine's cores.
+    pub task_threads: Option<usize>,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
         Self {
             max_queue_size: 1024,
+            task_threads: None,
         }
     }
+}
+
+/// A task's answer, and the version that gave it.
+#[derive(Debug, Clone)]
+pub struct TaskAnswer {
+    /// Version that answered.
+    pub model_version: String,
+    /// The answer, one entry per input item.
+    pub output: TaskOutput,
 }
 
 /// A model's description, as the protocol's metadata endpoint reports it.
@@ -95,6 +110,8 @@ pub struct ModelConfigInfo {
     pub devices: Vec<Device>,
     /// The model file's name.
     pub model_file: String,
+    /// The built-in task around the model, if any.
+    pub task: Option<ferroserve_tasks::TaskKind>,
 }
 
 impl ModelConfigInfo {
@@ -115,7 +132,11 @@ struct Version {
     number: u64,
     scheduler: Scheduler,
     metrics: ModelMetrics,
+    /// As clients see it: with a task, `signature` is the task's (images or text in).
     config: ModelConfigInfo,
+    task: Option<Arc<Task>>,
+    /// Most rows in one model request a task may make (0: no limit).
+    task_rows: usize,
 }
 
 enum VersionState {
@@ -158,19 +179,27 @@ pub struct Runtime {
     metrics: Metrics,
     /// The repository `load_repository` read, for loading and unloading single models later.
     root: RwLock<Option<std::path::PathBuf>>,
+    /// Runs task pre- and post-processing.
+    cpu: CpuPool,
 }
 
 impl Runtime {
-    /// Creates an empty runtime. Call [`Runtime::load_repository`] to fill it.
-    pub fn new(onnx: OnnxRuntime, options: RuntimeOptions) -> Self {
-        Self {
+    /// Creates an empty runtime. Call [`Runtime::load_repository`] to fill it. Fails only when
+    /// the preprocessing threads cannot be started.
+    pub fn new(onnx: OnnxRuntime, options: RuntimeOptions) -> std::io::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self {
             onnx,
             options,
             models: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
             metrics: Metrics::new(),
             root: RwLock::new(None),
-        }
+            cpu: CpuPool::new(
+                options.task_threads.unwrap_or(cores),
+                options.max_queue_size,
+            )?,
+        })
     }
 
     /// Loads every model under `root`. A model that fails is recorded as unavailable with its
@@ -260,7 +289,7 @@ impl Runtime {
             .iter()
             .map(|(&number, file)| {
                 let started = std::time::Instant::now();
-                let state = match self.load_version(&source.name, number, file, &layout.config) {
+                let state = match self.load_version(&source.name, number, file, &source.dir, &layout.config) {
                     Ok(v) => {
                         tracing::info!(
                             model = %source.name,
@@ -291,6 +320,7 @@ impl Runtime {
         model: &str,
         number: u64,
         file: &Path,
+        model_dir: &Path,
         config: &ModelConfig,
     ) -> std::result::Result<Version, String> {
         let devices = replica_devices(config)?;
@@ -318,7 +348,18 @@ impl Runtime {
             replicas.push(backend);
         }
         let signature = replicas[0].signature().clone();
-        check_batching(config, &signature)?;
+        let files = Files::new(
+            file.parent()
+                .map(Path::to_path_buf)
+                .into_iter()
+                .chain([model_dir.to_path_buf()]),
+        );
+        let task = Task::load(&config.task_config(), &files, &signature)?.map(Arc::new);
+        let mut pad = config.pad.clone();
+        for (name, value) in task.iter().flat_map(|t| t.padded_inputs()) {
+            pad.entry(name).or_insert(value);
+        }
+        check_batching(config, &pad, &signature)?;
         let batching = config.dynamic_batching.clone().unwrap_or_default();
         let max_batch_size = if config.dynamic_batching.is_some() {
             config.batch_limit()
@@ -332,12 +373,20 @@ impl Runtime {
         let info = ModelConfigInfo {
             name: model.to_string(),
             platform: ONNX_PLATFORM.to_string(),
-            signature: signature.clone(),
+            signature: task.as_ref().map_or(&signature, |t| t.signature()).clone(),
             max_batch_size,
             dynamic_batching: config.dynamic_batching.clone(),
             max_queue_size,
             devices: placement,
             model_file: config.model_file.clone(),
+            task: config.task,
+        };
+        // A task splits requests into model requests that fit a batch, or the model's fixed
+        // batch dimension when the server does not batch it.
+        let task_rows = match signature.inputs.first().and_then(|s| s.shape.first()) {
+            _ if max_batch_size > 0 => max_batch_size,
+            Some(&n) if n > 0 => n as usize,
+            _ => 0,
         };
         let scheduler = Scheduler::start(
             SchedulerConfig {
@@ -356,8 +405,9 @@ impl Runtime {
                 default_timeout: batching
                     .default_timeout_ms
                     .map(std::time::Duration::from_millis),
-                pad: config.pad.clone(),
+                pad,
                 preserve_ordering: batching.preserve_ordering,
+                max_batch_tokens: task.as_ref().and_then(|t| t.max_batch_tokens()),
             },
             signature.clone(),
             replicas,
@@ -368,6 +418,8 @@ impl Runtime {
             scheduler,
             metrics,
             config: info,
+            task,
+            task_rows,
         })
     }
 
@@ -483,31 +535,81 @@ impl Runtime {
         request: InferRequest,
     ) -> Result<InferResponse> {
         let v = self.resolve(model, version)?;
-        let started = std::time::Instant::now();
-        v.metrics.stats.touch();
         let id = request.id.clone();
-        let result = match validate::check(model, &v.config.signature, &request) {
-            Ok(()) => v.scheduler.submit(request).await,
-            Err(e) => Err(e),
-        };
-        let elapsed = started.elapsed();
-        v.metrics.request_seconds.observe(elapsed.as_secs_f64());
-        match &result {
-            Ok(_) => {
-                v.metrics.success.inc();
-                v.metrics.stats.success.add(elapsed);
+        let outputs = observed(&v, async {
+            validate::check(model, &v.config.signature, &request)?;
+            match &v.task {
+                None => v.scheduler.submit(request).await,
+                Some(task) => {
+                    let input = task.input_from_v2(&request)?;
+                    let output = self.run_task_on(&v, task, input, &request).await?;
+                    task.outputs_to_v2(output, &request.outputs)
+                }
             }
-            Err(_) => {
-                v.metrics.failure.inc();
-                v.metrics.stats.fail.add(elapsed);
-            }
-        };
+        })
+        .await?;
         Ok(InferResponse {
             model_name: model.to_string(),
             model_version: v.number.to_string(),
             id,
-            outputs: result?,
+            outputs,
         })
+    }
+
+    /// The task of `model` at `version` (or the default version), or `None` for a plain model.
+    pub fn task(&self, model: &str, version: Option<&str>) -> Result<Option<Arc<Task>>> {
+        Ok(self.resolve(model, version)?.task.clone())
+    }
+
+    /// Runs `input` (images or texts) through the task of `model` at `version` (or the default
+    /// version): preprocessing on the CPU pool, the model through its scheduler (batched with
+    /// other requests), postprocessing on the CPU pool. A model without a task is
+    /// [`Error::InvalidArgument`].
+    pub async fn run_task(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        input: TaskInput,
+        parameters: ferroserve_core::Parameters,
+    ) -> Result<TaskAnswer> {
+        let v = self.resolve(model, version)?;
+        let task = v.task.clone().ok_or_else(|| {
+            Error::invalid(format!(
+                "model '{model}' has no task (set task: in its model.yaml); send it tensors through the V2 API"
+            ))
+        })?;
+        let request = InferRequest {
+            parameters,
+            ..Default::default()
+        };
+        let output = observed(&v, self.run_task_on(&v, &task, input, &request)).await?;
+        Ok(TaskAnswer {
+            model_version: v.number.to_string(),
+            output,
+        })
+    }
+
+    async fn run_task_on(
+        &self,
+        v: &Version,
+        task: &Arc<Task>,
+        input: TaskInput,
+        request: &InferRequest,
+    ) -> Result<TaskOutput> {
+        let rows = v.task_rows;
+        let t = task.clone();
+        let prepared = self.cpu.run(move || t.prepare(input, rows)).await?;
+        let parts = prepared.requests.into_iter().map(|inputs| {
+            v.scheduler.submit(InferRequest {
+                inputs,
+                parameters: request.parameters.clone(),
+                ..Default::default()
+            })
+        });
+        let outputs: Vec<Vec<NamedTensor>> = futures_util::future::try_join_all(parts).await?;
+        let t = task.clone();
+        let plan = prepared.plan;
+        self.cpu.run(move || t.finish(plan, outputs)).await
     }
 
     /// The server's metrics in the OpenMetrics text format.
@@ -582,6 +684,23 @@ impl Runtime {
     }
 }
 
+/// Awaits one client request on `v`, recording its latency and outcome.
+async fn observed<T>(v: &Version, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let started = std::time::Instant::now();
+    v.metrics.stats.touch();
+    let result = work.await;
+    let elapsed = started.elapsed();
+    v.metrics.request_seconds.observe(elapsed.as_secs_f64());
+    if result.is_ok() {
+        v.metrics.success.inc();
+        v.metrics.stats.success.add(elapsed);
+    } else {
+        v.metrics.failure.inc();
+        v.metrics.stats.fail.add(elapsed);
+    }
+    result
+}
+
 /// Stops the schedulers of a replaced model entry and waits for their queued work.
 fn retire(entry: Option<ModelEntry>) {
     if let Some(entry) = entry {
@@ -627,8 +746,12 @@ fn visible_gpus() -> usize {
 
 /// Checks that a batched model really has a batch dimension, and that padding applies to
 /// inputs that exist and can be padded.
-fn check_batching(config: &ModelConfig, signature: &Signature) -> std::result::Result<(), String> {
-    for name in config.pad.keys() {
+fn check_batching(
+    config: &ModelConfig,
+    pad: &BTreeMap<String, f64>,
+    signature: &Signature,
+) -> std::result::Result<(), String> {
+    for name in pad.keys() {
         let spec = signature
             .input(name)
             .ok_or_else(|| format!("pad names '{name}', which is not an input of the model"))?;

@@ -50,6 +50,17 @@ impl Repo {
         repo
     }
 
+    /// A repository holding the named fixture models without their `model.yaml`: plain models,
+    /// tensors in and out, even for those the demo serves as tasks.
+    pub fn plain(models: &[&str]) -> Self {
+        let repo = Self::with(&[]);
+        for m in models {
+            std::fs::create_dir(repo.path().join(m)).expect("model dir");
+            repo.link(&format!("{m}/1"), &model_dir(m).join("1"));
+        }
+        repo
+    }
+
     /// Adds `target` to the repository under `name`.
     pub fn link(&self, name: &str, target: &Path) {
         std::os::unix::fs::symlink(target, self.dir.path().join(name)).expect("symlink");
@@ -247,6 +258,31 @@ impl Server {
         metric_value(&self.metrics(), name, labels)
     }
 
+    /// Sends `body` with `method` and an optional Content-Type, returning status and parsed JSON.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = client().request(method, self.at(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("Content-Type", ct);
+        }
+        let r = req.send().expect("request");
+        let status = r.status().as_u16();
+        let bytes = r.bytes().expect("body");
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "response is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, json)
+    }
+
     /// Asserts the server still answers health checks and a real inference.
     pub fn assert_healthy(&self) {
         assert_eq!(self.get("/v2/health/live").0, 200);
@@ -282,6 +318,30 @@ pub fn binary_body(header: &Value, blobs: &[&[u8]]) -> (Vec<u8>, usize) {
         body.extend_from_slice(b);
     }
     (body, len)
+}
+
+/// A multipart/form-data body with one part per `(field name, file name, bytes)`, and its
+/// Content-Type.
+pub fn multipart(parts: &[(&str, &str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "ferroserve-test-boundary-7d3f";
+    let mut body = Vec::new();
+    for (field, file, data) in parts {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{file}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
 }
 
 pub fn f32s(bytes: &[u8]) -> Vec<f32> {

@@ -17,7 +17,9 @@
 
 #![warn(missing_docs)]
 
+mod body;
 mod error;
+mod openai;
 mod torchserve;
 pub mod v2;
 
@@ -132,8 +134,16 @@ pub fn router(runtime: Arc<Runtime>, options: HttpOptions) -> Router {
         .route("/metrics", get(metrics))
         // TorchServe's inference routes share the port with V2 (see the README).
         .route("/ping", get(torchserve::ping))
-        .route("/predictions/{model}", post(torchserve::predict))
-        .route("/predictions/{model}/{version}", post(torchserve::predict))
+        // `curl -T img.jpg` sends a PUT; TorchServe accepts both.
+        .route(
+            "/predictions/{model}",
+            post(torchserve::predict).put(torchserve::predict),
+        )
+        .route(
+            "/predictions/{model}/{version}",
+            post(torchserve::predict).put(torchserve::predict),
+        )
+        .route("/v1/embeddings", post(openai::embeddings))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(RequestDecompressionLayer::new())

@@ -63,6 +63,25 @@ pub fn rows(request: &InferRequest) -> Result<usize> {
     Ok(rows.unwrap_or(0))
 }
 
+/// Elements per row of the request's padded inputs (the widest), which is what every row of a
+/// batch is padded to: its token count for token inputs. 0 when nothing is padded.
+pub fn padded_width(request: &InferRequest, pad: &BTreeMap<String, f64>) -> usize {
+    request
+        .inputs
+        .iter()
+        .filter(|i| pad.contains_key(&i.name))
+        .map(|i| {
+            i.tensor
+                .shape()
+                .get(1..)
+                .unwrap_or_default()
+                .iter()
+                .product()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// How one request sits in a merged batch, for splitting the outputs.
 #[derive(Debug, Clone)]
 pub struct Part {

@@ -40,6 +40,8 @@ pub(crate) struct SchedulerConfig {
     pub pad: BTreeMap<String, f64>,
     /// Answer in arrival order, even when a later request finishes first.
     pub preserve_ordering: bool,
+    /// Most padded elements per row of the padded inputs (tokens) times rows in one batch.
+    pub max_batch_tokens: Option<usize>,
 }
 
 /// Runs one model version's requests on its replicas.
@@ -68,6 +70,7 @@ impl Scheduler {
             max_rows: config.max_batch_size,
             target_rows: config.target_rows,
             delay: config.max_queue_delay,
+            max_tokens: config.max_batch_tokens,
         };
         let signature = Arc::new(signature);
         metrics.replicas.set(replicas.len() as i64);
@@ -104,7 +107,7 @@ impl Scheduler {
     /// [`Error::DeadlineExceeded`] without running it when its timeout passes while queued.
     /// Dropping the future withdraws a queued request.
     pub async fn submit(&self, request: InferRequest) -> Result<Vec<NamedTensor>> {
-        let (rows, key) = if self.config.max_batch_size > 0 {
+        let (rows, width, key) = if self.config.max_batch_size > 0 {
             let rows = batch::rows(&request)?;
             if rows > self.config.max_batch_size {
                 return Err(Error::invalid(format!(
@@ -112,9 +115,18 @@ impl Scheduler {
                     self.config.model, self.config.max_batch_size
                 )));
             }
-            (rows, Some(BatchKey::of(&request, &self.config.pad)))
+            let width = batch::padded_width(&request, &self.config.pad);
+            if let Some(budget) = self.config.max_batch_tokens {
+                if rows * width > budget {
+                    return Err(Error::TooLarge(format!(
+                        "the request has {rows} rows of {width} tokens, more than model '{}' takes in one batch ({budget}, max_batch_tokens)",
+                        self.config.model
+                    )));
+                }
+            }
+            (rows, width, Some(BatchKey::of(&request, &self.config.pad)))
         } else {
-            (0, None)
+            (0, 0, None)
         };
         let timeout = timeout_of(&request)?
             .into_iter()
@@ -127,6 +139,7 @@ impl Scheduler {
         let pending = Pending {
             request,
             rows,
+            width,
             key,
             enqueued: now,
             deadline,

@@ -22,6 +22,8 @@ pub(crate) struct Pending {
     pub request: InferRequest,
     /// Rows it adds to a batch (0 when the model is not batched).
     pub rows: usize,
+    /// Elements per row of its padded inputs (tokens), which the whole batch is padded to.
+    pub width: usize,
     /// What it must share with others to join their batch (`None` when not batched).
     pub key: Option<BatchKey>,
     pub enqueued: Instant,
@@ -64,6 +66,15 @@ pub(crate) struct BatchPolicy {
     pub target_rows: usize,
     /// How long the oldest request may wait for company.
     pub delay: Duration,
+    /// Most rows × widest padded row in one batch (a token budget), when set.
+    pub max_tokens: Option<usize>,
+}
+
+impl BatchPolicy {
+    /// Whether a batch of `rows` rows padded to `width` stays within the limits.
+    fn fits(&self, rows: usize, width: usize) -> bool {
+        rows <= self.max_rows && self.max_tokens.is_none_or(|max| rows * width <= max)
+    }
 }
 
 /// What a replica gets from [`Queue::next`].
@@ -134,10 +145,12 @@ impl Inner {
         // Gather the requests that can share the oldest one's batch, in arrival order.
         let mut picked = Vec::new();
         let mut rows = 0;
+        let mut width = 0;
         for (idx, p) in self.items.iter().enumerate() {
-            if p.key == first.key && rows + p.rows <= policy.max_rows {
+            if p.key == first.key && policy.fits(rows + p.rows, width.max(p.width)) {
                 picked.push(idx);
                 rows += p.rows;
+                width = width.max(p.width);
             }
         }
         let ready_at = first.enqueued + policy.delay;
@@ -310,6 +323,7 @@ mod tests {
             Pending {
                 request,
                 rows,
+                width: 2,
                 key,
                 enqueued: Instant::now(),
                 deadline,
@@ -327,7 +341,34 @@ mod tests {
             max_rows: max,
             target_rows: target,
             delay: Duration::from_millis(delay_ms),
+            max_tokens: None,
         }
+    }
+
+    #[test]
+    fn token_budget_bounds_rows_times_width() {
+        let q = Queue::new(10, Gauge::default(), None);
+        let mut keep = Vec::new();
+        for (rows, width) in [(2, 10), (2, 30), (1, 10)] {
+            let (mut p, r, _) = pending(rows, None);
+            p.width = width;
+            q.push(p);
+            keep.push(r);
+        }
+        let policy = BatchPolicy {
+            max_tokens: Some(60),
+            ..batching(8, 8, 0)
+        };
+        // 2 rows of 10 fit; adding 2 rows of 30 would pad 4 rows to 30 = 120 > 60; the 1 row of
+        // 10 still fits beside the first (3 × 10).
+        let Some(Work::Batch(b)) = q.next(&policy) else {
+            panic!()
+        };
+        assert_eq!(b.iter().map(|p| p.width).collect::<Vec<_>>(), [10, 10]);
+        let Some(Work::Batch(b)) = q.next(&policy) else {
+            panic!()
+        };
+        assert_eq!(b.iter().map(|p| p.width).collect::<Vec<_>>(), [30]);
     }
 
     #[test]

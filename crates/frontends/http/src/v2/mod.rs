@@ -29,9 +29,9 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 /// `{model}` and the optional `{version}` of a model route.
 #[derive(Deserialize)]
 pub(crate) struct ModelPath {
-    model: String,
+    pub(crate) model: String,
     #[serde(default)]
-    version: Option<String>,
+    pub(crate) version: Option<String>,
 }
 
 pub(crate) async fn live() -> Json<serde_json::Value> {

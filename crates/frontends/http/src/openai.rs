@@ -1,0 +1,175 @@
+//! `POST /v1/embeddings`, OpenAI's embeddings API, so OpenAI clients and the tools built on them
+//! (LangChain, LlamaIndex) can use a `text-embedding` model unchanged.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::Json;
+use base64::Engine;
+use ferroserve_core::Error;
+use ferroserve_tasks::{TaskInput, TaskKind, TaskOutput};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::body::text_list;
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Fields of the request this server understands; others are refused by name.
+const FIELDS: &[&str] = &["input", "model", "encoding_format", "dimensions", "user"];
+
+/// `POST /v1/embeddings`: `{"input": "text" | ["text", ...], "model": "minilm",
+/// "encoding_format": "float" | "base64"}`.
+pub(crate) async fn embeddings(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::response::Response, ApiError> {
+    let bytes = s.read_body(&headers, body).await?;
+    let request: Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid(format!("the body must be a JSON object: {e}")))?;
+    if let Some(unknown) = request.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(Error::invalid(format!(
+            "unknown field '{unknown}' (fields: {})",
+            FIELDS.join(", ")
+        ))
+        .into());
+    }
+    let input = request
+        .get("input")
+        .ok_or_else(|| Error::invalid("the request has no 'input'"))?;
+    if input
+        .as_array()
+        .is_some_and(|a| a.first().is_some_and(|v| v.is_number() || v.is_array()))
+    {
+        return Err(
+            Error::invalid("input as token ids is not supported: send the text itself").into(),
+        );
+    }
+    let (texts, _) = text_list(input, "input")?;
+    let base64 = match request.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "encoding_format must be 'float' or 'base64', got {other}"
+            ))
+            .into())
+        }
+    };
+    let model = match request.get("model") {
+        Some(Value::String(m)) => m.clone(),
+        None | Some(Value::Null) => only_embedding_model(&s)?,
+        Some(other) => {
+            return Err(Error::invalid(format!("model must be a string, got {other}")).into())
+        }
+    };
+    match s.runtime.task(&model, None)?.map(|t| t.kind()) {
+        Some(TaskKind::TextEmbedding) => {}
+        _ => {
+            return Err(
+                Error::invalid(format!("model '{model}' is not a text-embedding model")).into(),
+            )
+        }
+    }
+    let answer = s
+        .runtime
+        .run_task(&model, None, TaskInput::Texts(texts), Default::default())
+        .await?;
+    let TaskOutput::Embeddings { vectors, tokens } = answer.output else {
+        return Err(Error::Internal(format!("model '{model}' answered without embeddings")).into());
+    };
+    if let Some(d) = request.get("dimensions").filter(|d| !d.is_null()) {
+        let dim = vectors.first().map_or(0, Vec::len);
+        if d.as_u64() != Some(dim as u64) {
+            return Err(Error::invalid(format!(
+                "model '{model}' makes {dim}-dimensional embeddings and cannot shorten them; dimensions was {d}"
+            ))
+            .into());
+        }
+    }
+    let data: Vec<Datum> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, v)| Datum {
+            object: "embedding",
+            index,
+            embedding: if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                Embedding::Float(v)
+            },
+        })
+        .collect();
+    let used: usize = tokens.iter().sum();
+    Ok(Json(Response {
+        object: "list",
+        data,
+        model: &model,
+        usage: Usage {
+            prompt_tokens: used,
+            total_tokens: used,
+        },
+    })
+    .into_response())
+}
+
+/// OpenAI's embeddings response.
+#[derive(Serialize)]
+struct Response<'a> {
+    object: &'static str,
+    data: Vec<Datum<'a>>,
+    model: &'a str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct Datum<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: Embedding<'a>,
+}
+
+/// A vector as numbers, or as base64 of its little-endian f32 bytes.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Embedding<'a> {
+    Float(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+/// The one text-embedding model, for requests that name none.
+fn only_embedding_model(s: &AppState) -> Result<String, Error> {
+    let mut names: Vec<String> = s
+        .runtime
+        .index(true)
+        .into_iter()
+        .map(|r| r.name)
+        .filter(|name| {
+            matches!(
+                s.runtime.task(name, None),
+                Ok(Some(t)) if t.kind() == TaskKind::TextEmbedding
+            )
+        })
+        .collect();
+    names.dedup();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(Error::NotFound("no text-embedding model is loaded".into())),
+        many => Err(Error::invalid(format!(
+            "the request has no 'model'; the text-embedding models are {}",
+            many.join(", ")
+        ))),
+    }
+}

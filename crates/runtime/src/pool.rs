@@ -1,0 +1,65 @@
+//! The CPU pool that runs task pre- and post-processing (image decoding and resizing,
+//! tokenising, pooling) off the async runtime's threads.
+//!
+//! Jobs beyond the bound are refused at once with [`Error::Overloaded`], as a full model queue
+//! is, so a flood of large images cannot pile up unbounded work.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use ferroserve_core::{Error, Result};
+use tokio::sync::{oneshot, Semaphore};
+
+/// A fixed set of threads (a rayon pool, so a job can split its items across them) with a
+/// bounded number of jobs admitted at once.
+pub(crate) struct CpuPool {
+    pool: rayon::ThreadPool,
+    slots: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl CpuPool {
+    /// `threads` workers; at most `capacity` jobs running or waiting.
+    pub fn new(threads: usize, capacity: usize) -> std::io::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("task-cpu-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Self {
+            pool,
+            slots: Arc::new(Semaphore::new(capacity.max(1))),
+            capacity: capacity.max(1),
+        })
+    }
+
+    /// Runs `job` on the pool and waits for it. A job whose caller went away before it started
+    /// is skipped.
+    pub async fn run<R, F>(&self, job: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> Result<R> + Send + 'static,
+    {
+        let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
+            Error::Overloaded(format!(
+                "{} preprocessing jobs are queued already; retry shortly",
+                self.capacity
+            ))
+        })?;
+        let (tx, rx) = oneshot::channel();
+        self.pool.spawn(move || {
+            let _permit = permit;
+            if tx.is_closed() {
+                return;
+            }
+            let result = std::panic::catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
+                Err(Error::Internal(
+                    "preprocessing panicked; the server is still running".into(),
+                ))
+            });
+            let _ = tx.send(result);
+        });
+        rx.await
+            .map_err(|_| Error::Internal("the preprocessing pool stopped".into()))?
+    }
+}

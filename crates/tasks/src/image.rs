@@ -1,0 +1,289 @@
+//! Images in: decoding with a size check before any pixel is read, SIMD resizing, centre crop,
+//! normalisation into the model's layout and element type.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use ferroserve_core::{DataType, Error, Result, Signature, TensorSpec};
+use image::{ImageFormat, ImageReader, Limits};
+
+use crate::config::{ChannelOrder, Filter, ImageConfig, Layout, Resize, Size};
+
+/// Preprocessing resolved against a model's input.
+#[derive(Debug, Clone)]
+pub(crate) struct ImagePipeline {
+    /// Model input name.
+    pub input: String,
+    pub dtype: DataType,
+    pub layout: Layout,
+    /// Output height and width.
+    pub height: u32,
+    pub width: u32,
+    resize: Resize,
+    filter: Filter,
+    bgr: bool,
+    /// Per channel (model order): value = pixel * mul + add, i.e. (pixel*scale - mean) / std.
+    mul: [f32; 3],
+    add: [f32; 3],
+    max_pixels: u64,
+}
+
+impl ImagePipeline {
+    pub fn new(config: &ImageConfig, model: &Signature) -> std::result::Result<Self, String> {
+        let spec = pick_input(config.input.as_deref(), model)?;
+        if !matches!(
+            spec.datatype,
+            DataType::Fp32 | DataType::Fp16 | DataType::Uint8
+        ) {
+            return Err(format!(
+                "image input '{}' is {}; image-classification fills FP32, FP16 or UINT8 inputs",
+                spec.name, spec.datatype
+            ));
+        }
+        if spec.shape.len() != 4 {
+            return Err(format!(
+                "image input '{}' has shape {:?}; image-classification needs a rank-4 input (NCHW or NHWC)",
+                spec.name, spec.shape
+            ));
+        }
+        let layout = match config.layout {
+            Some(l) => l,
+            None if spec.shape[1] == 3 => Layout::Nchw,
+            None if spec.shape[3] == 3 => Layout::Nhwc,
+            None => {
+                return Err(format!(
+                    "cannot tell the layout of image input '{}' (shape {:?}): set image.layout to nchw or nhwc",
+                    spec.name, spec.shape
+                ))
+            }
+        };
+        let (c, h, w) = match layout {
+            Layout::Nchw => (spec.shape[1], spec.shape[2], spec.shape[3]),
+            Layout::Nhwc => (spec.shape[3], spec.shape[1], spec.shape[2]),
+        };
+        if c != 3 && c != -1 {
+            return Err(format!(
+                "image input '{}' has {c} channels (shape {:?}); only 3-channel images are supported",
+                spec.name, spec.shape
+            ));
+        }
+        let (height, width) = match config.crop.map(Size::hw) {
+            Some(hw) => hw,
+            None if h > 0 && w > 0 => (h as u32, w as u32),
+            None => {
+                return Err(format!(
+                    "image input '{}' has dynamic height or width (shape {:?}): set image.crop",
+                    spec.name, spec.shape
+                ))
+            }
+        };
+        if height == 0 || width == 0 {
+            return Err("image.crop must be at least 1 pixel".into());
+        }
+        for (dim, want) in [(h, height), (w, width)] {
+            if dim > 0 && dim as u32 != want {
+                return Err(format!(
+                    "image.crop is {height}x{width} but the model input '{}' takes {h}x{w}",
+                    spec.name
+                ));
+            }
+        }
+        let resize = config.resize.unwrap_or_else(|| {
+            Resize::ShorterSide((height.min(width) as f32 / 0.875).round() as u32)
+        });
+        match resize {
+            Resize::ShorterSide(s) if s < height.min(width) => {
+                return Err(format!(
+                    "image.resize shorter_side {s} is smaller than the crop {height}x{width}"
+                ))
+            }
+            Resize::Exact([rh, rw]) if rh < height || rw < width => {
+                return Err(format!(
+                    "image.resize exact {rh}x{rw} is smaller than the crop {height}x{width}"
+                ))
+            }
+            _ => {}
+        }
+        let bgr = config.channel_order == ChannelOrder::Bgr;
+        let mut mul = [0.0; 3];
+        let mut add = [0.0; 3];
+        for i in 0..3 {
+            mul[i] = config.scale / config.std[i];
+            add[i] = -config.mean[i] / config.std[i];
+        }
+        Ok(Self {
+            input: spec.name.clone(),
+            dtype: spec.datatype,
+            layout,
+            height,
+            width,
+            resize,
+            filter: config.filter,
+            bgr,
+            mul,
+            add,
+            max_pixels: config.max_pixels,
+        })
+    }
+
+    /// Values per image in the model's input.
+    pub fn values_per_image(&self) -> usize {
+        3 * self.height as usize * self.width as usize
+    }
+
+    /// Decodes, resizes and crops one image, and writes its normalised values into `out` (one
+    /// image's worth of the model's input, in f32 before the final element-type conversion).
+    pub fn process(&self, index: usize, encoded: &[u8], out: &mut [f32]) -> Result<()> {
+        let rgb = decode(index, encoded, self.max_pixels)?;
+        let (w, h) = rgb.dimensions();
+        let (rh, rw) = match self.resize {
+            Resize::Exact([rh, rw]) => (rh, rw),
+            Resize::ShorterSide(s) => {
+                // torchvision's rule: the shorter side becomes `s`, the longer one scales and is
+                // truncated.
+                if w <= h {
+                    (((s as u64 * h as u64) / w as u64) as u32, s)
+                } else {
+                    (s, ((s as u64 * w as u64) / h as u64) as u32)
+                }
+            }
+        };
+        let alg = match self.filter {
+            Filter::Nearest => ResizeAlg::Nearest,
+            Filter::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+            Filter::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
+            Filter::Lanczos3 => ResizeAlg::Convolution(FilterType::Lanczos3),
+        };
+        let options = ResizeOptions::new().resize_alg(alg);
+        let mut resizer = Resizer::new();
+        let failed = |e: fast_image_resize::ResizeError| {
+            Error::Internal(format!("image {index}: resizing failed: {e}"))
+        };
+        // Width first, then height, each pass rounding to 8 bits, as Pillow does: the reference
+        // numbers of models trained with torchvision depend on it (one pass in the other order
+        // moves a fifth of the pixels by one level).
+        let src = Image::from_vec_u8(w, h, rgb.into_raw(), PixelType::U8x3)
+            .map_err(|e| Error::Internal(format!("image {index}: {e}")))?;
+        let mut wide = Image::new(rw, h, PixelType::U8x3);
+        resizer.resize(&src, &mut wide, &options).map_err(failed)?;
+        let mut dst = Image::new(rw, rh, PixelType::U8x3);
+        resizer.resize(&wide, &mut dst, &options).map_err(failed)?;
+        // Centre crop, rounding the offsets as torchvision does (Python's round: half to even).
+        let top = ((rh - self.height) as f64 / 2.0).round_ties_even() as usize;
+        let left = ((rw - self.width) as f64 / 2.0).round_ties_even() as usize;
+        let pixels = dst.buffer();
+        let (ch, cw) = (self.height as usize, self.width as usize);
+        let plane = ch * cw;
+        for y in 0..ch {
+            let row = &pixels[((top + y) * rw as usize + left) * 3..][..cw * 3];
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    let value = px[if self.bgr { 2 - c } else { c }] as f32;
+                    let v = if self.dtype == DataType::Uint8 {
+                        value
+                    } else {
+                        value * self.mul[c] + self.add[c]
+                    };
+                    let at = match self.layout {
+                        Layout::Nchw => c * plane + y * cw + x,
+                        Layout::Nhwc => (y * cw + x) * 3 + c,
+                    };
+                    out[at] = v;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The model input that takes the pixels: the named one, or the only one.
+fn pick_input<'a>(
+    name: Option<&str>,
+    model: &'a Signature,
+) -> std::result::Result<&'a TensorSpec, String> {
+    match name {
+        Some(n) => model.input(n).ok_or_else(|| {
+            format!(
+                "image.input names '{n}', which is not an input of the model (inputs: {})",
+                names(&model.inputs)
+            )
+        }),
+        None => match model.inputs.as_slice() {
+            [one] => Ok(one),
+            _ => Err(format!(
+                "the model has inputs {}; set image.input to the one that takes the pixels",
+                names(&model.inputs)
+            )),
+        },
+    }
+}
+
+pub(crate) fn names(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decodes an encoded image into RGB, refusing unknown formats and images over `max_pixels`
+/// from their header, before any pixel is decoded.
+fn decode(index: usize, bytes: &[u8], max_pixels: u64) -> Result<image::RgbImage> {
+    let format = image::guess_format(bytes).map_err(|_| {
+        Error::invalid(format!(
+            "input {index} is not an image: its bytes start like none of JPEG, PNG, WebP, GIF or BMP"
+        ))
+    })?;
+    if !matches!(
+        format,
+        ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp
+    ) {
+        return Err(Error::invalid(format!(
+            "input {index} is a {format:?} image; accepted formats are JPEG, PNG, WebP, GIF and BMP"
+        )));
+    }
+    let name = format!("{format:?}").to_uppercase();
+    let corrupt = |e: image::ImageError| {
+        Error::invalid(format!(
+            "input {index} is not a readable {name} image: {}",
+            e.to_string().trim_end()
+        ))
+    };
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(corrupt)?;
+    if w == 0 || h == 0 {
+        return Err(Error::invalid(format!(
+            "input {index} is an empty {w}x{h} image"
+        )));
+    }
+    if w as u64 * h as u64 > max_pixels {
+        return Err(Error::TooLarge(format!(
+            "input {index} is a {w}x{h} {name} image, over the limit of {max_pixels} pixels (image.max_pixels)"
+        )));
+    }
+    if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
+        return Err(Error::invalid(format!(
+            "input {index} is a truncated JPEG image: it has no end-of-image marker"
+        )));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    reader.limits(limits);
+    Ok(reader.decode().map_err(corrupt)?.into_rgb8())
+}
+
+/// Whether a JPEG stream ends with its end-of-image marker (allowing trailing padding, which
+/// some cameras add). The decoder fills a truncated scan with grey rather than failing, and a
+/// half-grey photo classified with confidence is worse than an error.
+fn jpeg_complete(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(1024)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}

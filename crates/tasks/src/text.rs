@@ -1,0 +1,232 @@
+//! Text in: tokenising with a Hugging Face `tokenizer.json`, truncation, grouping into batches
+//! under a token budget, and the padded id tensors the model takes.
+
+use std::ops::Range;
+use std::path::Path;
+
+use bytes::Bytes;
+use ferroserve_core::{DataType, Error, NamedTensor, Result, Signature, Tensor};
+use serde_json::Value;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::config::TextConfig;
+use crate::files::Files;
+use crate::image::names;
+
+/// One tokenised text.
+#[derive(Debug, Clone)]
+pub(crate) struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+/// Tokenising resolved against a model's inputs.
+pub(crate) struct TextPipeline {
+    tokenizer: Tokenizer,
+    pub max_batch_tokens: usize,
+    pub max_inputs: usize,
+    ids: String,
+    mask: Option<String>,
+    types: Option<String>,
+    dtype: DataType,
+}
+
+impl TextPipeline {
+    pub fn new(
+        config: &TextConfig,
+        files: &Files,
+        model: &Signature,
+    ) -> std::result::Result<Self, String> {
+        let path = files.find(&config.tokenizer)?;
+        let mut tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| format!("{}: not a usable tokenizer.json: {e}", path.display()))?;
+        let max_length = match config.max_length {
+            Some(n) => n,
+            None => default_max_length(files, &tokenizer),
+        };
+        if max_length > config.max_batch_tokens {
+            return Err(format!(
+                "text.max_length {max_length} is more than text.max_batch_tokens {}, so the longest input could never run",
+                config.max_batch_tokens
+            ));
+        }
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| format!("{}: cannot truncate to {max_length}: {e}", path.display()))?;
+        tokenizer.with_padding(None);
+        let mut ids = None;
+        let mut mask = None;
+        let mut types = None;
+        for spec in &model.inputs {
+            let slot = match spec.name.as_str() {
+                "input_ids" => &mut ids,
+                "attention_mask" => &mut mask,
+                "token_type_ids" => &mut types,
+                other => {
+                    return Err(format!(
+                        "the model has an input '{other}' a text task cannot fill (it fills input_ids, attention_mask and token_type_ids)"
+                    ))
+                }
+            };
+            if !matches!(spec.datatype, DataType::Int64 | DataType::Int32) || spec.shape.len() != 2
+            {
+                return Err(format!(
+                    "input '{}' is {} {:?}; a text task fills INT64 or INT32 inputs of shape [batch, tokens]",
+                    spec.name, spec.datatype, spec.shape
+                ));
+            }
+            *slot = Some((spec.name.clone(), spec.datatype));
+        }
+        let (ids, dtype) = ids.ok_or_else(|| {
+            format!(
+                "the model has no 'input_ids' input (inputs: {})",
+                names(&model.inputs)
+            )
+        })?;
+        Ok(Self {
+            tokenizer,
+            max_batch_tokens: config.max_batch_tokens,
+            max_inputs: config.max_inputs,
+            ids,
+            mask: mask.map(|m| m.0),
+            types: types.map(|t| t.0),
+            dtype,
+        })
+    }
+
+    /// The inputs the scheduler pads to the longest in a batch, with their padding value.
+    pub fn padded_inputs(&self) -> Vec<(String, f64)> {
+        [Some(&self.ids), self.mask.as_ref(), self.types.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|n| (n.clone(), 0.0))
+            .collect()
+    }
+
+    /// Tokenises text `index` of a request.
+    pub fn encode(&self, index: usize, text: &str) -> Result<Encoded> {
+        if text.is_empty() {
+            return Err(Error::invalid(format!("input {index} is an empty string")));
+        }
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::invalid(format!("input {index} could not be tokenised: {e}")))?;
+        Ok(Encoded {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+        })
+    }
+
+    /// Splits `encoded` (in order) into runs that each fit `max_rows` rows and the token budget
+    /// once padded to their longest member.
+    pub fn chunks(&self, encoded: &[Encoded], max_rows: usize) -> Vec<Range<usize>> {
+        chunks(
+            encoded.iter().map(|e| e.ids.len()),
+            max_rows,
+            self.max_batch_tokens,
+        )
+    }
+
+    /// The model inputs for `encoded`, padded to the longest with zeros.
+    pub fn tensors(&self, encoded: &[Encoded]) -> Result<Vec<NamedTensor>> {
+        let longest = encoded.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let rows = encoded.len();
+        let build = |value: &dyn Fn(&Encoded, usize) -> Option<i64>| -> Result<Tensor> {
+            let size = self.dtype.size().unwrap_or(8);
+            let mut data = Vec::with_capacity(rows * longest * size);
+            for e in encoded {
+                for t in 0..longest {
+                    let v = value(e, t).unwrap_or(0);
+                    match self.dtype {
+                        DataType::Int32 => data.extend_from_slice(&(v as i32).to_le_bytes()),
+                        _ => data.extend_from_slice(&v.to_le_bytes()),
+                    }
+                }
+            }
+            Tensor::new(self.dtype, vec![rows, longest], Bytes::from(data))
+                .map_err(|e| Error::Internal(e.to_string()))
+        };
+        let mut out = vec![NamedTensor {
+            name: self.ids.clone(),
+            tensor: build(&|e, t| e.ids.get(t).map(|&v| v as i64))?,
+        }];
+        if let Some(m) = &self.mask {
+            out.push(NamedTensor {
+                name: m.clone(),
+                tensor: build(&|e, t| (t < e.ids.len()).then_some(1))?,
+            });
+        }
+        if let Some(ty) = &self.types {
+            out.push(NamedTensor {
+                name: ty.clone(),
+                tensor: build(&|e, t| e.type_ids.get(t).map(|&v| v as i64))?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `max_seq_length` of sentence-transformers, else the tokenizer's truncation, else the
+/// model's position limit, else 512.
+fn default_max_length(files: &Files, tokenizer: &Tokenizer) -> usize {
+    let json_field = |file: &str, field: &str| -> Option<usize> {
+        let path = files.try_find(file)?;
+        read_json(&path)?.get(field)?.as_u64().map(|n| n as usize)
+    };
+    let positions = json_field("config.json", "max_position_embeddings");
+    json_field("sentence_bert_config.json", "max_seq_length")
+        .or_else(|| tokenizer.get_truncation().map(|t| t.max_length))
+        .or(positions)
+        .unwrap_or(512)
+        .min(positions.unwrap_or(usize::MAX))
+}
+
+pub(crate) fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Splits items of the given lengths, in order, into runs of at most `max_rows` whose rows
+/// times their longest length stay within `budget`.
+fn chunks(
+    lengths: impl Iterator<Item = usize>,
+    max_rows: usize,
+    budget: usize,
+) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut longest = 0;
+    let mut end = 0;
+    for (i, len) in lengths.enumerate() {
+        let rows = i - start + 1;
+        if rows > max_rows || rows * longest.max(len) > budget {
+            out.push(start..i);
+            start = i;
+            longest = 0;
+        }
+        longest = longest.max(len);
+        end = i + 1;
+    }
+    if start < end {
+        out.push(start..end);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_rows_and_tokens() {
+        let lengths = [10, 10, 10, 50, 10];
+        assert_eq!(chunks(lengths.into_iter(), 32, 100), [0..3, 3..5]);
+        assert_eq!(chunks(lengths.into_iter(), 2, 100), [0..2, 2..4, 4..5]);
+        assert!(chunks(std::iter::empty(), 2, 100).is_empty());
+    }
+}
