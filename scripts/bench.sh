@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md: set-up, the peers (nginx and wrk from Debian, onnxruntime from
-# PyPI for the in-process baseline), then scripts/bench.py. Loopback traffic only.
+# PyPI for the in-process baseline, sentence-transformers from PyPI for the Python embedding
+# peer), then scripts/bench.py. Loopback traffic only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh" --test
@@ -12,4 +13,7 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
 fi
 "$ROOT/.venv/bin/python" -c "import onnxruntime" 2>/dev/null \
   || "$ROOT/.venv/bin/python" -m pip install --quiet "onnxruntime==1.31.1"
+# The Python peer for embeddings (table 5). It brings PyTorch: a large download, once.
+"$ROOT/.venv/bin/python" -c "import sentence_transformers" 2>/dev/null \
+  || "$ROOT/.venv/bin/python" -m pip install --quiet "sentence-transformers==6.2.0"
 exec "$ROOT/.venv/bin/python" "$ROOT/scripts/bench.py" "$@"

@@ -23,13 +23,16 @@ def _binary() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def ferroserve():
     """Yields {"http": "host:port", "grpc": "host:port"} of a server over simple, identity,
-    string_identity and minilm."""
+    string_identity, minilm (plain) and tiny-bert-classifier (a text-classification task)."""
     repo = tempfile.TemporaryDirectory()
     for name in ["simple", "identity", "string_identity", "minilm"]:
         # Only the version folders: the demo's model.yaml makes minilm a text-embedding task,
         # and these tests speak tensors to the plain model.
         (pathlib.Path(repo.name) / name).mkdir()
         os.symlink(ROOT / "examples" / "models" / name / "1", pathlib.Path(repo.name) / name / "1")
+    # A task model as configured: text in (BYTES), class probabilities and labels out.
+    os.symlink(ROOT / "tests" / "fixtures" / "models" / "tiny-bert-classifier",
+               pathlib.Path(repo.name) / "tiny-bert-classifier")
     proc = subprocess.Popen(
         [str(_binary()), "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
          "--model-repository", repo.name],

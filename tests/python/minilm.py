@@ -1,4 +1,5 @@
-"""The MiniLM reference batch and its check, shared by the HTTP and gRPC client tests."""
+"""Reference data and checks shared by the HTTP and gRPC client tests: the MiniLM batch, the tiny
+BERT classifier's texts."""
 import json
 import pathlib
 
@@ -29,3 +30,15 @@ def cosines(hidden, inputs, expected):
     pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
     pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
     return (pooled * expected).sum(1) / np.linalg.norm(expected, axis=1)
+
+
+TINY_BERT = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "reference" / "tiny_bert_logits.json"
+
+
+def tiny_bert_examples():
+    """The tiny BERT classifier's reference texts, their softmax probabilities and labels."""
+    examples = json.loads(TINY_BERT.read_text())["examples"]
+    logits = np.array([e["logits"] for e in examples], dtype=np.float32)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    return [e["text"] for e in examples], probs, [e["label"] for e in examples]

@@ -31,7 +31,7 @@ def test_server_and_model_metadata(client):
     assert client.get_model_metadata("simple", "1")["versions"] == ["1"]
 
     index = client.get_model_repository_index()
-    assert {m["name"] for m in index} == {"simple", "identity", "string_identity", "minilm"}
+    assert {m["name"] for m in index} == {"simple", "identity", "string_identity", "minilm", "tiny-bert-classifier"}
     assert all(m["state"] == "READY" for m in index)
 
 
@@ -131,3 +131,14 @@ def test_model_config_and_statistics_over_http(client):
     assert {s["name"] for s in everything} >= {"simple", "identity"}
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_inference_statistics("nope")
+
+
+def test_text_classification_task_with_bytes_input(client):
+    texts, probs, labels = minilm.tiny_bert_examples()
+    meta = client.get_model_metadata("tiny-bert-classifier")
+    assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [("text", "BYTES")]
+    inp = httpclient.InferInput("text", [len(texts)], "BYTES")
+    inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+    result = client.infer("tiny-bert-classifier", [inp])
+    np.testing.assert_allclose(result.as_numpy("probabilities"), probs, atol=1e-4)
+    assert [l.decode() for l in result.as_numpy("label")] == labels

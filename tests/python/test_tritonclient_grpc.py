@@ -44,7 +44,7 @@ def test_metadata_config_and_index(client):
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
 
     index = client.get_model_repository_index(as_json=True)["models"]
-    assert {m["name"] for m in index} == {"simple", "identity", "string_identity", "minilm"}
+    assert {m["name"] for m in index} == {"simple", "identity", "string_identity", "minilm", "tiny-bert-classifier"}
     assert all(m["state"] == "READY" for m in index)
 
 
@@ -177,3 +177,20 @@ def test_unload_and_load_over_grpc(client):
     assert e.value.status() == "StatusCode.NOT_FOUND"
     client.load_model("identity")
     assert client.is_model_ready("identity")
+
+
+def test_text_classification_task_with_bytes_input(client):
+    texts, probs, labels = minilm.tiny_bert_examples()
+    inp = grpcclient.InferInput("text", [len(texts)], "BYTES")
+    inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+    result = client.infer("tiny-bert-classifier", [inp], outputs=[grpcclient.InferRequestedOutput("label"),
+                                                                  grpcclient.InferRequestedOutput("probabilities")])
+    np.testing.assert_allclose(result.as_numpy("probabilities"), probs, atol=1e-4)
+    assert [l.decode() for l in result.as_numpy("label")] == labels
+    # Not UTF-8: a clear INVALID_ARGUMENT, not a crash.
+    bad = grpcclient.InferInput("text", [1], "BYTES")
+    bad.set_data_from_numpy(np.array([b"\xff\xfe"], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("tiny-bert-classifier", [bad])
+    assert "UTF-8" in str(e.value)
+    assert "INVALID_ARGUMENT" in str(e.value.status())

@@ -426,6 +426,17 @@ mod tests {
         assert!(e("text: {}\n").contains("needs a task"));
         assert!(e("task: image-classification\nimage: {resize: {}}\n").contains("shorter_side"));
         assert!(e("task: image-clasification\n").contains("image-classification"));
+        for bad in [
+            "image: {crop: 0}",
+            "image: {crop: 100000}",
+            "image: {max_pixels: 0}",
+            "image: {std: [0, 1, 1]}",
+            "classification: {top_k: 0}",
+        ] {
+            let msg = e(&format!("task: image-classification\n{bad}\n"));
+            assert!(msg.contains("must"), "{bad}: {msg}");
+        }
+        assert!(e("task: text-classification\ntext: {pooling: cls}\n").contains("text-embedding"));
         let typo = e("task: text-embedding\ntext: {poolng: mean}\n");
         assert!(typo.contains("did you mean 'pooling'?"), "{typo}");
     }

@@ -1,14 +1,14 @@
 //! The CPU pool that runs task pre- and post-processing (image decoding and resizing,
 //! tokenising, pooling) off the async runtime's threads.
 //!
-//! Jobs beyond the bound are refused at once with [`Error::Overloaded`], as a full model queue
-//! is, so a flood of large images cannot pile up unbounded work.
+//! Requests beyond the bound are refused at once with [`Error::Overloaded`], as a full model
+//! queue is, so a flood of large images cannot pile up unbounded work.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use ferroserve_core::{Error, Result};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// A fixed set of threads (a rayon pool, so a job can split its items across them) with a
 /// bounded number of jobs admitted at once.
@@ -19,7 +19,7 @@ pub(crate) struct CpuPool {
 }
 
 impl CpuPool {
-    /// `threads` workers; at most `capacity` jobs running or waiting.
+    /// `threads` workers; at most `capacity` task requests admitted at once.
     pub fn new(threads: usize, capacity: usize) -> std::io::Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
@@ -33,22 +33,31 @@ impl CpuPool {
         })
     }
 
-    /// Runs `job` on the pool and waits for it. A job whose caller went away before it started
-    /// is skipped.
-    pub async fn run<R, F>(&self, job: F) -> Result<R>
+    /// Admits one task request, or refuses at once when `capacity` are in already. The
+    /// admission is held from preprocessing through postprocessing, so a request that got in is
+    /// not refused halfway, after its model ran.
+    pub fn admit(&self) -> Result<Admission> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map(Admission)
+            .map_err(|_| {
+                Error::Overloaded(format!(
+                    "{} requests are being preprocessed already; retry shortly",
+                    self.capacity
+                ))
+            })
+    }
+
+    /// Runs `job` on the pool for an admitted request and waits for it. A job whose caller went
+    /// away before it started is skipped.
+    pub async fn run<R, F>(&self, _admitted: &Admission, job: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce() -> Result<R> + Send + 'static,
     {
-        let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
-            Error::Overloaded(format!(
-                "{} preprocessing jobs are queued already; retry shortly",
-                self.capacity
-            ))
-        })?;
         let (tx, rx) = oneshot::channel();
         self.pool.spawn(move || {
-            let _permit = permit;
             if tx.is_closed() {
                 return;
             }
@@ -63,3 +72,6 @@ impl CpuPool {
             .map_err(|_| Error::Internal("the preprocessing pool stopped".into()))?
     }
 }
+
+/// A task request's place in the pool, from [`CpuPool::admit`].
+pub(crate) struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);

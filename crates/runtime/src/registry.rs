@@ -19,6 +19,9 @@ use crate::repository::{self, ModelSource};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::validate;
 
+/// Model requests of one task request queued at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
 /// Name of the platform ONNX models report in their metadata (Triton's name for it).
 pub const ONNX_PLATFORM: &str = "onnxruntime_onnx";
 
@@ -385,6 +388,9 @@ impl Runtime {
         // batch dimension when the server does not batch it.
         let task_rows = match signature.inputs.first().and_then(|s| s.shape.first()) {
             _ if max_batch_size > 0 => max_batch_size,
+            Some(&n) if task.is_some() && n > 1 => return Err(format!(
+                "a task needs a model whose batch dimension is dynamic or 1, and this one's is {n}"
+            )),
             Some(&n) if n > 0 => n as usize,
             _ => 0,
         };
@@ -596,20 +602,32 @@ impl Runtime {
         input: TaskInput,
         request: &InferRequest,
     ) -> Result<TaskOutput> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let admitted = self.cpu.admit()?;
         let rows = v.task_rows;
         let t = task.clone();
-        let prepared = self.cpu.run(move || t.prepare(input, rows)).await?;
-        let parts = prepared.requests.into_iter().map(|inputs| {
-            v.scheduler.submit(InferRequest {
-                inputs,
-                parameters: request.parameters.clone(),
-                ..Default::default()
+        let prepared = self
+            .cpu
+            .run(&admitted, move || t.prepare(input, rows))
+            .await?;
+        // A few parts of one request in the queue at a time: enough to fill batches, without
+        // letting one large request take the whole queue from everybody else.
+        let outputs: Vec<Vec<NamedTensor>> = futures_util::stream::iter(prepared.requests)
+            .map(|inputs| {
+                v.scheduler.submit(InferRequest {
+                    inputs,
+                    parameters: request.parameters.clone(),
+                    ..Default::default()
+                })
             })
-        });
-        let outputs: Vec<Vec<NamedTensor>> = futures_util::future::try_join_all(parts).await?;
+            .buffered(PARTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
         let t = task.clone();
         let plan = prepared.plan;
-        self.cpu.run(move || t.finish(plan, outputs)).await
+        self.cpu
+            .run(&admitted, move || t.finish(plan, outputs))
+            .await
     }
 
     /// The server's metrics in the OpenMetrics text format.

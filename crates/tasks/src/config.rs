@@ -47,6 +47,9 @@ impl std::fmt::Display for TaskKind {
     }
 }
 
+/// Largest side `image.resize` and `image.crop` may ask for.
+pub const MAX_SIDE: u32 = 16384;
+
 /// How an image becomes the model's input tensor (the `image:` section).
 ///
 /// The order is torchvision's: decode, convert to RGB, resize, centre crop, then per channel
@@ -74,6 +77,8 @@ pub struct ImageConfig {
     /// `[0.229, 0.224, 0.225]`.
     pub std: [f32; 3],
     /// `nchw` or `nhwc`. Default: read from the model input's shape (the dimension that is 3).
+    /// The input may be FP32, FP16 or UINT8; a UINT8 input gets the raw 0–255 pixels, without
+    /// `scale`, `mean` and `std`.
     pub layout: Option<Layout>,
     /// Largest image accepted, in pixels (width × height), checked from the header before any
     /// pixel is decoded. Default: 40,000,000.
@@ -192,19 +197,21 @@ pub struct TextConfig {
     pub tokenizer: String,
     /// Longest input in tokens; longer ones are truncated. Default: `max_seq_length` of
     /// `sentence_bert_config.json`, else the tokenizer's own truncation, else
-    /// `max_position_embeddings` of `config.json`, else 512.
+    /// `max_position_embeddings` of `config.json`, else 512; never more than
+    /// `max_position_embeddings` or `max_batch_tokens`.
     pub max_length: Option<usize>,
-    /// Pooling of token vectors for `text-embedding`: `mean`, `cls` or `max`. Default: what
+    /// Pooling of token vectors (`text-embedding` only): `mean`, `cls` or `max`. Default: what
     /// sentence-transformers' `1_Pooling/config.json` says, else `mean`.
     pub pooling: Option<Pooling>,
-    /// L2-normalise embeddings. Default: true.
+    /// L2-normalise embeddings (`text-embedding` only). Default: true.
     pub normalize: bool,
     /// Most tokens (rows × the longest row, padding included) in one batch the model runs, so
     /// a few long inputs cannot blow up memory. Default: 16384.
     pub max_batch_tokens: usize,
     /// Most texts one request may carry. Default: 2048.
     pub max_inputs: usize,
-    /// The model output to read (hidden states or logits). Default: the model's first output.
+    /// The model output holding hidden states or sentence vectors (`text-embedding` only;
+    /// classifiers use `classification.output`). Default: the model's first output.
     pub output: Option<String>,
 }
 
@@ -320,10 +327,41 @@ impl TaskConfig {
                 );
             }
         }
-        if let Some(i) = &self.image {
-            if i.std.contains(&0.0) {
-                return Err("image.std must not contain 0".into());
+        if let Some(t) = &self.text {
+            if self.kind == Some(TaskKind::TextClassification)
+                && (t.pooling.is_some() || t.output.is_some())
+            {
+                return Err(
+                    "text.pooling and text.output apply to text-embedding; text-classification reads classification.output"
+                        .into(),
+                );
             }
+        }
+        if let Some(i) = &self.image {
+            let finite = i.mean.iter().chain(&i.std).all(|v| v.is_finite()) && i.scale.is_finite();
+            if !finite || i.std.contains(&0.0) {
+                return Err(
+                    "image.scale, image.mean and image.std must be finite numbers, and std not 0"
+                        .into(),
+                );
+            }
+            if i.max_pixels == 0 {
+                return Err("image.max_pixels must be at least 1".into());
+            }
+            let sizes = match i.resize {
+                Some(Resize::ShorterSide(n)) => vec![n],
+                Some(Resize::Exact([h, w])) => vec![h, w],
+                None => vec![],
+            };
+            let (ch, cw) = i.crop.map_or((1, 1), Size::hw);
+            if ch == 0 || cw == 0 || sizes.iter().chain([&ch, &cw]).any(|&n| n > MAX_SIDE) {
+                return Err(format!(
+                    "image.resize and image.crop must be between 1 and {MAX_SIDE} pixels"
+                ));
+            }
+        }
+        if self.classification.as_ref().and_then(|c| c.top_k) == Some(0) {
+            return Err("classification.top_k must be at least 1".into());
         }
         Ok(())
     }

@@ -93,7 +93,7 @@ impl ImagePipeline {
             Resize::ShorterSide((height.min(width) as f32 / 0.875).round() as u32)
         });
         match resize {
-            Resize::ShorterSide(s) if s < height.min(width) => {
+            Resize::ShorterSide(s) if s < height.max(width) => {
                 return Err(format!(
                     "image.resize shorter_side {s} is smaller than the crop {height}x{width}"
                 ))
@@ -137,46 +137,60 @@ impl ImagePipeline {
     pub fn process(&self, index: usize, encoded: &[u8], out: &mut [f32]) -> Result<()> {
         let rgb = decode(index, encoded, self.max_pixels)?;
         let (w, h) = rgb.dimensions();
+        // The resized size (torchvision's rule for a shorter side: it becomes `s`, the longer
+        // one scales and is truncated). It is never allocated: only the crop window is computed.
         let (rh, rw) = match self.resize {
-            Resize::Exact([rh, rw]) => (rh, rw),
-            Resize::ShorterSide(s) => {
-                // torchvision's rule: the shorter side becomes `s`, the longer one scales and is
-                // truncated.
-                if w <= h {
-                    (((s as u64 * h as u64) / w as u64) as u32, s)
-                } else {
-                    (s, ((s as u64 * w as u64) / h as u64) as u32)
-                }
-            }
+            Resize::Exact([rh, rw]) => (rh as u64, rw as u64),
+            Resize::ShorterSide(s) if w <= h => ((s as u64 * h as u64) / w as u64, s as u64),
+            Resize::ShorterSide(s) => (s as u64, (s as u64 * w as u64) / h as u64),
         };
-        let alg = match self.filter {
-            Filter::Nearest => ResizeAlg::Nearest,
-            Filter::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
-            Filter::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
-            Filter::Lanczos3 => ResizeAlg::Convolution(FilterType::Lanczos3),
-        };
-        let options = ResizeOptions::new().resize_alg(alg);
-        let mut resizer = Resizer::new();
-        let failed = |e: fast_image_resize::ResizeError| {
-            Error::Internal(format!("image {index}: resizing failed: {e}"))
+        let (ch, cw) = (self.height, self.width);
+        if rh < ch as u64 || rw < cw as u64 {
+            return Err(Error::invalid(format!(
+                "input {index} is {w}x{h}, too narrow to resize and crop to {cw}x{ch}"
+            )));
+        }
+        // The centre crop, rounded as torchvision does (Python's round: half to even), and the
+        // box of the source image it covers.
+        let top = ((rh - ch as u64) as f64 / 2.0).round_ties_even();
+        let left = ((rw - cw as u64) as f64 / 2.0).round_ties_even();
+        let (sx, sy) = (w as f64 / rw as f64, h as f64 / rh as f64);
+        let (bx, bw) = (left * sx, cw as f64 * sx);
+        let (by, bh) = (top * sy, ch as f64 * sy);
+        let (alg, reach) = match self.filter {
+            Filter::Nearest => (ResizeAlg::Nearest, 1.0),
+            Filter::Bilinear => (ResizeAlg::Convolution(FilterType::Bilinear), 1.0),
+            Filter::Bicubic => (ResizeAlg::Convolution(FilterType::CatmullRom), 2.0),
+            Filter::Lanczos3 => (ResizeAlg::Convolution(FilterType::Lanczos3), 3.0),
         };
         // Width first, then height, each pass rounding to 8 bits, as Pillow does: the reference
         // numbers of models trained with torchvision depend on it (one pass in the other order
-        // moves a fifth of the pixels by one level).
+        // moves a fifth of the pixels by one level). The first pass covers only the rows the
+        // second one reads: the box and the filter's reach around it.
+        let reach = reach * sy.max(1.0) + 1.0;
+        let r0 = (by - reach).floor().max(0.0) as u32;
+        let r1 = ((by + bh + reach).ceil() as u32).min(h);
+        let failed = |e: fast_image_resize::ResizeError| {
+            Error::Internal(format!("image {index}: resizing failed: {e}"))
+        };
         let src = Image::from_vec_u8(w, h, rgb.into_raw(), PixelType::U8x3)
             .map_err(|e| Error::Internal(format!("image {index}: {e}")))?;
-        let mut wide = Image::new(rw, h, PixelType::U8x3);
-        resizer.resize(&src, &mut wide, &options).map_err(failed)?;
-        let mut dst = Image::new(rw, rh, PixelType::U8x3);
-        resizer.resize(&wide, &mut dst, &options).map_err(failed)?;
-        // Centre crop, rounding the offsets as torchvision does (Python's round: half to even).
-        let top = ((rh - self.height) as f64 / 2.0).round_ties_even() as usize;
-        let left = ((rw - self.width) as f64 / 2.0).round_ties_even() as usize;
+        let mut resizer = Resizer::new();
+        let mut rows = Image::new(cw, r1 - r0, PixelType::U8x3);
+        let across = ResizeOptions::new()
+            .resize_alg(alg)
+            .crop(bx, r0 as f64, bw, (r1 - r0) as f64);
+        resizer.resize(&src, &mut rows, &across).map_err(failed)?;
+        let mut dst = Image::new(cw, ch, PixelType::U8x3);
+        let down = ResizeOptions::new()
+            .resize_alg(alg)
+            .crop(0.0, by - r0 as f64, cw as f64, bh);
+        resizer.resize(&rows, &mut dst, &down).map_err(failed)?;
         let pixels = dst.buffer();
-        let (ch, cw) = (self.height as usize, self.width as usize);
+        let (ch, cw) = (ch as usize, cw as usize);
         let plane = ch * cw;
         for y in 0..ch {
-            let row = &pixels[((top + y) * rw as usize + left) * 3..][..cw * 3];
+            let row = &pixels[y * cw * 3..][..cw * 3];
             for (x, px) in row.chunks_exact(3).enumerate() {
                 for c in 0..3 {
                     let value = px[if self.bgr { 2 - c } else { c }] as f32;

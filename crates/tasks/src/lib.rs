@@ -333,6 +333,13 @@ impl Task {
                         vectors.push(v);
                     }
                 }
+                if vectors.len() != plan.tokens.len() {
+                    return Err(Error::Internal(format!(
+                        "the model gave {} vectors for {} inputs",
+                        vectors.len(),
+                        plan.tokens.len()
+                    )));
+                }
                 Ok(TaskOutput::Embeddings {
                     vectors,
                     tokens: plan.tokens,

@@ -11,17 +11,25 @@ pub(crate) fn from_sentence_transformers(files: &Files) -> Result<Option<Pooling
     };
     let config = read_json(&path).ok_or_else(|| format!("{}: not JSON", path.display()))?;
     let on = |key: &str| config.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
-    if on("pooling_mode_mean_tokens") {
-        Ok(Some(Pooling::Mean))
-    } else if on("pooling_mode_cls_token") {
-        Ok(Some(Pooling::Cls))
-    } else if on("pooling_mode_max_tokens") {
-        Ok(Some(Pooling::Max))
-    } else {
-        Err(format!(
+    let modes: Vec<Pooling> = [
+        ("pooling_mode_mean_tokens", Pooling::Mean),
+        ("pooling_mode_cls_token", Pooling::Cls),
+        ("pooling_mode_max_tokens", Pooling::Max),
+    ]
+    .into_iter()
+    .filter(|(key, _)| on(key))
+    .map(|(_, p)| p)
+    .collect();
+    match modes.as_slice() {
+        [one] => Ok(Some(*one)),
+        [] => Err(format!(
             "{}: no pooling mode this server supports is on (mean, cls, max)",
             path.display()
-        ))
+        )),
+        _ => Err(format!(
+            "{}: several pooling modes are on (their vectors would be concatenated); set text.pooling to one",
+            path.display()
+        )),
     }
 }
 

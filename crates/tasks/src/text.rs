@@ -25,10 +25,9 @@ pub(crate) struct TextPipeline {
     tokenizer: Tokenizer,
     pub max_batch_tokens: usize,
     pub max_inputs: usize,
-    ids: String,
-    mask: Option<String>,
-    types: Option<String>,
-    dtype: DataType,
+    ids: (String, DataType),
+    mask: Option<(String, DataType)>,
+    types: Option<(String, DataType)>,
 }
 
 impl TextPipeline {
@@ -42,8 +41,16 @@ impl TextPipeline {
             .map_err(|e| format!("{}: not a usable tokenizer.json: {e}", path.display()))?;
         let max_length = match config.max_length {
             Some(n) => n,
-            None => default_max_length(files, &tokenizer),
+            None => default_max_length(files, &tokenizer).min(config.max_batch_tokens),
         };
+        let special = tokenizer
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        if max_length <= special {
+            return Err(format!(
+                "text.max_length {max_length} leaves no room for text: the tokenizer adds {special} special tokens"
+            ));
+        }
         if max_length > config.max_batch_tokens {
             return Err(format!(
                 "text.max_length {max_length} is more than text.max_batch_tokens {}, so the longest input could never run",
@@ -73,16 +80,18 @@ impl TextPipeline {
                     ))
                 }
             };
-            if !matches!(spec.datatype, DataType::Int64 | DataType::Int32) || spec.shape.len() != 2
+            if !matches!(spec.datatype, DataType::Int64 | DataType::Int32)
+                || spec.shape.len() != 2
+                || spec.shape[1] >= 0
             {
                 return Err(format!(
-                    "input '{}' is {} {:?}; a text task fills INT64 or INT32 inputs of shape [batch, tokens]",
+                    "input '{}' is {} {:?}; a text task fills INT64 or INT32 inputs of shape [batch, tokens] with a dynamic token dimension",
                     spec.name, spec.datatype, spec.shape
                 ));
             }
             *slot = Some((spec.name.clone(), spec.datatype));
         }
-        let (ids, dtype) = ids.ok_or_else(|| {
+        let ids = ids.ok_or_else(|| {
             format!(
                 "the model has no 'input_ids' input (inputs: {})",
                 names(&model.inputs)
@@ -93,9 +102,8 @@ impl TextPipeline {
             max_batch_tokens: config.max_batch_tokens,
             max_inputs: config.max_inputs,
             ids,
-            mask: mask.map(|m| m.0),
-            types: types.map(|t| t.0),
-            dtype,
+            mask,
+            types,
         })
     }
 
@@ -104,7 +112,7 @@ impl TextPipeline {
         [Some(&self.ids), self.mask.as_ref(), self.types.as_ref()]
             .into_iter()
             .flatten()
-            .map(|n| (n.clone(), 0.0))
+            .map(|(n, _)| (n.clone(), 0.0))
             .collect()
     }
 
@@ -117,6 +125,11 @@ impl TextPipeline {
             .tokenizer
             .encode(text, true)
             .map_err(|e| Error::invalid(format!("input {index} could not be tokenised: {e}")))?;
+        if enc.get_ids().is_empty() {
+            return Err(Error::invalid(format!(
+                "input {index} has no tokens once tokenised"
+            )));
+        }
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
@@ -136,37 +149,32 @@ impl TextPipeline {
     /// The model inputs for `encoded`, padded to the longest with zeros.
     pub fn tensors(&self, encoded: &[Encoded]) -> Result<Vec<NamedTensor>> {
         let longest = encoded.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-        let rows = encoded.len();
-        let build = |value: &dyn Fn(&Encoded, usize) -> Option<i64>| -> Result<Tensor> {
-            let size = self.dtype.size().unwrap_or(8);
-            let mut data = Vec::with_capacity(rows * longest * size);
+        let build = |(name, dtype): &(String, DataType), value: &dyn Fn(&Encoded, usize) -> i64| {
+            let mut data = Vec::with_capacity(encoded.len() * longest * 8);
             for e in encoded {
                 for t in 0..longest {
-                    let v = value(e, t).unwrap_or(0);
-                    match self.dtype {
+                    let v = if t < e.ids.len() { value(e, t) } else { 0 };
+                    match dtype {
                         DataType::Int32 => data.extend_from_slice(&(v as i32).to_le_bytes()),
                         _ => data.extend_from_slice(&v.to_le_bytes()),
                     }
                 }
             }
-            Tensor::new(self.dtype, vec![rows, longest], Bytes::from(data))
-                .map_err(|e| Error::Internal(e.to_string()))
+            let tensor = Tensor::new(*dtype, vec![encoded.len(), longest], Bytes::from(data))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            Ok::<_, Error>(NamedTensor {
+                name: name.clone(),
+                tensor,
+            })
         };
-        let mut out = vec![NamedTensor {
-            name: self.ids.clone(),
-            tensor: build(&|e, t| e.ids.get(t).map(|&v| v as i64))?,
-        }];
+        let mut out = vec![build(&self.ids, &|e, t| e.ids[t] as i64)?];
         if let Some(m) = &self.mask {
-            out.push(NamedTensor {
-                name: m.clone(),
-                tensor: build(&|e, t| (t < e.ids.len()).then_some(1))?,
-            });
+            out.push(build(m, &|_, _| 1)?);
         }
         if let Some(ty) = &self.types {
-            out.push(NamedTensor {
-                name: ty.clone(),
-                tensor: build(&|e, t| e.type_ids.get(t).map(|&v| v as i64))?,
-            });
+            out.push(build(ty, &|e, t| {
+                e.type_ids.get(t).map_or(0, |&v| v as i64)
+            })?);
         }
         Ok(out)
     }
@@ -204,7 +212,7 @@ fn chunks(
     let mut end = 0;
     for (i, len) in lengths.enumerate() {
         let rows = i - start + 1;
-        if rows > max_rows || rows * longest.max(len) > budget {
+        if i > start && (rows > max_rows || rows * longest.max(len) > budget) {
             out.push(start..i);
             start = i;
             longest = 0;

@@ -68,12 +68,26 @@ pub(crate) async fn embeddings(
             return Err(Error::invalid(format!("model must be a string, got {other}")).into())
         }
     };
-    match s.runtime.task(&model, None)?.map(|t| t.kind()) {
-        Some(TaskKind::TextEmbedding) => {}
+    let task = match s.runtime.task(&model, None)? {
+        Some(t) if t.kind() == TaskKind::TextEmbedding => t,
         _ => {
             return Err(
                 Error::invalid(format!("model '{model}' is not a text-embedding model")).into(),
             )
+        }
+    };
+    if let Some(d) = request.get("dimensions").filter(|d| !d.is_null()) {
+        let dim = task
+            .signature()
+            .outputs
+            .first()
+            .and_then(|o| o.shape.last().copied())
+            .unwrap_or(-1);
+        if d.as_i64() != Some(dim) {
+            return Err(Error::invalid(format!(
+                "model '{model}' makes {dim}-dimensional embeddings and cannot shorten them; dimensions was {d}"
+            ))
+            .into());
         }
     }
     let answer = s
@@ -83,15 +97,6 @@ pub(crate) async fn embeddings(
     let TaskOutput::Embeddings { vectors, tokens } = answer.output else {
         return Err(Error::Internal(format!("model '{model}' answered without embeddings")).into());
     };
-    if let Some(d) = request.get("dimensions").filter(|d| !d.is_null()) {
-        let dim = vectors.first().map_or(0, Vec::len);
-        if d.as_u64() != Some(dim as u64) {
-            return Err(Error::invalid(format!(
-                "model '{model}' makes {dim}-dimensional embeddings and cannot shorten them; dimensions was {d}"
-            ))
-            .into());
-        }
-    }
     let data: Vec<Datum> = vectors
         .iter()
         .enumerate()

@@ -146,15 +146,23 @@ impl Inner {
         let mut picked = Vec::new();
         let mut rows = 0;
         let mut width = 0;
+        // A companion that does not fit makes the batch as full as it can get: waiting longer
+        // would not grow it.
+        let mut full = false;
         for (idx, p) in self.items.iter().enumerate() {
-            if p.key == first.key && policy.fits(rows + p.rows, width.max(p.width)) {
+            if p.key != first.key {
+                continue;
+            }
+            if policy.fits(rows + p.rows, width.max(p.width)) {
                 picked.push(idx);
                 rows += p.rows;
                 width = width.max(p.width);
+            } else {
+                full = true;
             }
         }
         let ready_at = first.enqueued + policy.delay;
-        if rows >= policy.target_rows || now >= ready_at || self.closed {
+        if full || rows >= policy.target_rows || now >= ready_at || self.closed {
             let mut batch = Vec::with_capacity(picked.len());
             for idx in picked.into_iter().rev() {
                 if let Some(p) = self.items.remove(idx).filter(Pending::claim) {
