@@ -388,9 +388,11 @@ impl Runtime {
         // batch dimension when the server does not batch it.
         let task_rows = match signature.inputs.first().and_then(|s| s.shape.first()) {
             _ if max_batch_size > 0 => max_batch_size,
-            Some(&n) if task.is_some() && n > 1 => return Err(format!(
+            Some(&n) if task.is_some() && n > 1 => {
+                return Err(format!(
                 "a task needs a model whose batch dimension is dynamic or 1, and this one's is {n}"
-            )),
+            ))
+            }
             Some(&n) if n > 0 => n as usize,
             _ => 0,
         };
