@@ -32,6 +32,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve every model of a model repository over HTTP.
     Serve(ServeArgs),
+    /// Serve a Deployment or a Flow from its YAML file (Jina's `jtype: Deployment | Flow`).
+    Run(RunArgs),
     /// Send one inference request to a running server and print the response.
     Infer(InferArgs),
     /// Load-test a running server: requests/s, latency percentiles, errors.
@@ -89,6 +91,39 @@ pub struct ServeArgs {
 
     /// On SIGTERM or SIGINT: stop accepting, then give in-flight and queued requests this many
     /// seconds to finish before exiting.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub shutdown_grace: f64,
+}
+
+/// `ferroserve run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The Deployment or Flow YAML file. Model folders in it are relative to the file.
+    #[arg(value_name = "FILE.yml")]
+    pub file: PathBuf,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// HTTP port; overrides the file's `port` (default 8080; 0 picks a free one, the log says
+    /// which).
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// ONNX Runtime shared library (see `serve --help`).
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes; larger requests get HTTP 413.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Requests that may wait in one model's queue.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue_size: usize,
+
+    /// On SIGTERM or SIGINT, seconds to let requests in flight finish.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub shutdown_grace: f64,
 }

@@ -42,7 +42,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .block_on(serve(args, runtime))
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for {what}"))?;
@@ -107,9 +107,20 @@ async fn serve(args: ServeArgs, runtime: Arc<Runtime>) -> anyhow::Result<()> {
         () = &mut signal => {}
     }
 
-    let grace = Duration::from_secs_f64(args.shutdown_grace);
+    drain(stop, servers, runtime, args.shutdown_grace).await
+}
+
+/// Stops the listeners (through `stop`), waits for requests in flight and the models' queues,
+/// up to `grace_s` seconds.
+pub(crate) async fn drain(
+    stop: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    runtime: Arc<Runtime>,
+    grace_s: f64,
+) -> anyhow::Result<()> {
+    let grace = Duration::from_secs_f64(grace_s);
     tracing::info!(
-        grace_s = args.shutdown_grace,
+        grace_s,
         "shutting down: no new connections, finishing requests in flight"
     );
     let _ = stop.send(true);
@@ -129,14 +140,14 @@ async fn serve(args: ServeArgs, runtime: Arc<Runtime>) -> anyhow::Result<()> {
             tracing::info!("shut down cleanly");
         }
         Err(_) => tracing::warn!(
-            grace_s = args.shutdown_grace,
+            grace_s,
             "requests still running when the shutdown grace period ended; exiting anyway"
         ),
     }
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");

@@ -273,8 +273,8 @@ impl ModelConfig {
 }
 
 /// Turns a serde error into a sentence with the key's path and, for an unknown key, the nearest
-/// valid one.
-fn describe(path: &str, err: &serde_yaml_ng::Error) -> String {
+/// valid one. Every YAML file ferroserve reads reports its mistakes this way.
+pub fn describe(path: &str, err: &serde_yaml_ng::Error) -> String {
     let msg = err.to_string();
     if let Some(unknown) = UnknownField::parse(&msg) {
         // serde_path_to_error's path already ends with the unknown key.

@@ -210,7 +210,7 @@ impl Runtime {
     pub fn load_repository(&self, root: &Path) -> std::io::Result<()> {
         *self.root.write().unwrap_or_else(|p| p.into_inner()) = Some(root.to_path_buf());
         for source in repository::scan(root)? {
-            let entry = self.load_entry(&source);
+            let entry = self.load_entry(&source, None);
             self.write_models().insert(source.name, entry);
         }
         self.ready.store(true, Ordering::Release);
@@ -244,10 +244,35 @@ impl Runtime {
                 root.display()
             )));
         }
-        let entry = self.load_entry(&ModelSource {
-            name: name.to_string(),
-            dir,
-        });
+        self.install(name, &dir, None)
+    }
+
+    /// Loads the model folder `dir` (any path) under `name`, replacing a model of that name, with
+    /// `replicas` overriding its `model.yaml` when given. For Deployments and Flows, whose YAML
+    /// names model folders; clients never reach this with a path.
+    pub fn load_folder(&self, name: &str, dir: &Path, replicas: Option<usize>) -> Result<()> {
+        if !dir.is_dir() {
+            return Err(Error::NotFound(format!(
+                "no model folder at {}",
+                dir.display()
+            )));
+        }
+        self.install(name, dir, replicas)
+    }
+
+    /// Marks the server ready when models were loaded one by one rather than from a repository.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    fn install(&self, name: &str, dir: &Path, replicas: Option<usize>) -> Result<()> {
+        let entry = self.load_entry(
+            &ModelSource {
+                name: name.to_string(),
+                dir: dir.to_path_buf(),
+            },
+            replicas,
+        );
         let failure = match &entry {
             ModelEntry::Unavailable(reason) => Some(reason.clone()),
             ModelEntry::Loaded(versions) => versions.values().find_map(|v| match v {
@@ -279,9 +304,14 @@ impl Runtime {
         Ok(())
     }
 
-    fn load_entry(&self, source: &ModelSource) -> ModelEntry {
+    fn load_entry(&self, source: &ModelSource, replicas: Option<usize>) -> ModelEntry {
         let layout = match source.layout() {
-            Ok(l) => l,
+            Ok(mut l) => {
+                if let Some(n) = replicas {
+                    l.config.replicas = n;
+                }
+                l
+            }
             Err(e) => {
                 tracing::error!(model = %source.name, error = %e, "model unavailable");
                 return ModelEntry::Unavailable(e.to_string());

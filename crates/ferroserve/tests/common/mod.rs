@@ -78,6 +78,15 @@ impl Repo {
     }
 }
 
+/// The `ferroserve` binary of this build (only the ferroserve crate's tests have it).
+pub fn ferroserve_binary() -> &'static str {
+    match option_env!("CARGO_BIN_EXE_ferroserve") {
+        Some(path) => path,
+        // Other crates' tests include this harness and bring their own binary.
+        None => panic!("only the ferroserve crate's tests have the ferroserve binary"),
+    }
+}
+
 /// A running server; killed (by its PID) when dropped.
 pub struct Server {
     child: Child,
@@ -89,19 +98,37 @@ pub struct Server {
 impl Server {
     /// Starts `ferroserve serve` on `repo` and waits until it is ready.
     pub fn start(repo: Repo, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
-            .args([
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--http-port",
-                "0",
-                "--grpc-port",
-                "0",
-                "--model-repository",
-            ])
-            .arg(repo.path())
-            .args(extra)
+        let repo_path = repo.path().to_str().unwrap().to_string();
+        let mut args = vec![
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--model-repository",
+            &repo_path,
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(ferroserve_binary(), &args, repo)
+    }
+
+    /// Starts `BINARY run FILE --port 0` (a Deployment or Flow; `repo` holds what the file
+    /// needs) and waits until it is ready.
+    pub fn run_flow(binary: &str, file: &Path, repo: Repo) -> Self {
+        let file = file.to_str().unwrap();
+        Self::spawn(
+            binary,
+            &["run", file, "--host", "127.0.0.1", "--port", "0"],
+            repo,
+        )
+    }
+
+    /// Starts `binary` with `args` and waits for its "HTTP listening" line and readiness.
+    pub fn spawn(binary: &str, args: &[&str], repo: Repo) -> Self {
+        let mut child = Command::new(binary)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod body;
+mod documents;
 mod error;
 mod openai;
 mod torchserve;
@@ -59,6 +60,8 @@ impl Default for HttpOptions {
 pub(crate) struct AppState {
     runtime: Arc<Runtime>,
     options: HttpOptions,
+    /// The Deployment or Flow `ferroserve run` serves, if any.
+    flow: Option<Arc<ferroserve_flow::Flow>>,
 }
 
 impl AppState {
@@ -91,7 +94,48 @@ impl AppState {
 
 /// Builds the router with every route of this frontend.
 pub fn router(runtime: Arc<Runtime>, options: HttpOptions) -> Router {
-    let state = Arc::new(AppState { runtime, options });
+    finish(
+        routes(),
+        Arc::new(AppState {
+            runtime,
+            options,
+            flow: None,
+        }),
+    )
+}
+
+/// The router of `ferroserve run`: Jina's document routes for `flow` (`POST /post`,
+/// `POST /{endpoint}`, and `GET /{deployment}?txt=` for a Deployment) beside every route of
+/// [`router`], which keep serving the flow's models.
+pub fn flow_router(
+    runtime: Arc<Runtime>,
+    flow: Arc<ferroserve_flow::Flow>,
+    options: HttpOptions,
+) -> Router {
+    let routes = routes().route("/post", post(documents::post)).route(
+        "/{endpoint}",
+        post(documents::endpoint).get(documents::query),
+    );
+    finish(
+        routes,
+        Arc::new(AppState {
+            runtime,
+            options,
+            flow: Some(flow),
+        }),
+    )
+}
+
+fn finish(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(RequestDecompressionLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))
@@ -144,11 +188,6 @@ pub fn router(runtime: Arc<Runtime>, options: HttpOptions) -> Router {
             post(torchserve::predict).put(torchserve::predict),
         )
         .route("/v1/embeddings", post(openai::embeddings))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(RequestDecompressionLayer::new())
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// A router with only `GET /metrics`, for a separate metrics port.
@@ -156,6 +195,7 @@ pub fn metrics_router(runtime: Arc<Runtime>) -> Router {
     let state = Arc::new(AppState {
         runtime,
         options: HttpOptions::default(),
+        flow: None,
     });
     Router::new()
         .route("/metrics", get(metrics))

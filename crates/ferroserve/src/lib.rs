@@ -1,0 +1,58 @@
+//! The `ferroserve` command as a library, so a program can add its own executors and still be
+//! the whole `ferroserve` binary (`serve`, `run`, `infer`, `bench`):
+//!
+//! ```no_run
+//! use ferroserve::{Document, Executor, ExecutorError, Executors, Parameters};
+//!
+//! struct UpperCase;
+//!
+//! impl Executor for UpperCase {
+//!     fn handle(&self, _: &str, mut docs: Vec<Document>, _: &Parameters)
+//!         -> Result<Vec<Document>, ExecutorError> {
+//!         for d in &mut docs {
+//!             d.text = d.text.take().map(|t| t.to_uppercase());
+//!         }
+//!         Ok(docs)
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let mut executors = Executors::new();
+//!     executors.register("UpperCase", |_| Ok(Box::new(UpperCase)));
+//!     // `my-binary run flow.yml` can now say `uses: UpperCase`.
+//!     ferroserve::main_with(executors)
+//! }
+//! ```
+
+mod bench;
+mod cli;
+mod grpc_client;
+mod infer;
+mod logging;
+mod run;
+mod serve;
+mod tensors;
+
+use clap::Parser;
+pub use ferroserve_flow::{Document, Executor, ExecutorError, Executors, Parameters};
+
+/// Parses the command line and runs the command, with `executors` available to
+/// `ferroserve run`'s YAML. Returns the process's exit code.
+pub fn main_with(executors: Executors) -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(cli.log_format);
+    let result = match cli.command {
+        cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Run(args) => run::run(args, executors),
+        cli::Command::Infer(args) => infer::run(args),
+        cli::Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable sentence (with its causes) for a person at a terminal.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! `ferroserve run FILE.yml`: load a Deployment or a Flow, serve it over HTTP, and shut down
+//! gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferroserve_backend_onnx::{library_path, OnnxRuntime};
+use ferroserve_flow::spec::FlowSpec;
+use ferroserve_flow::{Executors, Flow};
+use ferroserve_http::HttpOptions;
+use ferroserve_runtime::{Runtime, RuntimeOptions};
+use tokio::sync::watch;
+
+use crate::cli::RunArgs;
+use crate::serve::{bind, drain, shutdown_signal};
+
+/// Port of `ferroserve run` when neither the file nor `--port` says.
+const DEFAULT_PORT: u16 = 8080;
+
+/// Checks the file, builds every executor (loading model folders), then serves until SIGINT or
+/// SIGTERM.
+pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
+    if !(args.shutdown_grace >= 0.0 && args.shutdown_grace.is_finite()) {
+        anyhow::bail!("--shutdown-grace must be a number of seconds, 0 or more");
+    }
+    let spec = FlowSpec::load(&args.file)?;
+    let onnx = OnnxRuntime::load(&library_path(args.ort_lib.as_deref()))?;
+    let runtime = Arc::new(
+        Runtime::new(
+            onnx,
+            RuntimeOptions {
+                max_queue_size: args.max_queue_size.max(1),
+                task_threads: None,
+            },
+        )
+        .context("cannot start the task preprocessing threads")?,
+    );
+    let port = args.port.or(spec.gateway.port).unwrap_or(DEFAULT_PORT);
+    let flow = Arc::new(
+        Flow::build(spec, &executors, runtime.clone())
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}", args.file.display()))?,
+    );
+    tracing::info!(executors = %flow.names().join(" "), "flow ready");
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(async move {
+            let listener = bind(SocketAddr::new(args.host, port), "HTTP").await?;
+            let app = ferroserve_http::flow_router(
+                runtime.clone(),
+                flow,
+                HttpOptions {
+                    max_request_bytes: args.max_request_bytes,
+                },
+            );
+            let (stop, mut stopped) = watch::channel(false);
+            let server = tokio::spawn(ferroserve_http::serve(listener, app, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }));
+            tracing::info!("server ready");
+            shutdown_signal().await;
+            drain(stop, vec![server], runtime, args.shutdown_grace).await
+        })
+}

@@ -1,0 +1,127 @@
+//! `ferroserve run`: Deployments and Flows from YAML, over HTTP.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{as_f32, ferroserve_binary, model_dir, Repo, Server};
+use serde_json::json;
+
+/// A Deployment of the demo's MiniLM folder, written into `repo`.
+fn deployment(repo: &Repo) -> std::path::PathBuf {
+    let yaml = format!(
+        "jtype: Deployment\nwith:\n  name: encoder\n  uses: {}\n  replicas: 2\n",
+        model_dir("minilm").display()
+    );
+    repo.write("deployment.yml", yaml.as_bytes());
+    repo.path().join("deployment.yml")
+}
+
+#[test]
+fn a_deployment_answers_documents_with_the_tasks_embeddings() {
+    let repo = Repo::with(&[]);
+    let file = deployment(&repo);
+    let server = Server::run_flow(ferroserve_binary(), &file, repo);
+    let texts = ["A man is eating food.", "A monkey is playing drums."];
+    let (status, task) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "encoder", "input": texts}),
+    );
+    assert_eq!(status, 200, "{task}");
+    for (path, body) in [
+        (
+            "/post",
+            json!({"data": [{"text": texts[0]}, texts[1]], "execEndpoint": "/encode"}),
+        ),
+        (
+            "/encode",
+            json!({"data": [{"text": texts[0]}, {"text": texts[1]}], "parameters": {"k": 1}}),
+        ),
+    ] {
+        let (status, answer) = server.post_json(path, &body);
+        assert_eq!(status, 200, "{path}: {answer}");
+        for (i, d) in answer["data"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(d["text"], texts[i]);
+            assert_eq!(
+                as_f32(&d["embedding"]),
+                as_f32(&task["data"][i]["embedding"]),
+                "{path}"
+            );
+            assert!(!d["id"].as_str().unwrap().is_empty());
+        }
+    }
+    // Ray Serve's query shape for a Deployment, by its name.
+    let (status, doc) = server.get("/encoder?txt=A%20man%20is%20eating%20food.");
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(
+        as_f32(&doc["embedding"]),
+        as_f32(&task["data"][0]["embedding"])
+    );
+    // The model's replicas come from the Deployment.
+    let (_, config) = server.get("/v2/models/encoder/config");
+    assert_eq!(config["instance_group"][0]["count"], 2, "{config}");
+    // Bad requests are 400s that say what is wrong.
+    let (status, e) = server.post_json("/post", &json!({"docs": []}));
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("docs"), "{e}");
+    let (status, e) = server.post_json("/post", &json!({"data": [{"blob": "not base64!"}]}));
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = server.post_json("/encode", &json!({"data": [{"id": "no-text"}]}));
+    assert_eq!(status, 400);
+    assert!(
+        e["error"].as_str().unwrap().contains("executor 'encoder'"),
+        "{e}"
+    );
+    server.assert_healthy();
+}
+
+/// Runs `ferroserve run` on `yaml` and returns its stderr, asserting it failed at start-up.
+fn refused(yaml: &str) -> String {
+    let repo = Repo::with(&[]);
+    repo.write("flow.yml", yaml.as_bytes());
+    let out = Command::new(ferroserve_binary())
+        .args(["run", "--port", "0"])
+        .arg(repo.path().join("flow.yml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{yaml} started");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(stderr.contains("flow.yml"), "the file is named: {stderr}");
+    stderr
+}
+
+#[test]
+fn yaml_mistakes_are_refused_at_start_with_file_path_and_reason() {
+    let minilm = model_dir("minilm");
+    let m = minilm.display();
+    let unknown_field = refused(&format!(
+        "jtype: Flow\nexecutors:\n  - name: a\n    uses: {m}\n    replica: 2\n"
+    ));
+    assert!(
+        unknown_field.contains("executors[0].replica")
+            && unknown_field.contains("did you mean 'replicas'"),
+        "{unknown_field}"
+    );
+    let unknown_exec = refused("jtype: Flow\nexecutors:\n  - name: a\n    uses: NoSuchExecutor\n");
+    assert!(
+        unknown_exec.contains("'NoSuchExecutor' is neither a registered executor"),
+        "{unknown_exec}"
+    );
+    let cycle = refused(&format!(
+        "jtype: Flow\nexecutors:\n  - {{name: a, uses: {m}, needs: b}}\n  - {{name: b, uses: {m}, needs: a}}\n"
+    ));
+    assert!(cycle.contains("needs forms a cycle"), "{cycle}");
+    let missing = refused(&format!(
+        "jtype: Flow\nexecutors:\n  - {{name: a, uses: {m}, needs: ghost}}\n"
+    ));
+    assert!(
+        missing.contains("'ghost', which is not an executor"),
+        "{missing}"
+    );
+    let plain = refused(&format!(
+        "jtype: Deployment\nwith: {{uses: {}}}\n",
+        Path::new(&model_dir("simple")).display()
+    ));
+    assert!(plain.contains("has no task"), "{plain}");
+}

@@ -1,0 +1,20 @@
+//! ferroserve's Deployments and Flows (Jina's and Ray Serve's way of serving): documents go in,
+//! through one executor (a Deployment) or a DAG of them (a Flow), and come out enriched.
+//!
+//! - [`Document`]: the unit that flows (text, blob, tensor, embedding, tags, scores, chunks).
+//! - [`Executor`]: a processing step; users implement it and register it in [`Executors`] so
+//!   YAML can name it. Models with a task are executors too, named by their folder.
+//! - [`spec::FlowSpec`]: the YAML of `ferroserve run`, checked (unknown keys, unknown or missing
+//!   `needs`, cycles) before anything loads.
+//! - [`Flow`]: the loaded executors and the DAG that runs a request through them.
+
+#![warn(missing_docs)]
+
+mod document;
+mod executor;
+mod flow;
+pub mod spec;
+
+pub use document::{DocTensor, Document};
+pub use executor::{Constructor, Executor, ExecutorError, Executors, Parameters};
+pub use flow::{Flow, FlowError};

@@ -1,0 +1,378 @@
+//! The YAML a person writes for `ferroserve run`: a Deployment (one executor) or a Flow (several,
+//! in a DAG), with Jina's names.
+//!
+//! ```yaml
+//! jtype: Flow
+//! with:
+//!   port: 8080
+//! executors:
+//!   - name: upper
+//!     uses: UpperCase            # a registered executor
+//!   - name: encoder
+//!     uses: models/minilm        # a model folder (relative to this file), served by its task
+//!     needs: upper               # default: the executor before it
+//! ```
+//!
+//! ```yaml
+//! jtype: Deployment
+//! with:
+//!   name: encoder
+//!   uses: models/minilm
+//!   replicas: 2
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Parameters;
+
+/// The name `needs:` uses for the request as the client sent it.
+pub const GATEWAY: &str = "gateway";
+
+/// One executor of a Flow, or the executor of a Deployment.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorSpec {
+    /// Name, unique in the Flow. Default: `executor0`, `executor1`, ... by position.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A registered executor's name, or a model folder (relative to the YAML file).
+    pub uses: String,
+    /// Parameters for the executor's constructor.
+    #[serde(default)]
+    pub uses_with: Parameters,
+    /// Instances that serve requests at once. Default: 1. For a model folder, the model's
+    /// replicas (its `model.yaml` says how they batch).
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// Executors whose documents this one takes (`gateway` for the request itself); with several,
+    /// their documents are merged by id. Default: the executor listed before it.
+    #[serde(default)]
+    pub needs: Option<Needs>,
+}
+
+/// `needs: a` or `needs: [a, b]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Needs {
+    /// One executor.
+    One(String),
+    /// Several, merged.
+    Many(Vec<String>),
+}
+
+/// The gateway's settings (`with:` of a Flow).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// HTTP port. Default: 8080.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Protocols to serve; only `http` so far. Default: `http`.
+    #[serde(default)]
+    pub protocol: Option<Protocols>,
+}
+
+/// `protocol: http` or `protocol: [http]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Protocols {
+    /// One protocol.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// `with:` of a Deployment: the executor's fields and the gateway's.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentWith {
+    #[serde(default)]
+    name: Option<String>,
+    uses: String,
+    #[serde(default)]
+    uses_with: Parameters,
+    #[serde(default = "one")]
+    replicas: usize,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    protocol: Option<Protocols>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentFile {
+    #[allow(dead_code)]
+    jtype: String,
+    with: DeploymentWith,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowFile {
+    #[allow(dead_code)]
+    jtype: String,
+    #[serde(default)]
+    with: GatewaySpec,
+    executors: Vec<ExecutorSpec>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// A checked Deployment or Flow: executors with unique names, `needs` that name executors that
+/// exist, and no cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowSpec {
+    /// Whether the file was a Deployment (one executor, also served at `GET /{name}`).
+    pub deployment: bool,
+    /// The gateway's settings.
+    pub gateway: GatewaySpec,
+    /// Executors in the file's order, each with its name set.
+    pub executors: Vec<ExecutorSpec>,
+    /// Each executor's needs, resolved (empty = the gateway).
+    pub needs: Vec<Vec<usize>>,
+    /// The folder of the YAML file, against which model paths are resolved.
+    pub base: PathBuf,
+}
+
+/// A YAML file that could not be used, with the file and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct SpecError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong, with the key's path.
+    pub message: String,
+}
+
+impl FlowSpec {
+    /// Reads and checks `file`.
+    pub fn load(file: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(file).map_err(|e| SpecError {
+            file: file.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, base).map_err(|message| SpecError {
+            file: file.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses and checks YAML text; model paths resolve against `base`.
+    pub fn parse(text: &str, base: PathBuf) -> Result<Self, String> {
+        let value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+        let jtype = value
+            .get("jtype")
+            .and_then(|v| v.as_str())
+            .ok_or("the file needs 'jtype: Deployment' or 'jtype: Flow'")?;
+        let de = || serde_yaml_ng::Deserializer::from_str(text);
+        let wrap = |e: serde_path_to_error::Error<serde_yaml_ng::Error>| {
+            ferroserve_runtime::config::describe(&e.path().to_string(), e.inner())
+        };
+        let (deployment, gateway, executors) = match jtype {
+            "Deployment" => {
+                let f: DeploymentFile = serde_path_to_error::deserialize(de()).map_err(wrap)?;
+                let w = f.with;
+                let exec = ExecutorSpec {
+                    name: w.name,
+                    uses: w.uses,
+                    uses_with: w.uses_with,
+                    replicas: w.replicas,
+                    needs: None,
+                };
+                let gateway = GatewaySpec {
+                    port: w.port,
+                    protocol: w.protocol,
+                };
+                (true, gateway, vec![exec])
+            }
+            "Flow" => {
+                let f: FlowFile = serde_path_to_error::deserialize(de()).map_err(wrap)?;
+                (false, f.with, f.executors)
+            }
+            other => return Err(format!("jtype '{other}' is not one of Deployment, Flow")),
+        };
+        Self::check(deployment, gateway, executors, base)
+    }
+
+    fn check(
+        deployment: bool,
+        gateway: GatewaySpec,
+        mut executors: Vec<ExecutorSpec>,
+        base: PathBuf,
+    ) -> Result<Self, String> {
+        if executors.is_empty() {
+            return Err("executors: a Flow needs at least one executor".into());
+        }
+        let protocols = match &gateway.protocol {
+            None => vec![],
+            Some(Protocols::One(p)) => vec![p.clone()],
+            Some(Protocols::Many(ps)) => ps.clone(),
+        };
+        if let Some(p) = protocols.iter().find(|p| !p.eq_ignore_ascii_case("http")) {
+            return Err(format!(
+                "protocol '{p}': `ferroserve run` serves http only so far"
+            ));
+        }
+        let mut index = BTreeMap::new();
+        for (i, e) in executors.iter_mut().enumerate() {
+            let name = e.name.get_or_insert_with(|| format!("executor{i}")).clone();
+            let plain = !name.is_empty()
+                && name != GATEWAY
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !plain {
+                return Err(format!(
+                    "executors[{i}].name '{name}' must be letters, digits, '-' or '_' (and not '{GATEWAY}')"
+                ));
+            }
+            if e.replicas == 0 {
+                return Err(format!("executors[{i}].replicas must be at least 1"));
+            }
+            if index.insert(name.clone(), i).is_some() {
+                return Err(format!("executors[{i}].name '{name}' is used twice"));
+            }
+        }
+        let mut needs = Vec::with_capacity(executors.len());
+        for (i, e) in executors.iter().enumerate() {
+            let names = match &e.needs {
+                None if i == 0 => vec![],
+                None => vec![executors[i - 1].name.clone().unwrap_or_default()],
+                Some(Needs::One(n)) => vec![n.clone()],
+                Some(Needs::Many(ns)) => ns.clone(),
+            };
+            let mut resolved = BTreeSet::new();
+            for n in names {
+                if n == GATEWAY {
+                    continue;
+                }
+                let j = index.get(&n).copied().ok_or_else(|| {
+                    let known: Vec<&str> = index.keys().map(String::as_str).collect();
+                    format!(
+                        "executors[{i}].needs names '{n}', which is not an executor (executors: {}; or '{GATEWAY}')",
+                        known.join(", ")
+                    )
+                })?;
+                if j == i {
+                    return Err(format!("executors[{i}].needs names the executor itself"));
+                }
+                resolved.insert(j);
+            }
+            needs.push(resolved.into_iter().collect::<Vec<_>>());
+        }
+        if let Some(cycle) = find_cycle(&needs) {
+            let names: Vec<String> = cycle
+                .iter()
+                .map(|&i| executors[i].name.clone().unwrap_or_default())
+                .collect();
+            return Err(format!("needs forms a cycle: {}", names.join(" -> ")));
+        }
+        Ok(Self {
+            deployment,
+            gateway,
+            executors,
+            needs,
+            base,
+        })
+    }
+
+    /// Executors in an order where each comes after all it needs.
+    pub fn order(&self) -> Vec<usize> {
+        let mut done = vec![false; self.needs.len()];
+        let mut out = Vec::with_capacity(self.needs.len());
+        while out.len() < self.needs.len() {
+            for i in 0..self.needs.len() {
+                if !done[i] && self.needs[i].iter().all(|&j| done[j]) {
+                    done[i] = true;
+                    out.push(i);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A cycle in the `needs` graph, as the executors on it (the first repeated at the end).
+fn find_cycle(needs: &[Vec<usize>]) -> Option<Vec<usize>> {
+    // 0 = unvisited, 1 = on the current path, 2 = finished.
+    fn visit(
+        i: usize,
+        needs: &[Vec<usize>],
+        state: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        state[i] = 1;
+        path.push(i);
+        for &j in &needs[i] {
+            if state[j] == 1 {
+                let start = path.iter().position(|&p| p == j).unwrap_or(0);
+                let mut cycle = path[start..].to_vec();
+                cycle.push(j);
+                cycle.reverse();
+                return Some(cycle);
+            }
+            if state[j] == 0 {
+                if let Some(c) = visit(j, needs, state, path) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        state[i] = 2;
+        None
+    }
+    let mut state = vec![0u8; needs.len()];
+    for i in 0..needs.len() {
+        if state[i] == 0 {
+            if let Some(c) = visit(i, needs, &mut state, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FlowSpec, String> {
+        FlowSpec::parse(text, PathBuf::from("."))
+    }
+
+    #[test]
+    fn chain_by_default_and_diamond_by_needs() {
+        let f = parse("jtype: Flow\nexecutors:\n  - uses: A\n  - uses: B\n").unwrap();
+        assert_eq!(f.needs, [vec![], vec![0]]);
+        let d = parse(
+            "jtype: Flow\nexecutors:\n  - {name: a, uses: A}\n  - {name: b, uses: B, needs: a}\n  - {name: c, uses: C, needs: a}\n  - {name: d, uses: D, needs: [b, c]}\n",
+        )
+        .unwrap();
+        assert_eq!(d.needs[3], [1, 2]);
+        assert_eq!(d.order(), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = |t: &str| parse(t).unwrap_err();
+        assert!(e("jtype: Flow\nexecutors:\n  - {uses: A, replica: 2}\n")
+            .contains("did you mean 'replicas'"));
+        assert!(e("jtype: Flow\nexecutors:\n  - {name: a, uses: A, needs: zz}\n").contains("'zz'"));
+        let cycle = e("jtype: Flow\nexecutors:\n  - {name: a, uses: A, needs: b}\n  - {name: b, uses: B, needs: a}\n");
+        assert!(cycle.contains("cycle: "), "{cycle}");
+        assert!(e("jtype: Pipeline\n").contains("Deployment, Flow"));
+        assert!(e("jtype: Deployment\nwith: {uses: A, protocol: grpc}\n").contains("http only"));
+        assert!(
+            e("jtype: Flow\nexecutors:\n  - {name: a, uses: A}\n  - {name: a, uses: B}\n")
+                .contains("twice")
+        );
+    }
+}

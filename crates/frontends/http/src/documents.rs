@@ -1,0 +1,153 @@
+//! Jina's HTTP shape for Deployments and Flows: `POST /post` with
+//! `{"data": [...], "execEndpoint": "/encode", "parameters": {}}`, `POST /{endpoint}` with
+//! `{"data": [...], "parameters": {}}`, and Ray Serve's `GET /{deployment}?txt=...`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use ferroserve_core::Error;
+use ferroserve_flow::{Document, Flow, Parameters};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The request body: documents, an endpoint, parameters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocumentsRequest {
+    data: Vec<Item>,
+    #[serde(default, rename = "execEndpoint", alias = "exec_endpoint")]
+    exec_endpoint: Option<String>,
+    #[serde(default)]
+    parameters: Parameters,
+}
+
+/// A document, or a bare string as a text document.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Item {
+    Text(String),
+    Doc(Document),
+}
+
+#[derive(Serialize)]
+struct DocumentsResponse<'a> {
+    data: Vec<Document>,
+    parameters: &'a Parameters,
+    header: Header<'a>,
+}
+
+#[derive(Serialize)]
+struct Header<'a> {
+    #[serde(rename = "execEndpoint")]
+    exec_endpoint: &'a str,
+}
+
+/// `POST /post`.
+pub(crate) async fn post(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = s.read_body(&headers, body).await?;
+    run(&s, None, bytes).await
+}
+
+/// `POST /{endpoint}`.
+pub(crate) async fn endpoint(
+    State(s): State<Arc<AppState>>,
+    Path(endpoint): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = s.read_body(&headers, body).await?;
+    run(&s, Some(format!("/{endpoint}")), bytes).await
+}
+
+/// `GET /{deployment}?txt=...`: one text document through a Deployment's `/default` endpoint.
+pub(crate) async fn query(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let flow = flow(&s)?;
+    if flow.deployment() != Some(name.as_str()) {
+        return Err(ApiError(Error::NotFound(format!(
+            "no route for /{name}: GET /{{name}}?txt= serves a Deployment by its name"
+        ))));
+    }
+    let text = q
+        .get("txt")
+        .or_else(|| q.get("text"))
+        .ok_or_else(|| Error::invalid("the query has no 'txt'"))?;
+    let mut docs = flow
+        .run(
+            "/default",
+            vec![Document::text(text.clone())],
+            &Parameters::new(),
+        )
+        .await
+        .map_err(flow_error)?;
+    Ok(Json(docs.pop().unwrap_or_default()).into_response())
+}
+
+async fn run(s: &AppState, endpoint: Option<String>, bytes: Bytes) -> Result<Response, ApiError> {
+    let flow = flow(s)?;
+    let request: DocumentsRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid(format!("the body is not a documents request: {e}")))?;
+    let endpoint = endpoint
+        .or(request.exec_endpoint)
+        .unwrap_or_else(|| "/default".to_string());
+    if !endpoint.starts_with('/') {
+        return Err(
+            Error::invalid(format!("execEndpoint '{endpoint}' must start with '/'")).into(),
+        );
+    }
+    let docs = request
+        .data
+        .into_iter()
+        .map(|i| match i {
+            Item::Text(t) => Document::text(t),
+            Item::Doc(d) => d,
+        })
+        .collect();
+    let data = flow
+        .run(&endpoint, docs, &request.parameters)
+        .await
+        .map_err(flow_error)?;
+    Ok(Json(DocumentsResponse {
+        data,
+        parameters: &request.parameters,
+        header: Header {
+            exec_endpoint: &endpoint,
+        },
+    })
+    .into_response())
+}
+
+fn flow(s: &AppState) -> Result<&Arc<Flow>, ApiError> {
+    s.flow
+        .as_ref()
+        .ok_or_else(|| ApiError(Error::NotFound("this server runs no Flow".into())))
+}
+
+/// The executor's error, with its name in the message and its kind for the status.
+fn flow_error(e: ferroserve_flow::FlowError) -> ApiError {
+    let message = e.to_string();
+    ApiError(match e.error {
+        Error::InvalidArgument(_) => Error::InvalidArgument(message),
+        Error::NotFound(_) => Error::NotFound(message),
+        Error::Unavailable(_) => Error::Unavailable(message),
+        Error::Overloaded(_) => Error::Overloaded(message),
+        Error::DeadlineExceeded(_) => Error::DeadlineExceeded(message),
+        Error::TooLarge(_) => Error::TooLarge(message),
+        Error::Internal(_) => Error::Internal(message),
+    })
+}

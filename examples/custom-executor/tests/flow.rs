@@ -1,0 +1,96 @@
+//! The example binary's executors in Flows beside a real model, over HTTP.
+
+#[path = "../../../crates/ferroserve/tests/common/mod.rs"]
+mod common;
+
+use common::{as_f32, cosine, reference, Repo, Server};
+use serde_json::{json, Value};
+
+fn start(file: &str) -> Server {
+    let path = common::root().join("examples/custom-executor").join(file);
+    Server::run_flow(
+        env!("CARGO_BIN_EXE_custom-executor"),
+        &path,
+        Repo::with(&[]),
+    )
+}
+
+fn sentences() -> (Vec<String>, Vec<Vec<f32>>) {
+    let refs = reference("minilm_embeddings.json");
+    (
+        serde_json::from_value(refs["sentences"].clone()).unwrap(),
+        serde_json::from_value(refs["embeddings"].clone()).unwrap(),
+    )
+}
+
+#[test]
+fn three_executors_in_a_chain_each_leave_their_mark() {
+    let server = start("flow.yml");
+    let (texts, expected) = sentences();
+    let data: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"id": format!("doc{i}"), "text": t}))
+        .collect();
+    for (path, body) in [
+        ("/post", json!({"data": data, "execEndpoint": "/encode"})),
+        ("/encode", json!({"data": data})),
+    ] {
+        let (status, answer) = server.post_json(path, &body);
+        assert_eq!(status, 200, "{path}: {answer}");
+        assert_eq!(answer["header"]["execEndpoint"], "/encode");
+        let docs = answer["data"].as_array().unwrap();
+        assert_eq!(docs.len(), texts.len());
+        for (i, d) in docs.iter().enumerate() {
+            assert_eq!(d["id"], format!("doc{i}"), "order and ids are kept");
+            assert_eq!(d["text"], texts[i].to_uppercase());
+            assert_eq!(d["tags"]["shouted"], true);
+            // MiniLM's tokenizer lower-cases, so the upper-cased text embeds as the original.
+            let c = cosine(&as_f32(&d["embedding"]), &expected[i]);
+            assert!(c >= 0.999, "{path}, document {i}: cosine {c}");
+        }
+    }
+    // The model executor is a model like any other: V2 and /v1/embeddings reach it by name.
+    assert_eq!(server.get("/v2/models/encoder/ready").0, 200);
+    let (status, _) = server.post_json(
+        "/v1/embeddings",
+        &json!({"model": "encoder", "input": texts[0]}),
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_diamond_merges_both_branches_and_routes_endpoints() {
+    let server = start("diamond.yml");
+    let docs = json!([{"id": "a", "text": "first"}, {"id": "b", "text": "second"}]);
+    let (status, answer) = server.post_json("/index", &json!({"data": docs}));
+    assert_eq!(status, 200, "{answer}");
+    let out = answer["data"].as_array().unwrap();
+    assert_eq!(
+        out.len(),
+        2,
+        "each document once, though it came through two branches: {answer}"
+    );
+    for (d, id) in out.iter().zip(["a", "b"]) {
+        assert_eq!(d["id"], id);
+        assert_eq!(d["tags"]["lang"], "en");
+        assert_eq!(d["tags"]["indexed"], true);
+        assert_eq!(as_f32(&d["embedding"]).len(), 384);
+    }
+    // `indexer` only handles /index: on /search the documents pass it untouched.
+    let (status, answer) = server.post_json("/search", &json!({"data": docs}));
+    assert_eq!(status, 200, "{answer}");
+    for d in answer["data"].as_array().unwrap() {
+        assert_eq!(d["tags"]["lang"], "en");
+        assert!(d["tags"].get("indexed").is_none(), "{d}");
+        assert_eq!(d["text"], d["text"].as_str().unwrap().to_uppercase());
+    }
+    // A document the encoder cannot take is an error naming the executor.
+    let (status, answer) = server.post_json("/index", &json!({"data": [{"id": "x"}]}));
+    assert_eq!(status, 400, "{answer}");
+    let msg = answer["error"].as_str().unwrap();
+    assert!(
+        msg.contains("executor 'encoder'") && msg.contains("has no text"),
+        "{msg}"
+    );
+}
