@@ -34,7 +34,7 @@ mod serve;
 mod tensors;
 
 use clap::Parser;
-pub use ferroserve_flow::{Document, Executor, ExecutorError, Executors, Parameters};
+pub use ferroserve_flow::{Document, Executor, ExecutorError, Executors, Init, Parameters};
 
 /// Parses the command line and runs the command, with `executors` available to
 /// `ferroserve run`'s YAML. Returns the process's exit code.

@@ -60,9 +60,22 @@ pub trait Executor: Send + Sync + 'static {
     ) -> Result<Vec<Document>, ExecutorError>;
 }
 
-/// Builds an executor from its `uses_with` parameters.
+/// What a constructor is told about the instance it builds.
+#[derive(Debug, Clone, Copy)]
+pub struct Init<'a> {
+    /// The executor's `uses_with` parameters from the YAML.
+    pub with: &'a Parameters,
+    /// Which shard this instance belongs to (0-based), of `shards`.
+    pub shard: usize,
+    /// How many shards the executor has.
+    pub shards: usize,
+    /// Which replica of its shard this instance is (0-based).
+    pub replica: usize,
+}
+
+/// Builds an executor instance.
 pub type Constructor =
-    Arc<dyn Fn(&Parameters) -> Result<Box<dyn Executor>, String> + Send + Sync + 'static>;
+    Arc<dyn Fn(&Init) -> Result<Box<dyn Executor>, String> + Send + Sync + 'static>;
 
 /// The executors YAML can name in `uses:`, by name.
 ///
@@ -82,8 +95,8 @@ pub type Constructor =
 /// }
 ///
 /// let mut executors = Executors::new();
-/// executors.register("Tagger", |with: &Parameters| {
-///     let key = with.get("key").and_then(|v| v.as_str()).unwrap_or("tagged").to_string();
+/// executors.register("Tagger", |init| {
+///     let key = init.with.get("key").and_then(|v| v.as_str()).unwrap_or("tagged").to_string();
 ///     Ok(Box::new(Tagger { key }))
 /// });
 /// assert!(executors.names().any(|n| n == "Tagger"));
@@ -99,10 +112,11 @@ impl Executors {
         Self::default()
     }
 
-    /// Registers `constructor` under `name`, replacing one registered before.
+    /// Registers `constructor` under `name`, replacing one registered before. It is called once
+    /// per instance (every replica of every shard).
     pub fn register<F>(&mut self, name: &str, constructor: F) -> &mut Self
     where
-        F: Fn(&Parameters) -> Result<Box<dyn Executor>, String> + Send + Sync + 'static,
+        F: Fn(&Init) -> Result<Box<dyn Executor>, String> + Send + Sync + 'static,
     {
         self.constructors
             .insert(name.to_string(), Arc::new(constructor));

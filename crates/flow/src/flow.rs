@@ -10,8 +10,8 @@ use ferroserve_runtime::Runtime;
 use ferroserve_tasks::{TaskInput, TaskKind, TaskOutput};
 use tokio::sync::Semaphore;
 
-use crate::spec::FlowSpec;
-use crate::{Document, Executor, ExecutorError, Executors, Parameters};
+use crate::spec::{FlowSpec, Polling};
+use crate::{Document, Executor, ExecutorError, Executors, Init, Parameters};
 
 /// A request that failed in an executor: its name, and the error (whose kind decides the
 /// status a client sees).
@@ -35,7 +35,11 @@ struct Instances {
 }
 
 enum Node {
-    Custom(Arc<Instances>),
+    /// A registered executor: its shards, and the next shard for `ANY` requests.
+    Custom {
+        shards: Vec<Arc<Instances>>,
+        next: AtomicUsize,
+    },
     /// A model folder served by its task, loaded into the runtime under the executor's name.
     Model(TaskKind),
 }
@@ -65,15 +69,28 @@ impl Flow {
             let name = e.name.clone().unwrap_or_default();
             let fail = |m: String| format!("executors[{i}] ('{name}'): {m}");
             let node = if let Some(make) = executors.get(&e.uses) {
-                let mut instances: Vec<Arc<dyn Executor>> = Vec::with_capacity(e.replicas);
-                for _ in 0..e.replicas {
-                    instances.push(Arc::from(make(&e.uses_with).map_err(fail)?));
+                let mut shards = Vec::with_capacity(e.shards);
+                for shard in 0..e.shards {
+                    let mut instances: Vec<Arc<dyn Executor>> = Vec::with_capacity(e.replicas);
+                    for replica in 0..e.replicas {
+                        let init = Init {
+                            with: &e.uses_with,
+                            shard,
+                            shards: e.shards,
+                            replica,
+                        };
+                        instances.push(Arc::from(make(&init).map_err(fail)?));
+                    }
+                    shards.push(Arc::new(Instances {
+                        free: Semaphore::new(instances.len()),
+                        idle: Mutex::new(instances),
+                        waiting: AtomicUsize::new(0),
+                    }));
                 }
-                Node::Custom(Arc::new(Instances {
-                    free: Semaphore::new(instances.len()),
-                    idle: Mutex::new(instances),
-                    waiting: AtomicUsize::new(0),
-                }))
+                Node::Custom {
+                    shards,
+                    next: AtomicUsize::new(0),
+                }
             } else {
                 let dir = spec.base.join(&e.uses);
                 if !dir.is_dir() {
@@ -85,10 +102,9 @@ impl Flow {
                         dir.display()
                     )));
                 }
-                if !e.uses_with.is_empty() {
+                if !e.uses_with.is_empty() || e.shards > 1 || e.polling.is_some() {
                     return Err(fail(
-                        "uses_with does not apply to a model folder; its model.yaml configures it"
-                            .into(),
+                        "uses_with, shards and polling apply to registered executors; a model folder's model.yaml configures it".into(),
                     ));
                 }
                 runtime
@@ -174,7 +190,20 @@ impl Flow {
         parameters: &Parameters,
     ) -> Result<Vec<Document>, Error> {
         match &self.nodes[i] {
-            Node::Custom(instances) => call_custom(instances, endpoint, docs, parameters).await,
+            Node::Custom { shards, next } => match self.spec.executors[i].polling_for(endpoint) {
+                Polling::Any => {
+                    let shard = &shards[next.fetch_add(1, Ordering::Relaxed) % shards.len()];
+                    call_custom(shard, endpoint, docs, parameters).await
+                }
+                Polling::All => {
+                    let calls = shards
+                        .iter()
+                        .map(|s| call_custom(s, endpoint, docs.clone(), parameters));
+                    let results = futures_util::future::join_all(calls).await;
+                    let lists = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+                    keep_best_chunks(merge(lists.into_iter()), parameters)
+                }
+            },
             Node::Model(kind) => {
                 self.call_model(&self.names[i], *kind, docs, parameters)
                     .await
@@ -292,6 +321,28 @@ async fn call_custom(
         .unwrap_or_else(|p| p.into_inner())
         .push(executor);
     result
+}
+
+/// After an `ALL` call, keeps each document's `limit` best chunks (by their highest score) when
+/// the request's parameters set `limit`: every shard returns its own best, the union is cut back.
+fn keep_best_chunks(
+    mut docs: Vec<Document>,
+    parameters: &Parameters,
+) -> Result<Vec<Document>, Error> {
+    let Some(limit) = parameters.get("limit") else {
+        return Ok(docs);
+    };
+    let limit = limit.as_u64().ok_or_else(|| {
+        Error::invalid(format!(
+            "parameters.limit must be a whole number, got {limit}"
+        ))
+    })? as usize;
+    let best = |d: &Document| d.scores.values().copied().fold(f32::NEG_INFINITY, f32::max);
+    for d in &mut docs {
+        d.chunks.sort_by(|a, b| best(b).total_cmp(&best(a)));
+        d.chunks.truncate(limit);
+    }
+    Ok(docs)
 }
 
 /// Merges lists of documents by id: a document's first appearance sets its place, later copies

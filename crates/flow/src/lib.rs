@@ -16,5 +16,5 @@ mod flow;
 pub mod spec;
 
 pub use document::{DocTensor, Document};
-pub use executor::{Constructor, Executor, ExecutorError, Executors, Parameters};
+pub use executor::{Constructor, Executor, ExecutorError, Executors, Init, Parameters};
 pub use flow::{Flow, FlowError};

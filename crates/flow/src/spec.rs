@@ -51,6 +51,58 @@ pub struct ExecutorSpec {
     /// their documents are merged by id. Default: the executor listed before it.
     #[serde(default)]
     pub needs: Option<Needs>,
+    /// Independent instances of a registered executor, each with its own state (a part of an
+    /// index, say), each with `replicas` instances. Default: 1.
+    #[serde(default = "one")]
+    pub shards: usize,
+    /// Which shards a request goes to: `ANY` (one, in turn) or `ALL` (every shard; their
+    /// documents merged), for every endpoint or per endpoint (`{/index: ANY, /search: ALL}`).
+    /// Default: `ANY`.
+    #[serde(default)]
+    pub polling: Option<PollingSpec>,
+}
+
+/// `polling: ANY`, or per endpoint `polling: {/search: ALL, /index: ANY}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum PollingSpec {
+    /// The same for every endpoint.
+    One(String),
+    /// Per endpoint; endpoints not named use `ANY`.
+    PerEndpoint(BTreeMap<String, String>),
+}
+
+/// Where a sharded executor's request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polling {
+    /// One shard, in turn.
+    Any,
+    /// Every shard; their documents are merged.
+    All,
+}
+
+impl Polling {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "ANY" => Ok(Polling::Any),
+            "ALL" => Ok(Polling::All),
+            _ => Err(format!("polling '{s}' is not ANY or ALL")),
+        }
+    }
+}
+
+impl ExecutorSpec {
+    /// The polling for `endpoint`.
+    pub fn polling_for(&self, endpoint: &str) -> Polling {
+        match &self.polling {
+            None => Polling::Any,
+            Some(PollingSpec::One(p)) => Polling::parse(p).unwrap_or(Polling::Any),
+            Some(PollingSpec::PerEndpoint(map)) => map
+                .get(endpoint)
+                .and_then(|p| Polling::parse(p).ok())
+                .unwrap_or(Polling::Any),
+        }
+    }
 }
 
 /// `needs: a` or `needs: [a, b]`.
@@ -96,6 +148,10 @@ struct DeploymentWith {
     uses_with: Parameters,
     #[serde(default = "one")]
     replicas: usize,
+    #[serde(default = "one")]
+    shards: usize,
+    #[serde(default)]
+    polling: Option<PollingSpec>,
     #[serde(default)]
     port: Option<u16>,
     #[serde(default)]
@@ -186,6 +242,8 @@ impl FlowSpec {
                     uses_with: w.uses_with,
                     replicas: w.replicas,
                     needs: None,
+                    shards: w.shards,
+                    polling: w.polling,
                 };
                 let gateway = GatewaySpec {
                     port: w.port,
@@ -234,8 +292,26 @@ impl FlowSpec {
                     "executors[{i}].name '{name}' must be letters, digits, '-' or '_' (and not '{GATEWAY}')"
                 ));
             }
-            if e.replicas == 0 {
-                return Err(format!("executors[{i}].replicas must be at least 1"));
+            if e.replicas == 0 || e.shards == 0 {
+                return Err(format!(
+                    "executors[{i}]: replicas and shards must be at least 1"
+                ));
+            }
+            match &e.polling {
+                None => {}
+                Some(PollingSpec::One(p)) => {
+                    Polling::parse(p).map_err(|m| format!("executors[{i}].{m}"))?;
+                }
+                Some(PollingSpec::PerEndpoint(map)) => {
+                    for (endpoint, p) in map {
+                        if !endpoint.starts_with('/') {
+                            return Err(format!(
+                                "executors[{i}].polling: endpoint '{endpoint}' must start with '/'"
+                            ));
+                        }
+                        Polling::parse(p).map_err(|m| format!("executors[{i}].{m}"))?;
+                    }
+                }
             }
             if index.insert(name.clone(), i).is_some() {
                 return Err(format!("executors[{i}].name '{name}' is used twice"));
@@ -374,5 +450,14 @@ mod tests {
             e("jtype: Flow\nexecutors:\n  - {name: a, uses: A}\n  - {name: a, uses: B}\n")
                 .contains("twice")
         );
+        assert!(
+            e("jtype: Flow\nexecutors:\n  - {uses: A, shards: 2, polling: SOME}\n")
+                .contains("not ANY or ALL")
+        );
+        let f =
+            parse("jtype: Flow\nexecutors:\n  - {uses: A, shards: 2, polling: {/search: ALL}}\n")
+                .unwrap();
+        assert_eq!(f.executors[0].polling_for("/search"), Polling::All);
+        assert_eq!(f.executors[0].polling_for("/index"), Polling::Any);
     }
 }

@@ -9,7 +9,9 @@
 //! It is the whole `ferroserve` command (`serve`, `run`, `infer`, `bench`); only `run`'s YAML
 //! gains `uses: UpperCase` and `uses: Tagger`.
 
-use ferroserve::{Document, Executor, ExecutorError, Executors, Parameters};
+use std::sync::Mutex;
+
+use ferroserve::{Document, Executor, ExecutorError, Executors, Init, Parameters};
 use serde_json::Value;
 
 /// Upper-cases every document's text, for every endpoint (Jina's bare `@requests`).
@@ -87,10 +89,84 @@ impl Executor for Tagger {
     }
 }
 
+/// An in-memory vector index; with shards, each shard holds part of it. `/index` stores the
+/// documents (they need an embedding) and tags them with the shard; `/search` attaches to each
+/// query the `limit` (default 3) most similar stored documents as chunks with a `cosine` score.
+/// Other endpoints pass through.
+struct MemoryIndex {
+    shard: usize,
+    stored: Mutex<Vec<Document>>,
+}
+
+impl Executor for MemoryIndex {
+    fn handles(&self, endpoint: &str) -> bool {
+        endpoint == "/index" || endpoint == "/search"
+    }
+
+    fn handle(
+        &self,
+        endpoint: &str,
+        mut docs: Vec<Document>,
+        parameters: &Parameters,
+    ) -> Result<Vec<Document>, ExecutorError> {
+        for d in &docs {
+            if d.embedding.is_none() {
+                return Err(ExecutorError::BadInput(format!(
+                    "document '{}' has no embedding to {} with",
+                    d.id,
+                    endpoint.trim_start_matches('/')
+                )));
+            }
+        }
+        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        if endpoint == "/index" {
+            for d in &mut docs {
+                d.tags.insert("shard".into(), self.shard.into());
+                stored.push(d.clone());
+            }
+            return Ok(docs);
+        }
+        let limit = match parameters.get("limit") {
+            None => 3,
+            Some(v) => v.as_u64().ok_or_else(|| {
+                ExecutorError::BadInput(format!("parameters.limit must be a whole number, got {v}"))
+            })? as usize,
+        };
+        for query in &mut docs {
+            let q = query.embedding.as_deref().unwrap_or_default();
+            let mut found: Vec<Document> = stored
+                .iter()
+                .map(|s| {
+                    let mut m = s.clone();
+                    let c = cosine(q, s.embedding.as_deref().unwrap_or_default());
+                    m.scores.insert("cosine".into(), c);
+                    m
+                })
+                .collect();
+            found.sort_by(|a, b| b.scores["cosine"].total_cmp(&a.scores["cosine"]));
+            found.truncate(limit);
+            query.chunks = found;
+        }
+        Ok(docs)
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b)).max(f32::MIN_POSITIVE)
+}
+
 fn main() -> std::process::ExitCode {
     let mut executors = Executors::new();
     executors
         .register("UpperCase", |_| Ok(Box::new(UpperCase)))
-        .register("Tagger", |with| Ok(Box::new(Tagger::new(with)?)));
+        .register("Tagger", |init| Ok(Box::new(Tagger::new(init.with)?)))
+        .register("MemoryIndex", |init: &Init| {
+            Ok(Box::new(MemoryIndex {
+                shard: init.shard,
+                stored: Mutex::new(Vec::new()),
+            }))
+        });
     ferroserve::main_with(executors)
 }

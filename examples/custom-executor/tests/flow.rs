@@ -94,3 +94,48 @@ fn a_diamond_merges_both_branches_and_routes_endpoints() {
         "{msg}"
     );
 }
+
+#[test]
+fn shards_take_turns_for_any_and_answer_together_for_all() {
+    let server = start("search.yml");
+    let (texts, _) = sentences();
+    // ANY: one request at a time goes to one shard, in turn.
+    let mut shard_of = Vec::new();
+    for (i, t) in texts.iter().enumerate() {
+        let (status, answer) = server.post_json(
+            "/index",
+            &json!({"data": [{"id": format!("s{i}"), "text": t}]}),
+        );
+        assert_eq!(status, 200, "{answer}");
+        shard_of.push(answer["data"][0]["tags"]["shard"].as_u64().unwrap());
+    }
+    let on_first = shard_of.iter().filter(|&&s| s == 0).count();
+    assert!(
+        on_first > 0 && on_first < texts.len(),
+        "spread across shards: {shard_of:?}"
+    );
+
+    // ALL: both shards answer; with a limit as large as the index, the union is everything.
+    let query = json!({"data": [{"text": texts[2]}], "parameters": {"limit": texts.len()}});
+    let (status, answer) = server.post_json("/search", &query);
+    assert_eq!(status, 200, "{answer}");
+    let matches = answer["data"][0]["chunks"].as_array().unwrap();
+    assert_eq!(
+        matches.len(),
+        texts.len(),
+        "the union of both shards: {answer}"
+    );
+    let mut ids: Vec<&str> = matches.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..texts.len()).map(|i| format!("s{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    // A smaller limit keeps the best of the union, best first: the query's own sentence.
+    let query = json!({"data": [{"text": texts[2]}], "parameters": {"limit": 2}});
+    let (_, answer) = server.post_json("/search", &query);
+    let matches = answer["data"][0]["chunks"].as_array().unwrap();
+    assert_eq!(matches.len(), 2);
+    assert_eq!(matches[0]["id"], "s2");
+    let best = matches[0]["scores"]["cosine"].as_f64().unwrap();
+    assert!(best > 0.999 && best >= matches[1]["scores"]["cosine"].as_f64().unwrap());
+}
