@@ -34,7 +34,9 @@ mod serve;
 mod tensors;
 
 use clap::Parser;
-pub use ferroserve_flow::{Document, Executor, ExecutorError, Executors, Init, Parameters};
+pub use ferroserve_flow::{
+    DeploymentHandle, Document, Executor, ExecutorError, Executors, Handles, Init, Parameters,
+};
 
 /// Parses the command line and runs the command, with `executors` available to
 /// `ferroserve run`'s YAML. Returns the process's exit code.

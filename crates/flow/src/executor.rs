@@ -61,7 +61,7 @@ pub trait Executor: Send + Sync + 'static {
 }
 
 /// What a constructor is told about the instance it builds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Init<'a> {
     /// The executor's `uses_with` parameters from the YAML.
     pub with: &'a Parameters,
@@ -71,6 +71,9 @@ pub struct Init<'a> {
     pub shards: usize,
     /// Which replica of its shard this instance is (0-based).
     pub replica: usize,
+    /// Handles to the deployments built before this executor (the file's `deployments:`, and
+    /// executors listed earlier), for calling them in-process.
+    pub handles: &'a crate::Handles,
 }
 
 /// Builds an executor instance.

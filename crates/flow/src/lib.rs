@@ -10,11 +10,13 @@
 
 #![warn(missing_docs)]
 
+mod deployment;
 mod document;
 mod executor;
 mod flow;
 pub mod spec;
 
+pub use deployment::{DeploymentHandle, Handles};
 pub use document::{DocTensor, Document};
 pub use executor::{Constructor, Executor, ExecutorError, Executors, Init, Parameters};
 pub use flow::{Flow, FlowError};

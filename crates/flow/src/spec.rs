@@ -173,6 +173,8 @@ struct FlowFile {
     jtype: String,
     #[serde(default)]
     with: GatewaySpec,
+    #[serde(default)]
+    deployments: Vec<ExecutorSpec>,
     executors: Vec<ExecutorSpec>,
 }
 
@@ -190,6 +192,9 @@ pub struct FlowSpec {
     pub gateway: GatewaySpec,
     /// Executors in the file's order, each with its name set.
     pub executors: Vec<ExecutorSpec>,
+    /// Deployments outside the DAG, reachable only through handles from executors (Ray Serve's
+    /// composition), each with its name set.
+    pub deployments: Vec<ExecutorSpec>,
     /// Each executor's needs, resolved (empty = the gateway).
     pub needs: Vec<Vec<usize>>,
     /// The folder of the YAML file, against which model paths are resolved.
@@ -232,7 +237,7 @@ impl FlowSpec {
         let wrap = |e: serde_path_to_error::Error<serde_yaml_ng::Error>| {
             ferroserve_runtime::config::describe(&e.path().to_string(), e.inner())
         };
-        let (deployment, gateway, executors) = match jtype {
+        let (deployment, gateway, deployments, executors) = match jtype {
             "Deployment" => {
                 let f: DeploymentFile = serde_path_to_error::deserialize(de()).map_err(wrap)?;
                 let w = f.with;
@@ -249,23 +254,39 @@ impl FlowSpec {
                     port: w.port,
                     protocol: w.protocol,
                 };
-                (true, gateway, vec![exec])
+                (true, gateway, vec![], vec![exec])
             }
             "Flow" => {
                 let f: FlowFile = serde_path_to_error::deserialize(de()).map_err(wrap)?;
-                (false, f.with, f.executors)
+                (false, f.with, f.deployments, f.executors)
             }
             other => return Err(format!("jtype '{other}' is not one of Deployment, Flow")),
         };
-        Self::check(deployment, gateway, executors, base)
+        Self::check(deployment, gateway, deployments, executors, base)
     }
 
     fn check(
         deployment: bool,
         gateway: GatewaySpec,
+        mut deployments: Vec<ExecutorSpec>,
         mut executors: Vec<ExecutorSpec>,
         base: PathBuf,
     ) -> Result<Self, String> {
+        let mut taken = BTreeSet::new();
+        for (i, d) in deployments.iter_mut().enumerate() {
+            let name = d.name.clone().ok_or(format!(
+                "deployments[{i}] needs a name (handles call it by name)"
+            ))?;
+            check_name(&name).map_err(|m| format!("deployments[{i}].name {m}"))?;
+            if d.needs.is_some() {
+                return Err(format!(
+                    "deployments[{i}].needs: a deployment outside the DAG is called through handles, not fed by needs"
+                ));
+            }
+            if !taken.insert(name.clone()) {
+                return Err(format!("deployments[{i}].name '{name}' is used twice"));
+            }
+        }
         if executors.is_empty() {
             return Err("executors: a Flow needs at least one executor".into());
         }
@@ -282,37 +303,13 @@ impl FlowSpec {
         let mut index = BTreeMap::new();
         for (i, e) in executors.iter_mut().enumerate() {
             let name = e.name.get_or_insert_with(|| format!("executor{i}")).clone();
-            let plain = !name.is_empty()
-                && name != GATEWAY
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !plain {
+            check_name(&name).map_err(|m| format!("executors[{i}].name {m}"))?;
+            if taken.contains(&name) {
                 return Err(format!(
-                    "executors[{i}].name '{name}' must be letters, digits, '-' or '_' (and not '{GATEWAY}')"
+                    "executors[{i}].name '{name}' is also a deployment's name"
                 ));
             }
-            if e.replicas == 0 || e.shards == 0 {
-                return Err(format!(
-                    "executors[{i}]: replicas and shards must be at least 1"
-                ));
-            }
-            match &e.polling {
-                None => {}
-                Some(PollingSpec::One(p)) => {
-                    Polling::parse(p).map_err(|m| format!("executors[{i}].{m}"))?;
-                }
-                Some(PollingSpec::PerEndpoint(map)) => {
-                    for (endpoint, p) in map {
-                        if !endpoint.starts_with('/') {
-                            return Err(format!(
-                                "executors[{i}].polling: endpoint '{endpoint}' must start with '/'"
-                            ));
-                        }
-                        Polling::parse(p).map_err(|m| format!("executors[{i}].{m}"))?;
-                    }
-                }
-            }
+
             if index.insert(name.clone(), i).is_some() {
                 return Err(format!("executors[{i}].name '{name}' is used twice"));
             }
@@ -351,10 +348,21 @@ impl FlowSpec {
                 .collect();
             return Err(format!("needs forms a cycle: {}", names.join(" -> ")));
         }
+        for (what, list) in [("deployments", &deployments), ("executors", &executors)] {
+            for (i, e) in list.iter().enumerate() {
+                if e.replicas == 0 || e.shards == 0 {
+                    return Err(format!(
+                        "{what}[{i}]: replicas and shards must be at least 1"
+                    ));
+                }
+                check_polling(e).map_err(|m| format!("{what}[{i}].{m}"))?;
+            }
+        }
         Ok(Self {
             deployment,
             gateway,
             executors,
+            deployments,
             needs,
             base,
         })
@@ -373,6 +381,40 @@ impl FlowSpec {
             }
         }
         out
+    }
+}
+
+/// A name must be usable in a URL and must not be the gateway's.
+fn check_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && name != GATEWAY
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' must be letters, digits, '-' or '_' (and not '{GATEWAY}')"
+        ))
+    }
+}
+
+fn check_polling(e: &ExecutorSpec) -> Result<(), String> {
+    match &e.polling {
+        None => Ok(()),
+        Some(PollingSpec::One(p)) => Polling::parse(p).map(drop),
+        Some(PollingSpec::PerEndpoint(map)) => {
+            for (endpoint, p) in map {
+                if !endpoint.starts_with('/') {
+                    return Err(format!(
+                        "polling: endpoint '{endpoint}' must start with '/'"
+                    ));
+                }
+                Polling::parse(p)?;
+            }
+            Ok(())
+        }
     }
 }
 

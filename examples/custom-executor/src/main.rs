@@ -11,7 +11,9 @@
 
 use std::sync::Mutex;
 
-use ferroserve::{Document, Executor, ExecutorError, Executors, Init, Parameters};
+use ferroserve::{
+    DeploymentHandle, Document, Executor, ExecutorError, Executors, Init, Parameters,
+};
 use serde_json::Value;
 
 /// Upper-cases every document's text, for every endpoint (Jina's bare `@requests`).
@@ -151,6 +153,55 @@ impl Executor for MemoryIndex {
     }
 }
 
+/// An ingress in front of a model deployment (Ray Serve's composition): it checks each
+/// document's text (present, at most `max_chars`), then calls the deployment named
+/// `deployment` in-process through its handle, so the model's own batching applies.
+struct Ingress {
+    model: DeploymentHandle,
+    max_chars: usize,
+}
+
+impl Ingress {
+    fn new(init: &Init) -> Result<Self, String> {
+        let name = init
+            .with
+            .get("deployment")
+            .and_then(Value::as_str)
+            .ok_or("uses_with.deployment must name the deployment to call")?;
+        let max_chars = match init.with.get("max_chars") {
+            None => 1000,
+            Some(v) => v
+                .as_u64()
+                .ok_or(format!("uses_with.max_chars must be a number, got {v}"))?
+                as usize,
+        };
+        Ok(Self {
+            model: init.handles.get(name)?,
+            max_chars,
+        })
+    }
+}
+
+impl Executor for Ingress {
+    fn handle(
+        &self,
+        endpoint: &str,
+        docs: Vec<Document>,
+        parameters: &Parameters,
+    ) -> Result<Vec<Document>, ExecutorError> {
+        for d in &docs {
+            let chars = d.text.as_deref().map_or(0, |t| t.chars().count());
+            if chars == 0 || chars > self.max_chars {
+                return Err(ExecutorError::BadInput(format!(
+                    "document '{}' must have a text of 1 to {} characters, it has {chars}",
+                    d.id, self.max_chars
+                )));
+            }
+        }
+        self.model.call(endpoint, docs, parameters)
+    }
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -162,6 +213,7 @@ fn main() -> std::process::ExitCode {
     executors
         .register("UpperCase", |_| Ok(Box::new(UpperCase)))
         .register("Tagger", |init| Ok(Box::new(Tagger::new(init.with)?)))
+        .register("Ingress", |init| Ok(Box::new(Ingress::new(init)?)))
         .register("MemoryIndex", |init: &Init| {
             Ok(Box::new(MemoryIndex {
                 shard: init.shard,

@@ -139,3 +139,51 @@ fn shards_take_turns_for_any_and_answer_together_for_all() {
     let best = matches[0]["scores"]["cosine"].as_f64().unwrap();
     assert!(best > 0.999 && best >= matches[1]["scores"]["cosine"].as_f64().unwrap());
 }
+
+#[test]
+fn an_ingress_calls_a_model_deployment_through_its_handle() {
+    let server = start("compose.yml");
+    let (texts, expected) = sentences();
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let (server, text) = (&server, texts[i % texts.len()].clone());
+                s.spawn(move || server.post_json("/encode", &json!({"data": [text]})))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let (status, body) = h.join().unwrap();
+                assert_eq!(status, 200, "{body}");
+                body
+            })
+            .collect()
+    });
+    for (i, a) in answers.iter().enumerate() {
+        let c = cosine(
+            &as_f32(&a["data"][0]["embedding"]),
+            &expected[i % texts.len()],
+        );
+        assert!(c >= 0.999, "request {i}: cosine {c}");
+    }
+    // The encoder's batching is visible in its metrics: fewer batches than calls.
+    let calls = server
+        .metric(
+            "ferroserve_requests_total",
+            &[("model", "encoder"), ("result", "success")],
+        )
+        .unwrap();
+    let batches = server
+        .metric("ferroserve_batch_size_count", &[("model", "encoder")])
+        .unwrap();
+    assert_eq!(calls, 16.0);
+    assert!(batches < calls, "{batches} batches for {calls} calls");
+    // The ingress refuses what the model should never see, and says so.
+    let (status, e) = server.post_json("/encode", &json!({"data": ["x".repeat(201)]}));
+    assert_eq!(status, 400);
+    assert!(
+        e["error"].as_str().unwrap().contains("executor 'ingress'"),
+        "{e}"
+    );
+}

@@ -1,0 +1,353 @@
+//! One deployment: an executor (a registered one, in shards and replicas, or a model folder
+//! served by its task) and the handle other executors call it through.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ferroserve_core::Error;
+use ferroserve_runtime::Runtime;
+use ferroserve_tasks::{TaskInput, TaskKind, TaskOutput};
+use tokio::sync::Semaphore;
+
+use crate::spec::{ExecutorSpec, Polling};
+use crate::{Document, Executor, ExecutorError, Executors, Init, Parameters};
+
+/// Requests that may wait for a busy custom executor; more are refused at once.
+const MAX_WAITING: usize = 1024;
+
+/// The instances of a custom executor: one request per instance at a time.
+struct Instances {
+    idle: Mutex<Vec<Arc<dyn Executor>>>,
+    free: Semaphore,
+    waiting: AtomicUsize,
+}
+
+enum Node {
+    /// A registered executor: its shards, and the next shard for `ANY` requests.
+    Custom {
+        shards: Vec<Arc<Instances>>,
+        next: AtomicUsize,
+    },
+    /// A model folder served by its task, loaded into the runtime under the deployment's name.
+    Model {
+        kind: TaskKind,
+        runtime: Arc<Runtime>,
+    },
+}
+
+/// A built executor with its name and settings.
+pub(crate) struct Deployment {
+    pub name: String,
+    spec: ExecutorSpec,
+    node: Node,
+}
+
+/// The deployments built so far, by name, for handles.
+#[derive(Clone, Default)]
+pub struct Handles {
+    built: BTreeMap<String, Arc<Deployment>>,
+}
+
+impl Handles {
+    /// A handle to the deployment `name` (one listed under `deployments:`, or an executor listed
+    /// before the one asking).
+    pub fn get(&self, name: &str) -> Result<DeploymentHandle, String> {
+        self.built
+            .get(name)
+            .map(|d| DeploymentHandle(d.clone()))
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.built.keys().map(String::as_str).collect();
+                format!(
+                    "no deployment '{name}' to call (built so far: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            })
+    }
+
+    pub(crate) fn insert(&mut self, d: Arc<Deployment>) {
+        self.built.insert(d.name.clone(), d);
+    }
+}
+
+/// Calls another deployment in-process (Ray Serve's DeploymentHandle): no HTTP hop, and the
+/// called deployment's own batching, replicas and queue bounds apply.
+#[derive(Clone)]
+pub struct DeploymentHandle(Arc<Deployment>);
+
+impl DeploymentHandle {
+    /// The deployment's name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Sends `docs` to the deployment's `endpoint` and waits for its documents. Call it from an
+    /// executor's `handle` (which runs on a blocking thread of the server's async runtime).
+    pub fn call(
+        &self,
+        endpoint: &str,
+        docs: Vec<Document>,
+        parameters: &Parameters,
+    ) -> Result<Vec<Document>, ExecutorError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ExecutorError::Failed("a deployment handle is called from an executor's handle".into())
+        })?;
+        runtime
+            .block_on(self.call_async(endpoint, docs, parameters))
+            .map_err(|e| match e {
+                Error::InvalidArgument(m) | Error::TooLarge(m) | Error::NotFound(m) => {
+                    ExecutorError::BadInput(format!("deployment '{}': {m}", self.0.name))
+                }
+                other => ExecutorError::Failed(format!("deployment '{}': {other}", self.0.name)),
+            })
+    }
+
+    /// [`DeploymentHandle::call`] for async code.
+    pub async fn call_async(
+        &self,
+        endpoint: &str,
+        docs: Vec<Document>,
+        parameters: &Parameters,
+    ) -> Result<Vec<Document>, Error> {
+        self.0.call(endpoint, docs, parameters).await
+    }
+}
+
+impl Deployment {
+    /// Builds the executor `spec` describes: a registered one from `executors` (with `handles`
+    /// to what was built before it), or a model folder (relative to `base`) loaded into
+    /// `runtime` under the deployment's name.
+    pub fn build(
+        spec: &ExecutorSpec,
+        base: &std::path::Path,
+        executors: &Executors,
+        handles: &Handles,
+        runtime: &Arc<Runtime>,
+    ) -> Result<Self, String> {
+        let name = spec.name.clone().unwrap_or_default();
+        let node = if let Some(make) = executors.get(&spec.uses) {
+            let mut shards = Vec::with_capacity(spec.shards);
+            for shard in 0..spec.shards {
+                let mut instances: Vec<Arc<dyn Executor>> = Vec::with_capacity(spec.replicas);
+                for replica in 0..spec.replicas {
+                    let init = Init {
+                        with: &spec.uses_with,
+                        shard,
+                        shards: spec.shards,
+                        replica,
+                        handles,
+                    };
+                    instances.push(Arc::from(make(&init)?));
+                }
+                shards.push(Arc::new(Instances {
+                    free: Semaphore::new(instances.len()),
+                    idle: Mutex::new(instances),
+                    waiting: AtomicUsize::new(0),
+                }));
+            }
+            Node::Custom {
+                shards,
+                next: AtomicUsize::new(0),
+            }
+        } else {
+            let dir = base.join(&spec.uses);
+            if !dir.is_dir() {
+                let known: Vec<&str> = executors.names().collect();
+                return Err(format!(
+                    "uses '{}' is neither a registered executor (registered: {}) nor a model folder ({} does not exist)",
+                    spec.uses,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") },
+                    dir.display()
+                ));
+            }
+            if !spec.uses_with.is_empty() || spec.shards > 1 || spec.polling.is_some() {
+                return Err(
+                    "uses_with, shards and polling apply to registered executors; a model folder's model.yaml configures it".into(),
+                );
+            }
+            runtime
+                .load_folder(&name, &dir, Some(spec.replicas))
+                .map_err(|err| err.to_string())?;
+            let task = runtime.task(&name, None).map_err(|err| err.to_string())?;
+            let kind = task.map(|t| t.kind()).ok_or_else(|| {
+                format!(
+                    "{} has no task: a model serves documents through its task (set task: in its model.yaml)",
+                    dir.display()
+                )
+            })?;
+            Node::Model {
+                kind,
+                runtime: runtime.clone(),
+            }
+        };
+        Ok(Self {
+            name,
+            spec: spec.clone(),
+            node,
+        })
+    }
+
+    /// Runs `docs` through this deployment for `endpoint`.
+    pub async fn call(
+        &self,
+        endpoint: &str,
+        docs: Vec<Document>,
+        parameters: &Parameters,
+    ) -> Result<Vec<Document>, Error> {
+        match &self.node {
+            Node::Custom { shards, next } => match self.spec.polling_for(endpoint) {
+                Polling::Any => {
+                    let shard = &shards[next.fetch_add(1, Ordering::Relaxed) % shards.len()];
+                    call_custom(shard, endpoint, docs, parameters).await
+                }
+                Polling::All => {
+                    let calls = shards
+                        .iter()
+                        .map(|s| call_custom(s, endpoint, docs.clone(), parameters));
+                    let results = futures_util::future::join_all(calls).await;
+                    let lists = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+                    keep_best_chunks(crate::flow::merge(lists.into_iter()), parameters)
+                }
+            },
+            Node::Model { kind, runtime } => {
+                call_model(runtime, &self.name, *kind, docs, parameters).await
+            }
+        }
+    }
+}
+
+async fn call_model(
+    runtime: &Runtime,
+    model: &str,
+    kind: TaskKind,
+    mut docs: Vec<Document>,
+    parameters: &Parameters,
+) -> Result<Vec<Document>, Error> {
+    if docs.is_empty() {
+        return Ok(docs);
+    }
+    let input = match kind {
+        TaskKind::ImageClassification => TaskInput::Images(
+            docs.iter()
+                .map(|d| {
+                    d.blob
+                        .clone()
+                        .map(bytes::Bytes::from)
+                        .ok_or_else(|| missing(d, "blob"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        TaskKind::TextEmbedding | TaskKind::TextClassification => TaskInput::Texts(
+            docs.iter()
+                .map(|d| d.text.clone().ok_or_else(|| missing(d, "text")))
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    let task = runtime.task(model, None)?;
+    let top_k = match parameters.get("top_k") {
+        Some(v) => v.as_u64().filter(|&k| k > 0).ok_or_else(|| {
+            Error::invalid(format!(
+                "parameters.top_k must be a whole number of at least 1, got {v}"
+            ))
+        })? as usize,
+        None => task.map_or(1, |t| t.default_top_k()),
+    };
+    let answer = runtime
+        .run_task(model, None, input, Default::default())
+        .await?;
+    match answer.output {
+        TaskOutput::Embeddings { vectors, .. } => {
+            for (d, v) in docs.iter_mut().zip(vectors) {
+                d.embedding = Some(v);
+            }
+        }
+        TaskOutput::Classes(scores) => {
+            for (d, s) in docs.iter_mut().zip(scores) {
+                let top = s.top_k(top_k);
+                if let Some((_, label, _)) = top.first() {
+                    d.tags.insert("label".into(), (*label).into());
+                }
+                for (_, label, p) in top {
+                    d.scores.insert(label.to_string(), p);
+                }
+            }
+        }
+    }
+    Ok(docs)
+}
+
+fn missing(d: &Document, field: &str) -> Error {
+    Error::invalid(format!("document '{}' has no {field}", d.id))
+}
+
+/// Runs a custom executor on an idle instance, on a blocking thread; waits for one when all are
+/// busy, up to [`MAX_WAITING`] requests.
+async fn call_custom(
+    instances: &Instances,
+    endpoint: &str,
+    docs: Vec<Document>,
+    parameters: &Parameters,
+) -> Result<Vec<Document>, Error> {
+    if instances.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+        instances.waiting.fetch_sub(1, Ordering::AcqRel);
+        return Err(Error::Overloaded(format!(
+            "{MAX_WAITING} requests are waiting for this executor already; retry shortly"
+        )));
+    }
+    let permit = instances.free.acquire().await;
+    instances.waiting.fetch_sub(1, Ordering::AcqRel);
+    let _permit = permit.map_err(|_| Error::Unavailable("the executor is stopping".into()))?;
+    let executor = instances
+        .idle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop()
+        .ok_or_else(|| Error::Internal("no idle executor instance".into()))?;
+    let result = if executor.handles(endpoint) {
+        let (e, endpoint, parameters) =
+            (executor.clone(), endpoint.to_string(), parameters.clone());
+        tokio::task::spawn_blocking(move || e.handle(&endpoint, docs, &parameters))
+            .await
+            .map_err(|_| Error::Internal("the executor panicked".into()))
+            .and_then(|r| {
+                r.map_err(|e| match e {
+                    ExecutorError::BadInput(m) => Error::InvalidArgument(m),
+                    ExecutorError::Failed(m) => Error::Internal(m),
+                })
+            })
+    } else {
+        Ok(docs)
+    };
+    instances
+        .idle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(executor);
+    result
+}
+
+/// After an `ALL` call, keeps each document's `limit` best chunks (by their highest score) when
+/// the request's parameters set `limit`: every shard returns its own best, the union is cut back.
+fn keep_best_chunks(
+    mut docs: Vec<Document>,
+    parameters: &Parameters,
+) -> Result<Vec<Document>, Error> {
+    let Some(limit) = parameters.get("limit") else {
+        return Ok(docs);
+    };
+    let limit = limit.as_u64().ok_or_else(|| {
+        Error::invalid(format!(
+            "parameters.limit must be a whole number, got {limit}"
+        ))
+    })? as usize;
+    let best = |d: &Document| d.scores.values().copied().fold(f32::NEG_INFINITY, f32::max);
+    for d in &mut docs {
+        d.chunks.sort_by(|a, b| best(b).total_cmp(&best(a)));
+        d.chunks.truncate(limit);
+    }
+    Ok(docs)
+}
