@@ -16,11 +16,67 @@ use crate::{Document, Executor, ExecutorError, Executors, Init, Parameters};
 /// Requests that may wait for a busy custom executor; more are refused at once.
 const MAX_WAITING: usize = 1024;
 
-/// The instances of a custom executor: one request per instance at a time.
-struct Instances {
+/// The instances of a custom executor: one request per instance at a time. A semaphore permit
+/// stands for an idle instance, so requests wait for one (or, at zero instances, for the
+/// autoscaler to start one).
+pub(crate) struct Instances {
     idle: Mutex<Vec<Arc<dyn Executor>>>,
     free: Semaphore,
+    /// Requests waiting for an instance.
     waiting: AtomicUsize,
+    /// Requests an instance is running.
+    running: AtomicUsize,
+    /// Instances, busy or idle.
+    size: AtomicUsize,
+}
+
+impl Instances {
+    fn new(instances: Vec<Arc<dyn Executor>>) -> Self {
+        Self {
+            free: Semaphore::new(instances.len()),
+            size: AtomicUsize::new(instances.len()),
+            idle: Mutex::new(instances),
+            waiting: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests running or waiting.
+    pub fn ongoing(&self) -> usize {
+        self.waiting.load(Ordering::Acquire) + self.running.load(Ordering::Acquire)
+    }
+
+    /// Requests waiting for an instance.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Instances, busy or idle.
+    pub fn size(&self) -> usize {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Adds an instance; a waiting request takes it at once.
+    pub fn grow(&self, instance: Arc<dyn Executor>) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(instance);
+        self.size.fetch_add(1, Ordering::AcqRel);
+        self.free.add_permits(1);
+    }
+
+    /// Drops one idle instance; false when every instance is busy (it is never taken from a
+    /// request, so scaling down cannot fail one).
+    pub fn shrink(&self) -> bool {
+        let Ok(permit) = self.free.try_acquire() else {
+            return false;
+        };
+        permit.forget();
+        let dropped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        self.size.fetch_sub(1, Ordering::AcqRel);
+        dropped.is_some()
+    }
 }
 
 enum Node {
@@ -132,8 +188,8 @@ impl Deployment {
         let node = if let Some(make) = executors.get(&spec.uses) {
             let mut shards = Vec::with_capacity(spec.shards);
             for shard in 0..spec.shards {
-                let mut instances: Vec<Arc<dyn Executor>> = Vec::with_capacity(spec.replicas);
-                for replica in 0..spec.replicas {
+                let mut instances: Vec<Arc<dyn Executor>> = Vec::with_capacity(spec.replicas());
+                for replica in 0..spec.replicas() {
                     let init = Init {
                         with: &spec.uses_with,
                         shard,
@@ -143,11 +199,30 @@ impl Deployment {
                     };
                     instances.push(Arc::from(make(&init)?));
                 }
-                shards.push(Arc::new(Instances {
-                    free: Semaphore::new(instances.len()),
-                    idle: Mutex::new(instances),
-                    waiting: AtomicUsize::new(0),
-                }));
+                let instances = Arc::new(Instances::new(instances));
+                if let Some(config) = &spec.autoscaling {
+                    let (with, handles, make) =
+                        (spec.uses_with.clone(), handles.clone(), make.clone());
+                    crate::autoscale::Autoscaler {
+                        deployment: name.clone(),
+                        config: config.clone(),
+                        instances: Arc::downgrade(&instances),
+                        make: Box::new(move |replica| {
+                            let init = Init {
+                                with: &with,
+                                shard,
+                                shards: 1,
+                                replica,
+                                handles: &handles,
+                            };
+                            make(&init).map(Arc::from)
+                        }),
+                        gauges: runtime.metrics().deployment(&name),
+                    }
+                    .start()
+                    .map_err(|e| format!("cannot start the autoscaler: {e}"))?;
+                }
+                shards.push(instances);
             }
             Node::Custom {
                 shards,
@@ -164,13 +239,17 @@ impl Deployment {
                     dir.display()
                 ));
             }
-            if !spec.uses_with.is_empty() || spec.shards > 1 || spec.polling.is_some() {
+            if !spec.uses_with.is_empty()
+                || spec.shards > 1
+                || spec.polling.is_some()
+                || spec.autoscaling.is_some()
+            {
                 return Err(
-                    "uses_with, shards and polling apply to registered executors; a model folder's model.yaml configures it".into(),
+                    "uses_with, shards, polling and autoscaling apply to registered executors; a model folder's model.yaml configures it".into(),
                 );
             }
             runtime
-                .load_folder(&name, &dir, Some(spec.replicas))
+                .load_folder(&name, &dir, Some(spec.replicas()))
                 .map_err(|err| err.to_string())?;
             let task = runtime.task(&name, None).map_err(|err| err.to_string())?;
             let kind = task.map(|t| t.kind()).ok_or_else(|| {
@@ -299,7 +378,9 @@ async fn call_custom(
         )));
     }
     let permit = instances.free.acquire().await;
+    instances.running.fetch_add(1, Ordering::AcqRel);
     instances.waiting.fetch_sub(1, Ordering::AcqRel);
+    let _running = Running(&instances.running);
     let _permit = permit.map_err(|_| Error::Unavailable("the executor is stopping".into()))?;
     let executor = instances
         .idle
@@ -328,6 +409,15 @@ async fn call_custom(
         .unwrap_or_else(|p| p.into_inner())
         .push(executor);
     result
+}
+
+/// Counts a request as running until dropped (answered, or abandoned by its client).
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// After an `ALL` call, keeps each document's `limit` best chunks (by their highest score) when

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+mod autoscale;
 mod deployment;
 mod document;
 mod executor;

@@ -44,9 +44,9 @@ pub struct ExecutorSpec {
     #[serde(default)]
     pub uses_with: Parameters,
     /// Instances that serve requests at once. Default: 1. For a model folder, the model's
-    /// replicas (its `model.yaml` says how they batch).
-    #[serde(default = "one")]
-    pub replicas: usize,
+    /// replicas (its `model.yaml` says how they batch). Not with `autoscaling`, which sets them.
+    #[serde(default)]
+    pub replicas: Option<usize>,
     /// Executors whose documents this one takes (`gateway` for the request itself); with several,
     /// their documents are merged by id. Default: the executor listed before it.
     #[serde(default)]
@@ -60,6 +60,93 @@ pub struct ExecutorSpec {
     /// Default: `ANY`.
     #[serde(default)]
     pub polling: Option<PollingSpec>,
+    /// Instances follow the load between `min_replicas` and `max_replicas` (Ray Serve's
+    /// `autoscaling_config`). Registered executors with one shard only, so far.
+    #[serde(default)]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// Ray Serve's `autoscaling_config`, with its names and meanings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Autoscaling {
+    /// Fewest instances; 0 lets an idle deployment scale to zero (the first request then waits,
+    /// in the bounded queue, for an instance to start). Default: 1.
+    pub min_replicas: usize,
+    /// Most instances. Default: 1.
+    pub max_replicas: usize,
+    /// Instances at start. Default: `min_replicas`.
+    pub initial_replicas: Option<usize>,
+    /// Requests (running and waiting) each instance should have on average; the target is
+    /// ongoing requests / this, rounded up. Default: 2.
+    pub target_ongoing_requests: f64,
+    /// How long the target must stay above the current count before scaling up. Default: 30.
+    pub upscale_delay_s: f64,
+    /// How long the target must stay below the current count before scaling down. Default: 600.
+    pub downscale_delay_s: f64,
+    /// How often ongoing requests are sampled and a decision made. Default: 10.
+    pub metrics_interval_s: f64,
+    /// Samples over this window are averaged. Default: 30.
+    pub look_back_period_s: f64,
+}
+
+impl Default for Autoscaling {
+    fn default() -> Self {
+        Self {
+            min_replicas: 1,
+            max_replicas: 1,
+            initial_replicas: None,
+            target_ongoing_requests: 2.0,
+            upscale_delay_s: 30.0,
+            downscale_delay_s: 600.0,
+            metrics_interval_s: 10.0,
+            look_back_period_s: 30.0,
+        }
+    }
+}
+
+impl Autoscaling {
+    /// Instances at start.
+    pub fn initial(&self) -> usize {
+        self.initial_replicas.unwrap_or(self.min_replicas)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let a = self;
+        if a.max_replicas == 0 || a.min_replicas > a.max_replicas {
+            return Err(format!(
+                "autoscaling needs 0 <= min_replicas <= max_replicas and max_replicas >= 1 (got {} and {})",
+                a.min_replicas, a.max_replicas
+            ));
+        }
+        if !(a.min_replicas..=a.max_replicas).contains(&a.initial()) {
+            return Err(
+                "autoscaling.initial_replicas must be between min_replicas and max_replicas".into(),
+            );
+        }
+        let positive = [
+            a.target_ongoing_requests,
+            a.metrics_interval_s,
+            a.look_back_period_s,
+        ];
+        let non_negative = [a.upscale_delay_s, a.downscale_delay_s];
+        if positive.iter().any(|v| !(v.is_finite() && *v > 0.0))
+            || non_negative.iter().any(|v| !(v.is_finite() && *v >= 0.0))
+        {
+            return Err("autoscaling: target_ongoing_requests, metrics_interval_s and look_back_period_s must be above 0, the delays 0 or more".into());
+        }
+        Ok(())
+    }
+}
+
+impl ExecutorSpec {
+    /// Instances per shard at start.
+    pub fn replicas(&self) -> usize {
+        match &self.autoscaling {
+            Some(a) => a.initial(),
+            None => self.replicas.unwrap_or(1),
+        }
+    }
 }
 
 /// `polling: ANY`, or per endpoint `polling: {/search: ALL, /index: ANY}`.
@@ -146,10 +233,12 @@ struct DeploymentWith {
     uses: String,
     #[serde(default)]
     uses_with: Parameters,
-    #[serde(default = "one")]
-    replicas: usize,
+    #[serde(default)]
+    replicas: Option<usize>,
     #[serde(default = "one")]
     shards: usize,
+    #[serde(default)]
+    autoscaling: Option<Autoscaling>,
     #[serde(default)]
     polling: Option<PollingSpec>,
     #[serde(default)]
@@ -249,6 +338,7 @@ impl FlowSpec {
                     needs: None,
                     shards: w.shards,
                     polling: w.polling,
+                    autoscaling: w.autoscaling,
                 };
                 let gateway = GatewaySpec {
                     port: w.port,
@@ -350,10 +440,23 @@ impl FlowSpec {
         }
         for (what, list) in [("deployments", &deployments), ("executors", &executors)] {
             for (i, e) in list.iter().enumerate() {
-                if e.replicas == 0 || e.shards == 0 {
+                if e.replicas == Some(0) || e.shards == 0 {
                     return Err(format!(
                         "{what}[{i}]: replicas and shards must be at least 1"
                     ));
+                }
+                if let Some(a) = &e.autoscaling {
+                    if e.replicas.is_some() {
+                        return Err(format!(
+                            "{what}[{i}]: set replicas or autoscaling, not both (autoscaling.initial_replicas sets the start)"
+                        ));
+                    }
+                    if e.shards > 1 {
+                        return Err(format!(
+                            "{what}[{i}]: autoscaling works with one shard so far"
+                        ));
+                    }
+                    a.check().map_err(|m| format!("{what}[{i}].{m}"))?;
                 }
                 check_polling(e).map_err(|m| format!("{what}[{i}].{m}"))?;
             }

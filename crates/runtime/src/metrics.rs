@@ -7,7 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -25,6 +25,11 @@ struct ResultLabels {
     model: String,
     version: String,
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    deployment: String,
 }
 
 type Histograms = Family<ModelLabels, Histogram, fn() -> Histogram>;
@@ -49,6 +54,8 @@ pub struct Metrics {
     queue_depth: Family<ModelLabels, Gauge>,
     inflight: Family<ModelLabels, Gauge>,
     replicas: Family<ModelLabels, Gauge>,
+    deployment_replicas: Family<DeploymentLabels, Gauge>,
+    deployment_target: Family<DeploymentLabels, Gauge>,
     cpu_seconds: Counter<f64, AtomicU64>,
     resident_bytes: Gauge,
     /// Serialises scrapes, so the CPU counter's catch-up below is not done twice.
@@ -73,6 +80,8 @@ impl Metrics {
             queue_depth: Family::default(),
             inflight: Family::default(),
             replicas: Family::default(),
+            deployment_replicas: Family::default(),
+            deployment_target: Family::default(),
             cpu_seconds: Counter::default(),
             resident_bytes: Gauge::default(),
             scrape: Mutex::new(()),
@@ -115,6 +124,16 @@ impl Metrics {
         );
         m.registry
             .register("replicas", "Loaded replicas", m.replicas.clone());
+        m.registry.register(
+            "deployment_replicas",
+            "Instances of a Flow's deployment serving now",
+            m.deployment_replicas.clone(),
+        );
+        m.registry.register(
+            "deployment_target_replicas",
+            "Instances the autoscaler wants for a Flow's deployment",
+            m.deployment_target.clone(),
+        );
         m.registry.register(
             "process_cpu_seconds",
             "CPU time used by the server process (user + system)",
@@ -162,6 +181,16 @@ impl Metrics {
             inflight,
             replicas,
         }
+    }
+
+    /// The replica gauges of a Flow's deployment: `(serving now, autoscaler's target)`.
+    pub fn deployment(&self, name: &str) -> (Gauge, Gauge) {
+        let l = DeploymentLabels {
+            deployment: name.to_string(),
+        };
+        let current = self.deployment_replicas.get_or_create(&l).clone();
+        let target = self.deployment_target.get_or_create(&l).clone();
+        (current, target)
     }
 
     /// The metrics in the OpenMetrics text format (which Prometheus scrapes).

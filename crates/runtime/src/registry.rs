@@ -662,6 +662,11 @@ impl Runtime {
             .await
     }
 
+    /// The server's metrics, for layers above the runtime that export their own (Flows).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The server's metrics in the OpenMetrics text format.
     pub fn metrics_text(&self) -> String {
         self.metrics.encode()

@@ -202,6 +202,35 @@ impl Executor for Ingress {
     }
 }
 
+/// Takes `parameters.ms` (default `uses_with.ms`, else 100) milliseconds per request and tags
+/// each document with the instance that served it: a stand-in for a model of known latency, to
+/// watch autoscaling.
+struct Sleep {
+    ms: u64,
+    replica: usize,
+}
+
+impl Executor for Sleep {
+    fn handle(
+        &self,
+        _endpoint: &str,
+        mut docs: Vec<Document>,
+        parameters: &Parameters,
+    ) -> Result<Vec<Document>, ExecutorError> {
+        let ms = match parameters.get("ms") {
+            None => self.ms,
+            Some(v) => v.as_u64().filter(|&ms| ms <= 60_000).ok_or_else(|| {
+                ExecutorError::BadInput(format!("parameters.ms must be 0 to 60000, got {v}"))
+            })?,
+        };
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        for d in &mut docs {
+            d.tags.insert("replica".into(), self.replica.into());
+        }
+        Ok(docs)
+    }
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -214,6 +243,13 @@ fn main() -> std::process::ExitCode {
         .register("UpperCase", |_| Ok(Box::new(UpperCase)))
         .register("Tagger", |init| Ok(Box::new(Tagger::new(init.with)?)))
         .register("Ingress", |init| Ok(Box::new(Ingress::new(init)?)))
+        .register("Sleep", |init| {
+            let ms = init.with.get("ms").and_then(Value::as_u64).unwrap_or(100);
+            Ok(Box::new(Sleep {
+                ms,
+                replica: init.replica,
+            }))
+        })
         .register("MemoryIndex", |init: &Init| {
             Ok(Box::new(MemoryIndex {
                 shard: init.shard,

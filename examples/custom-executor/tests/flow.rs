@@ -187,3 +187,82 @@ fn an_ingress_calls_a_model_deployment_through_its_handle() {
         "{e}"
     );
 }
+
+#[test]
+fn autoscaling_follows_the_load_from_zero_to_the_maximum_and_back() {
+    let server = start("autoscale.yml");
+    let replicas = |server: &Server| {
+        server
+            .metric(
+                "ferroserve_deployment_replicas",
+                &[("deployment", "sleeper")],
+            )
+            .unwrap_or(0.0)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(replicas(&server), 0.0, "idle at start: min_replicas 0");
+
+    // From zero: the first request waits for an instance, then is answered.
+    let (status, answer) = server.post_json("/default", &json!({"data": ["first"]}));
+    assert_eq!(status, 200, "{answer}");
+
+    // Load well above the target (6 clients, 1 request per instance wanted): up to 3, never more.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut most = 0.0f64;
+    let failures = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..6)
+            .map(|_| {
+                let (server, stop) = (&server, &stop);
+                s.spawn(move || {
+                    let mut failed = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let (status, _) = server.post_json("/default", &json!({"data": ["x"]}));
+                        failed += usize::from(status != 200);
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            most = most.max(replicas(&server));
+            if most >= 3.0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // Keep the load a little longer to see it stay at the maximum.
+        for _ in 0..5 {
+            most = most.max(replicas(&server));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        clients
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .sum::<usize>()
+    });
+    assert_eq!(most, 3.0, "scaled up to max_replicas and no further");
+    assert_eq!(failures, 0, "no request failed while scaling");
+    let target = server
+        .metric(
+            "ferroserve_deployment_target_replicas",
+            &[("deployment", "sleeper")],
+        )
+        .unwrap();
+    assert!(target <= 3.0);
+
+    // No load: after downscale_delay_s, back to min_replicas (0), draining, not failing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while replicas(&server) > 0.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(replicas(&server), 0.0, "scaled down to min_replicas");
+    assert!(
+        server.log.lock().unwrap().contains("autoscaling"),
+        "decisions are logged"
+    );
+    // And up again from zero for the next request.
+    let (status, _) = server.post_json("/default", &json!({"data": ["again"]}));
+    assert_eq!(status, 200);
+}
