@@ -34,6 +34,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Serve a Deployment or a Flow from its YAML file (Jina's `jtype: Deployment | Flow`).
     Run(RunArgs),
+    /// Post a file of documents to a running Deployment or Flow, in requests of a given size.
+    Client(ClientArgs),
     /// Send one inference request to a running server and print the response.
     Infer(InferArgs),
     /// Load-test a running server: requests/s, latency percentiles, errors.
@@ -126,6 +128,43 @@ pub struct RunArgs {
     /// On SIGTERM or SIGINT, seconds to let requests in flight finish.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub shutdown_grace: f64,
+}
+
+/// `ferroserve client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Documents, one per line: JSON (`{"text": "...", "tags": {...}}`) or plain text (a text
+    /// document). `-` reads standard input.
+    #[arg(value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// The Deployment or Flow.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+
+    /// Endpoint to call (`execEndpoint`).
+    #[arg(long, default_value = "/default")]
+    pub endpoint: String,
+
+    /// Documents per request.
+    #[arg(long, default_value_t = 32)]
+    pub request_size: usize,
+
+    /// Request parameters, a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub parameters: Option<String>,
+
+    /// Write the answered documents here (JSON lines) instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Seconds to wait for each request.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 /// Which protocol a client command speaks.

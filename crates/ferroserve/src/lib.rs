@@ -26,6 +26,7 @@
 
 mod bench;
 mod cli;
+mod client;
 mod grpc_client;
 mod infer;
 mod logging;
@@ -46,6 +47,7 @@ pub fn main_with(executors: Executors) -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
         cli::Command::Run(args) => run::run(args, executors),
+        cli::Command::Client(args) => client::run(args),
         cli::Command::Infer(args) => infer::run(args),
         cli::Command::Bench(args) => bench::run(args),
     };

@@ -76,6 +76,90 @@ fn a_deployment_answers_documents_with_the_tasks_embeddings() {
     server.assert_healthy();
 }
 
+#[test]
+fn the_client_posts_a_file_in_requests_of_the_given_size() {
+    let repo = Repo::with(&[]);
+    let file = deployment(&repo);
+    let mut lines = Vec::new();
+    for i in 0..10 {
+        lines.push(if i % 2 == 0 {
+            json!({"id": format!("d{i}"), "text": format!("sentence number {i}"), "tags": {"n": i}})
+                .to_string()
+        } else {
+            format!("plain text line {i}")
+        });
+    }
+    repo.write("docs.jsonl", (lines.join("\n") + "\n\n").as_bytes());
+    let input = repo.path().join("docs.jsonl");
+    let output = repo.path().join("out.jsonl");
+    let server = Server::run_flow(ferroserve_binary(), &file, repo);
+    let run = Command::new(ferroserve_binary())
+        .args([
+            "client",
+            "--url",
+            &server.url,
+            "--endpoint",
+            "/encode",
+            "--request-size",
+            "4",
+            "-q",
+            "-o",
+        ])
+        .arg(&output)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let docs: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 10);
+    for (i, d) in docs.iter().enumerate() {
+        assert_eq!(as_f32(&d["embedding"]).len(), 384);
+        if i % 2 == 0 {
+            assert_eq!(d["id"], format!("d{i}"));
+            assert_eq!(d["tags"]["n"], i);
+        } else {
+            assert_eq!(d["text"], format!("plain text line {i}"));
+        }
+    }
+    // 10 documents in requests of 4: three requests reached the model.
+    let requests = server
+        .metric(
+            "ferroserve_requests_total",
+            &[("model", "encoder"), ("result", "success")],
+        )
+        .unwrap();
+    assert_eq!(requests, 3.0);
+
+    // A document the Deployment refuses stops the client with the lines it was on.
+    std::fs::write(&input, "fine\n{\"id\": \"no-text\"}\n").unwrap();
+    let run = Command::new(ferroserve_binary())
+        .args([
+            "client",
+            "--url",
+            &server.url,
+            "--endpoint",
+            "/encode",
+            "-q",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("lines 1..2") && stderr.contains("has no text"),
+        "{stderr}"
+    );
+}
+
 /// Runs `ferroserve run` on `yaml` and returns its stderr, asserting it failed at start-up.
 fn refused(yaml: &str) -> String {
     let repo = Repo::with(&[]);
