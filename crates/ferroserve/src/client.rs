@@ -118,7 +118,6 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
         let last = first + batch.len() - 1;
         send(batch, (first, last))?;
     }
-    drop(send);
     out.flush()?;
     if let Some(bar) = bar {
         bar.finish();
