@@ -2,6 +2,8 @@
 //! served by its task) and the handle other executors call it through.
 
 use std::collections::BTreeMap;
+
+use crate::batching::Batcher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +16,7 @@ use crate::spec::{ExecutorSpec, Polling};
 use crate::{Document, Executor, ExecutorError, Executors, Init, Parameters};
 
 /// Requests that may wait for a busy custom executor; more are refused at once.
-const MAX_WAITING: usize = 1024;
+pub(crate) const MAX_WAITING: usize = 1024;
 
 /// The instances of a custom executor: one request per instance at a time. A semaphore permit
 /// stands for an idle instance, so requests wait for one (or, at zero instances, for the
@@ -84,6 +86,8 @@ enum Node {
     Custom {
         shards: Vec<Arc<Instances>>,
         next: AtomicUsize,
+        /// Endpoints with `uses_dynamic_batching`.
+        batchers: BTreeMap<String, Batcher>,
     },
     /// A model folder served by its task, loaded into the runtime under the deployment's name.
     Model {
@@ -227,6 +231,11 @@ impl Deployment {
             Node::Custom {
                 shards,
                 next: AtomicUsize::new(0),
+                batchers: spec
+                    .uses_dynamic_batching
+                    .iter()
+                    .map(|(endpoint, b)| (endpoint.clone(), Batcher::new(*b)))
+                    .collect(),
             }
         } else {
             let dir = base.join(&spec.uses);
@@ -243,9 +252,10 @@ impl Deployment {
                 || spec.shards > 1
                 || spec.polling.is_some()
                 || spec.autoscaling.is_some()
+                || !spec.uses_dynamic_batching.is_empty()
             {
                 return Err(
-                    "uses_with, shards, polling and autoscaling apply to registered executors; a model folder's model.yaml configures it".into(),
+                    "uses_with, shards, polling, autoscaling and uses_dynamic_batching apply to registered executors; a model folder's model.yaml configures it (its dynamic_batching batches across requests already)".into(),
                 );
             }
             runtime
@@ -270,15 +280,31 @@ impl Deployment {
         })
     }
 
-    /// Runs `docs` through this deployment for `endpoint`.
+    /// Runs `docs` through this deployment for `endpoint`, through the endpoint's batcher when
+    /// it has one.
     pub async fn call(
+        self: &Arc<Self>,
+        endpoint: &str,
+        docs: Vec<Document>,
+        parameters: &Parameters,
+    ) -> Result<Vec<Document>, Error> {
+        if let Node::Custom { batchers, .. } = &self.node {
+            if let Some(b) = batchers.get(endpoint) {
+                return b.submit(self, endpoint, docs, parameters).await;
+            }
+        }
+        self.call_direct(endpoint, docs, parameters).await
+    }
+
+    /// Runs `docs` through this deployment for `endpoint`, now.
+    pub async fn call_direct(
         &self,
         endpoint: &str,
         docs: Vec<Document>,
         parameters: &Parameters,
     ) -> Result<Vec<Document>, Error> {
         match &self.node {
-            Node::Custom { shards, next } => match self.spec.polling_for(endpoint) {
+            Node::Custom { shards, next, .. } => match self.spec.polling_for(endpoint) {
                 Polling::Any => {
                     let shard = &shards[next.fetch_add(1, Ordering::Relaxed) % shards.len()];
                     call_custom(shard, endpoint, docs, parameters).await

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod autoscale;
+mod batching;
 mod deployment;
 mod document;
 mod executor;

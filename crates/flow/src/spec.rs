@@ -64,6 +64,26 @@ pub struct ExecutorSpec {
     /// `autoscaling_config`). Registered executors with one shard only, so far.
     #[serde(default)]
     pub autoscaling: Option<Autoscaling>,
+    /// Per endpoint, gather the documents of concurrent requests into one call of a registered
+    /// executor (Jina's `uses_dynamic_batching`): `{/encode: {preferred_batch_size: 32,
+    /// timeout: 100}}`. The executor must return one document per document, in order.
+    #[serde(default)]
+    pub uses_dynamic_batching: BTreeMap<String, DynamicBatchingSpec>,
+}
+
+/// Jina's dynamic batching settings for one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicBatchingSpec {
+    /// A batch is handed over as soon as it holds this many documents.
+    pub preferred_batch_size: usize,
+    /// Milliseconds the first request of a batch waits for company. Default: 10000 (Jina's).
+    #[serde(default = "ten_seconds")]
+    pub timeout: u64,
+}
+
+fn ten_seconds() -> u64 {
+    10_000
 }
 
 /// Ray Serve's `autoscaling_config`, with its names and meanings.
@@ -242,6 +262,8 @@ struct DeploymentWith {
     #[serde(default)]
     polling: Option<PollingSpec>,
     #[serde(default)]
+    uses_dynamic_batching: BTreeMap<String, DynamicBatchingSpec>,
+    #[serde(default)]
     port: Option<u16>,
     #[serde(default)]
     protocol: Option<Protocols>,
@@ -339,6 +361,7 @@ impl FlowSpec {
                     shards: w.shards,
                     polling: w.polling,
                     autoscaling: w.autoscaling,
+                    uses_dynamic_batching: w.uses_dynamic_batching,
                 };
                 let gateway = GatewaySpec {
                     port: w.port,
@@ -459,6 +482,13 @@ impl FlowSpec {
                     a.check().map_err(|m| format!("{what}[{i}].{m}"))?;
                 }
                 check_polling(e).map_err(|m| format!("{what}[{i}].{m}"))?;
+                for (endpoint, b) in &e.uses_dynamic_batching {
+                    if !endpoint.starts_with('/') || b.preferred_batch_size == 0 {
+                        return Err(format!(
+                            "{what}[{i}].uses_dynamic_batching: '{endpoint}' must start with '/' and have a preferred_batch_size of at least 1"
+                        ));
+                    }
+                }
             }
         }
         Ok(Self {

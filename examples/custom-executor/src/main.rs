@@ -202,9 +202,9 @@ impl Executor for Ingress {
     }
 }
 
-/// Takes `parameters.ms` (default `uses_with.ms`, else 100) milliseconds per request and tags
-/// each document with the instance that served it: a stand-in for a model of known latency, to
-/// watch autoscaling.
+/// Takes `parameters.ms` (default `uses_with.ms`, else 100) milliseconds per call and tags each
+/// document with the instance that served it and the number of documents in the call: a
+/// stand-in for a model of known latency, to watch autoscaling and batching.
 struct Sleep {
     ms: u64,
     replica: usize,
@@ -224,8 +224,10 @@ impl Executor for Sleep {
             })?,
         };
         std::thread::sleep(std::time::Duration::from_millis(ms));
+        let batch = docs.len();
         for d in &mut docs {
             d.tags.insert("replica".into(), self.replica.into());
+            d.tags.insert("batch".into(), batch.into());
         }
         Ok(docs)
     }

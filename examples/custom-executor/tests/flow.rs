@@ -266,3 +266,40 @@ fn autoscaling_follows_the_load_from_zero_to_the_maximum_and_back() {
     let (status, _) = server.post_json("/default", &json!({"data": ["again"]}));
     assert_eq!(status, 200);
 }
+
+#[test]
+fn dynamic_batching_gathers_concurrent_requests_into_one_call() {
+    let server = start("batching.yml");
+    let batch_of = |answer: &Value| answer["data"][0]["tags"]["batch"].as_u64().unwrap();
+    // Four concurrent one-document requests: one call of four.
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let server = &server;
+                s.spawn(move || {
+                    server.post_json("/default", &json!({"data": [format!("doc {i}")]}))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap().1).collect()
+    });
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(batch_of(a), 4, "{a}");
+        assert_eq!(
+            a["data"].as_array().unwrap().len(),
+            1,
+            "each gets its own document back"
+        );
+        assert_eq!(a["data"][0]["text"], format!("doc {i}"));
+    }
+    // A lone request waits out the timeout, then runs alone.
+    let started = std::time::Instant::now();
+    let (_, alone) = server.post_json("/default", &json!({"data": ["alone"]}));
+    assert_eq!(batch_of(&alone), 1);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1400));
+    // Endpoints without batching run at once.
+    let started = std::time::Instant::now();
+    let (_, other) = server.post_json("/other", &json!({"data": ["x"]}));
+    assert_eq!(batch_of(&other), 1);
+    assert!(started.elapsed() < std::time::Duration::from_millis(1000));
+}
