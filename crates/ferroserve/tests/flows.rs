@@ -208,4 +208,21 @@ fn yaml_mistakes_are_refused_at_start_with_file_path_and_reason() {
         Path::new(&model_dir("simple")).display()
     ));
     assert!(plain.contains("has no task"), "{plain}");
+    // Placement from the YAML reaches the model (this build has no CUDA, so a GPU is refused
+    // with the reason, whatever the machine).
+    let gpu = refused(&format!(
+        "jtype: Deployment\nwith: {{uses: {m}, devices: [cuda:0]}}\n"
+    ));
+    assert!(gpu.contains("cuda:0 was asked for"), "{gpu}");
+    let rr = refused(&format!(
+        "jtype: Deployment\nwith: {{uses: {m}, env: {{CUDA_VISIBLE_DEVICES: RR}}}}\n"
+    ));
+    assert!(rr.contains("GPU") || rr.contains("CUDA"), "{rr}");
+    let env = refused(&format!(
+        "jtype: Deployment\nwith: {{uses: {m}, env: {{FOO: bar}}}}\n"
+    ));
+    assert!(
+        env.contains("only CUDA_VISIBLE_DEVICES is understood"),
+        "{env}"
+    );
 }

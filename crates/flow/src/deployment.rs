@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferroserve_core::Error;
-use ferroserve_runtime::Runtime;
+use ferroserve_runtime::{Overrides, Runtime};
 use ferroserve_tasks::{TaskInput, TaskKind, TaskOutput};
 use tokio::sync::Semaphore;
 
@@ -189,7 +189,11 @@ impl Deployment {
         runtime: &Arc<Runtime>,
     ) -> Result<Self, String> {
         let name = spec.name.clone().unwrap_or_default();
+        let placement = spec.placement()?;
         let node = if let Some(make) = executors.get(&spec.uses) {
+            if placement.is_some() {
+                return Err("devices and env apply to model folders; a registered executor takes its device through uses_with".into());
+            }
             let mut shards = Vec::with_capacity(spec.shards);
             for shard in 0..spec.shards {
                 let mut instances: Vec<Arc<dyn Executor>> = Vec::with_capacity(spec.replicas());
@@ -259,7 +263,14 @@ impl Deployment {
                 );
             }
             runtime
-                .load_folder(&name, &dir, Some(spec.replicas()))
+                .load_folder(
+                    &name,
+                    &dir,
+                    Overrides {
+                        replicas: Some(spec.replicas()),
+                        devices: placement,
+                    },
+                )
                 .map_err(|err| err.to_string())?;
             let task = runtime.task(&name, None).map_err(|err| err.to_string())?;
             let kind = task.map(|t| t.kind()).ok_or_else(|| {

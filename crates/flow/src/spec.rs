@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use ferroserve_runtime::config::{Device, Devices};
 use serde::Deserialize;
 
 use crate::Parameters;
@@ -69,6 +70,44 @@ pub struct ExecutorSpec {
     /// timeout: 100}}`. The executor must return one document per document, in order.
     #[serde(default)]
     pub uses_dynamic_batching: BTreeMap<String, DynamicBatchingSpec>,
+    /// Where a model folder's replicas run, as in `model.yaml` (`[cpu]`, `[cuda:0, cuda:1]`,
+    /// `round-robin`), in place of its `model.yaml`'s.
+    #[serde(default)]
+    pub devices: Option<Devices>,
+    /// Jina's `env`; only `CUDA_VISIBLE_DEVICES` is understood: `RR` places a model folder's
+    /// replicas round-robin on the visible GPUs, `0,1` on those GPUs.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl ExecutorSpec {
+    /// The device placement `devices` or `env` asks for.
+    pub fn placement(&self) -> Result<Option<Devices>, String> {
+        if let Some(key) = self.env.keys().find(|k| *k != "CUDA_VISIBLE_DEVICES") {
+            return Err(format!(
+                "env.{key}: only CUDA_VISIBLE_DEVICES is understood (RR, or GPU numbers like 0,1)"
+            ));
+        }
+        let from_env = match self.env.get("CUDA_VISIBLE_DEVICES").map(|v| v.trim()) {
+            None => None,
+            Some("RR") => Some(Devices::RoundRobin),
+            Some(list) => Some(Devices::List(
+                list.split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse::<u32>()
+                            .map(Device::Cuda)
+                            .map_err(|_| format!("env.CUDA_VISIBLE_DEVICES '{list}' is not RR or GPU numbers like 0,1"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            )),
+        };
+        match (&self.devices, from_env) {
+            (Some(_), Some(_)) => Err("set devices or env.CUDA_VISIBLE_DEVICES, not both".into()),
+            (Some(d), None) => Ok(Some(d.clone())),
+            (None, e) => Ok(e),
+        }
+    }
 }
 
 /// Jina's dynamic batching settings for one endpoint.
@@ -264,6 +303,10 @@ struct DeploymentWith {
     #[serde(default)]
     uses_dynamic_batching: BTreeMap<String, DynamicBatchingSpec>,
     #[serde(default)]
+    devices: Option<Devices>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
     port: Option<u16>,
     #[serde(default)]
     protocol: Option<Protocols>,
@@ -362,6 +405,8 @@ impl FlowSpec {
                     polling: w.polling,
                     autoscaling: w.autoscaling,
                     uses_dynamic_batching: w.uses_dynamic_batching,
+                    devices: w.devices,
+                    env: w.env,
                 };
                 let gateway = GatewaySpec {
                     port: w.port,
@@ -482,6 +527,7 @@ impl FlowSpec {
                     a.check().map_err(|m| format!("{what}[{i}].{m}"))?;
                 }
                 check_polling(e).map_err(|m| format!("{what}[{i}].{m}"))?;
+                e.placement().map_err(|m| format!("{what}[{i}].{m}"))?;
                 for (endpoint, b) in &e.uses_dynamic_batching {
                     if !endpoint.starts_with('/') || b.preferred_batch_size == 0 {
                         return Err(format!(

@@ -27,6 +27,6 @@ mod scheduler;
 mod validate;
 
 pub use registry::{
-    IndexEntry, ModelConfigInfo, ModelMetadata, ModelState, Runtime, RuntimeOptions, TaskAnswer,
-    ONNX_PLATFORM,
+    IndexEntry, ModelConfigInfo, ModelMetadata, ModelState, Overrides, Runtime, RuntimeOptions,
+    TaskAnswer, ONNX_PLATFORM,
 };

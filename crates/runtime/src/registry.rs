@@ -45,6 +45,15 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// Settings that take the place of a model folder's `model.yaml` ones when a Deployment loads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Replicas.
+    pub replicas: Option<usize>,
+    /// Device placement.
+    pub devices: Option<Devices>,
+}
+
 /// A task's answer, and the version that gave it.
 #[derive(Debug, Clone)]
 pub struct TaskAnswer {
@@ -210,7 +219,7 @@ impl Runtime {
     pub fn load_repository(&self, root: &Path) -> std::io::Result<()> {
         *self.root.write().unwrap_or_else(|p| p.into_inner()) = Some(root.to_path_buf());
         for source in repository::scan(root)? {
-            let entry = self.load_entry(&source, None);
+            let entry = self.load_entry(&source, Overrides::default());
             self.write_models().insert(source.name, entry);
         }
         self.ready.store(true, Ordering::Release);
@@ -244,20 +253,20 @@ impl Runtime {
                 root.display()
             )));
         }
-        self.install(name, &dir, None)
+        self.install(name, &dir, Overrides::default())
     }
 
     /// Loads the model folder `dir` (any path) under `name`, replacing a model of that name, with
-    /// `replicas` overriding its `model.yaml` when given. For Deployments and Flows, whose YAML
-    /// names model folders; clients never reach this with a path.
-    pub fn load_folder(&self, name: &str, dir: &Path, replicas: Option<usize>) -> Result<()> {
+    /// `overrides` taking the place of its `model.yaml`'s settings. For Deployments and Flows,
+    /// whose YAML names model folders; clients never reach this with a path.
+    pub fn load_folder(&self, name: &str, dir: &Path, overrides: Overrides) -> Result<()> {
         if !dir.is_dir() {
             return Err(Error::NotFound(format!(
                 "no model folder at {}",
                 dir.display()
             )));
         }
-        self.install(name, dir, replicas)
+        self.install(name, dir, overrides)
     }
 
     /// Marks the server ready when models were loaded one by one rather than from a repository.
@@ -265,13 +274,13 @@ impl Runtime {
         self.ready.store(true, Ordering::Release);
     }
 
-    fn install(&self, name: &str, dir: &Path, replicas: Option<usize>) -> Result<()> {
+    fn install(&self, name: &str, dir: &Path, overrides: Overrides) -> Result<()> {
         let entry = self.load_entry(
             &ModelSource {
                 name: name.to_string(),
                 dir: dir.to_path_buf(),
             },
-            replicas,
+            overrides,
         );
         let failure = match &entry {
             ModelEntry::Unavailable(reason) => Some(reason.clone()),
@@ -304,11 +313,14 @@ impl Runtime {
         Ok(())
     }
 
-    fn load_entry(&self, source: &ModelSource, replicas: Option<usize>) -> ModelEntry {
+    fn load_entry(&self, source: &ModelSource, overrides: Overrides) -> ModelEntry {
         let layout = match source.layout() {
             Ok(mut l) => {
-                if let Some(n) = replicas {
+                if let Some(n) = overrides.replicas {
                     l.config.replicas = n;
+                }
+                if let Some(d) = overrides.devices {
+                    l.config.devices = d;
                 }
                 l
             }
