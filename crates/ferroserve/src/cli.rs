@@ -113,6 +113,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub port: Option<u16>,
 
+    /// gRPC port, when the file's `protocol` includes grpc; overrides the file (default 8081).
+    #[arg(long)]
+    pub grpc_port: Option<u16>,
+
     /// ONNX Runtime shared library (see `serve --help`).
     #[arg(long, value_name = "PATH")]
     pub ort_lib: Option<PathBuf>,

@@ -15,8 +15,10 @@ use tokio::sync::watch;
 use crate::cli::RunArgs;
 use crate::serve::{bind, drain, shutdown_signal};
 
-/// Port of `ferroserve run` when neither the file nor `--port` says.
+/// HTTP port of `ferroserve run` when neither the file nor `--port` says.
 const DEFAULT_PORT: u16 = 8080;
+/// gRPC port of `ferroserve run` when neither the file nor `--grpc-port` says.
+const DEFAULT_GRPC_PORT: u16 = 8081;
 
 /// Checks the file, builds every executor (loading model folders), then serves until SIGINT or
 /// SIGTERM.
@@ -36,7 +38,17 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
         )
         .context("cannot start the task preprocessing threads")?,
     );
-    let port = args.port.or(spec.gateway.port).unwrap_or(DEFAULT_PORT);
+    let protocols = spec.gateway.protocols();
+    let http_port = protocols.iter().any(|p| p == "http").then(|| {
+        args.port
+            .or(spec.gateway.port_of("http"))
+            .unwrap_or(DEFAULT_PORT)
+    });
+    let grpc_port = protocols.iter().any(|p| p == "grpc").then(|| {
+        args.grpc_port
+            .or(spec.gateway.port_of("grpc"))
+            .unwrap_or(DEFAULT_GRPC_PORT)
+    });
     let flow = Arc::new(
         Flow::build(spec, &executors, runtime.clone())
             .map_err(anyhow::Error::msg)
@@ -48,20 +60,44 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?
         .block_on(async move {
-            let listener = bind(SocketAddr::new(args.host, port), "HTTP").await?;
-            let app = ferroserve_http::flow_router(
-                runtime.clone(),
-                flow,
-                HttpOptions {
-                    max_request_bytes: args.max_request_bytes,
-                },
-            );
-            let (stop, mut stopped) = watch::channel(false);
-            let server = tokio::spawn(ferroserve_http::serve(listener, app, async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }));
+            let (stop, stopped) = watch::channel(false);
+            let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let mut servers = Vec::new();
+            if let Some(port) = http_port {
+                let listener = bind(SocketAddr::new(args.host, port), "HTTP").await?;
+                let app = ferroserve_http::flow_router(
+                    runtime.clone(),
+                    flow.clone(),
+                    HttpOptions {
+                        max_request_bytes: args.max_request_bytes,
+                    },
+                );
+                servers.push(tokio::spawn(ferroserve_http::serve(
+                    listener,
+                    app,
+                    until_stopped(stopped.clone()),
+                )));
+            }
+            if let Some(port) = grpc_port {
+                let listener = bind(SocketAddr::new(args.host, port), "gRPC").await?;
+                let (runtime, flow, stop) = (
+                    runtime.clone(),
+                    flow.clone(),
+                    until_stopped(stopped.clone()),
+                );
+                let options = ferroserve_grpc::GrpcOptions {
+                    max_message_bytes: args.max_request_bytes,
+                };
+                servers.push(tokio::spawn(async move {
+                    ferroserve_grpc::serve_with(listener, runtime, Some(flow), options, stop)
+                        .await
+                        .map_err(std::io::Error::other)
+                }));
+            }
             tracing::info!("server ready");
             shutdown_signal().await;
-            drain(stop, vec![server], runtime, args.shutdown_grace).await
+            drain(stop, servers, runtime, args.shutdown_grace).await
         })
 }

@@ -160,6 +160,80 @@ fn the_client_posts_a_file_in_requests_of_the_given_size() {
     );
 }
 
+#[test]
+fn the_documents_service_answers_over_grpc_like_http() {
+    use ferroserve_grpc::documents_proto::document_service_client::DocumentServiceClient;
+    use ferroserve_grpc::documents_proto::{DataRequest, Document};
+
+    let repo = Repo::with(&[]);
+    let yaml = format!(
+        "jtype: Deployment\nwith:\n  name: encoder\n  uses: {}\n  protocol: [http, grpc]\n",
+        model_dir("minilm").display()
+    );
+    repo.write("deployment.yml", yaml.as_bytes());
+    let file = repo.path().join("deployment.yml");
+    let file = file.to_str().unwrap().to_string();
+    let server = Server::spawn(
+        ferroserve_binary(),
+        &["run", &file, "--port", "0", "--grpc-port", "0"],
+        repo,
+    );
+    let text = "A man is eating food.";
+    let (_, http) = server.post_json("/encode", &json!({"data": [{"id": "a", "text": text}]}));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = DocumentServiceClient::connect(server.grpc_url())
+            .await
+            .unwrap();
+        let doc = Document {
+            id: "a".into(),
+            text: Some(text.into()),
+            tags_json: r#"{"source": "grpc"}"#.into(),
+            ..Default::default()
+        };
+        let answer = client
+            .call(DataRequest {
+                data: vec![doc.clone()],
+                exec_endpoint: "/encode".into(),
+                parameters_json: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let got = &answer.data[0];
+        assert_eq!(got.id, "a");
+        assert_eq!(got.tags_json, r#"{"source":"grpc"}"#);
+        let embedding = &got.embedding.as_ref().unwrap().values;
+        assert_eq!(embedding, &as_f32(&http["data"][0]["embedding"]));
+        // The executor's errors keep their kind and name.
+        let err = client
+            .call(DataRequest {
+                data: vec![Document {
+                    id: "x".into(),
+                    ..Default::default()
+                }],
+                exec_endpoint: "/encode".into(),
+                parameters_json: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("executor 'encoder'"), "{err:?}");
+        let bad = client
+            .call(DataRequest {
+                data: vec![doc],
+                exec_endpoint: "/encode".into(),
+                parameters_json: "[1]".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    });
+}
+
 /// Runs `ferroserve run` on `yaml` and returns its stderr, asserting it failed at start-up.
 fn refused(yaml: &str) -> String {
     let repo = Repo::with(&[]);

@@ -63,6 +63,14 @@ pub struct DocTensor {
 }
 
 impl Document {
+    /// An empty document with a fresh id.
+    pub fn new() -> Self {
+        Self {
+            id: new_id(),
+            ..Default::default()
+        }
+    }
+
     /// A document with `text` and a fresh id.
     pub fn text(text: impl Into<String>) -> Self {
         Self {

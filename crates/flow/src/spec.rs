@@ -265,12 +265,69 @@ pub enum Needs {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySpec {
-    /// HTTP port. Default: 8080.
+    /// Port, or one port per protocol (Jina's `port: [8080, 8081]` with
+    /// `protocol: [http, grpc]`). Default: 8080 for HTTP, 8081 for gRPC.
     #[serde(default)]
-    pub port: Option<u16>,
-    /// Protocols to serve; only `http` so far. Default: `http`.
+    pub port: Option<Ports>,
+    /// `http`, `grpc`, or both. Default: `http`.
     #[serde(default)]
     pub protocol: Option<Protocols>,
+}
+
+/// `port: 8080` or `port: [8080, 8081]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Ports {
+    /// One port (for the first protocol).
+    One(u16),
+    /// One per protocol, in order.
+    Many(Vec<u16>),
+}
+
+impl GatewaySpec {
+    /// The protocols, lower-cased, in order.
+    pub fn protocols(&self) -> Vec<String> {
+        match &self.protocol {
+            None => vec!["http".to_string()],
+            Some(Protocols::One(p)) => vec![p.to_ascii_lowercase()],
+            Some(Protocols::Many(ps)) => ps.iter().map(|p| p.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// The port the file gives `protocol`, if any.
+    pub fn port_of(&self, protocol: &str) -> Option<u16> {
+        let i = self.protocols().iter().position(|p| p == protocol)?;
+        match &self.port {
+            None => None,
+            Some(Ports::One(p)) => (i == 0).then_some(*p),
+            Some(Ports::Many(ps)) => ps.get(i).copied(),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let protocols = self.protocols();
+        if protocols.is_empty() {
+            return Err("protocol: name http, grpc or both".into());
+        }
+        for (i, p) in protocols.iter().enumerate() {
+            if p != "http" && p != "grpc" {
+                return Err(format!("protocol '{p}' is not http or grpc"));
+            }
+            if protocols[..i].contains(p) {
+                return Err(format!("protocol '{p}' is named twice"));
+            }
+        }
+        if let Some(Ports::Many(ps)) = &self.port {
+            if ps.len() != protocols.len() {
+                return Err(format!(
+                    "port lists {} ports for {} protocols; give one per protocol, in order",
+                    ps.len(),
+                    protocols.len()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `protocol: http` or `protocol: [http]`.
@@ -307,7 +364,7 @@ struct DeploymentWith {
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
-    port: Option<u16>,
+    port: Option<Ports>,
     #[serde(default)]
     protocol: Option<Protocols>,
 }
@@ -448,16 +505,7 @@ impl FlowSpec {
         if executors.is_empty() {
             return Err("executors: a Flow needs at least one executor".into());
         }
-        let protocols = match &gateway.protocol {
-            None => vec![],
-            Some(Protocols::One(p)) => vec![p.clone()],
-            Some(Protocols::Many(ps)) => ps.clone(),
-        };
-        if let Some(p) = protocols.iter().find(|p| !p.eq_ignore_ascii_case("http")) {
-            return Err(format!(
-                "protocol '{p}': `ferroserve run` serves http only so far"
-            ));
-        }
+        gateway.check()?;
         let mut index = BTreeMap::new();
         for (i, e) in executors.iter_mut().enumerate() {
             let name = e.name.get_or_insert_with(|| format!("executor{i}")).clone();
@@ -666,7 +714,16 @@ mod tests {
         let cycle = e("jtype: Flow\nexecutors:\n  - {name: a, uses: A, needs: b}\n  - {name: b, uses: B, needs: a}\n");
         assert!(cycle.contains("cycle: "), "{cycle}");
         assert!(e("jtype: Pipeline\n").contains("Deployment, Flow"));
-        assert!(e("jtype: Deployment\nwith: {uses: A, protocol: grpc}\n").contains("http only"));
+        assert!(
+            e("jtype: Deployment\nwith: {uses: A, protocol: websocket}\n")
+                .contains("not http or grpc")
+        );
+        assert!(e(
+            "jtype: Flow\nwith: {protocol: [http, grpc], port: [1]}\nexecutors: [{uses: A}]\n"
+        )
+        .contains("one per protocol"));
+        let f = parse("jtype: Flow\nwith: {protocol: [http, grpc], port: [8000, 9000]}\nexecutors: [{uses: A}]\n").unwrap();
+        assert_eq!(f.gateway.port_of("grpc"), Some(9000));
         assert!(
             e("jtype: Flow\nexecutors:\n  - {name: a, uses: A}\n  - {name: a, uses: B}\n")
                 .contains("twice")

@@ -3,7 +3,14 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["grpc_service.proto", "model_config.proto"], ["proto"])?;
+    let fds = protox::compile(
+        [
+            "grpc_service.proto",
+            "model_config.proto",
+            "documents.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

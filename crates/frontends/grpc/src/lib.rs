@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod convert;
+mod documents;
 mod service;
 
 use std::future::Future;
@@ -23,12 +24,19 @@ use std::sync::Arc;
 use ferroserve_runtime::Runtime;
 use tonic_health::ServingStatus;
 
+pub use documents::DocumentsService;
 pub use service::{model_config, status, InferenceService};
 
 /// The protocol's messages and the generated client and server.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto {
     tonic::include_proto!("inference");
+}
+
+/// The documents service's messages and the generated client and server.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod documents_proto {
+    tonic::include_proto!("ferroserve.documents");
 }
 
 /// Settings of the gRPC frontend.
@@ -54,6 +62,18 @@ pub async fn serve(
     options: GrpcOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with(listener, runtime, None, options, shutdown).await
+}
+
+/// [`serve`], plus `ferroserve.documents.DocumentService` for `flow` when given (what
+/// `ferroserve run` serves).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+    flow: Option<Arc<ferroserve_flow::Flow>>,
+    options: GrpcOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let ready = runtime.clone();
     tokio::spawn(async move {
@@ -76,6 +96,13 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(inference)
+        .add_optional_service(flow.map(|f| {
+            documents_proto::document_service_server::DocumentServiceServer::new(
+                DocumentsService::new(f),
+            )
+            .max_decoding_message_size(options.max_message_bytes)
+            .max_encoding_message_size(options.max_message_bytes)
+        }))
         // Small HTTP/2 frames must not wait for Nagle's algorithm.
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
