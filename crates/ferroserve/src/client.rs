@@ -69,6 +69,8 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
         .timeout(std::time::Duration::from_secs_f64(args.timeout))
         .build()?;
     let url = format!("{}/post", args.url.trim_end_matches('/'));
+    let mut failures = 0usize;
+    let mut first_failure: Option<String> = None;
     // Sends one request and writes its documents; `lines` names the input lines it carried.
     let mut send = |batch: Vec<Document>, lines: (usize, usize)| -> anyhow::Result<()> {
         let sent = batch.len() as u64;
@@ -91,6 +93,17 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
             );
         }
         for doc in answer["data"].as_array().into_iter().flatten() {
+            if let Some(e) = doc.get("error") {
+                failures += 1;
+                first_failure.get_or_insert_with(|| {
+                    format!(
+                        "document '{}': executor '{}': {}",
+                        doc["id"].as_str().unwrap_or_default(),
+                        e["executor"].as_str().unwrap_or_default(),
+                        e["message"].as_str().unwrap_or_default()
+                    )
+                });
+            }
             serde_json::to_writer(&mut out, doc)?;
             out.write_all(b"\n")?;
         }
@@ -119,6 +132,12 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
         send(batch, (first, last))?;
     }
     out.flush()?;
+    if failures > 0 {
+        bail!(
+            "{failures} document(s) failed (each with its error in the output), the first: {}",
+            first_failure.unwrap_or_default()
+        );
+    }
     if let Some(bar) = bar {
         bar.finish();
     }

@@ -73,6 +73,29 @@ fn a_deployment_answers_documents_with_the_tasks_embeddings() {
         e["error"].as_str().unwrap().contains("executor 'encoder'"),
         "{e}"
     );
+    // One failing document does not lose the others: it comes back with its error.
+    let (status, mixed) = server.post_json(
+        "/encode",
+        &json!({"data": [{"id": "good", "text": texts[0]}, {"id": "bad"}, {"id": "also-good", "text": texts[1]}]}),
+    );
+    assert_eq!(status, 200, "{mixed}");
+    let docs = mixed["data"].as_array().unwrap();
+    assert_eq!(docs[0]["id"], "good");
+    assert_eq!(
+        as_f32(&docs[0]["embedding"]),
+        as_f32(&task["data"][0]["embedding"])
+    );
+    assert_eq!(docs[1]["id"], "bad");
+    assert_eq!(docs[1]["error"]["executor"], "encoder");
+    assert!(docs[1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("has no text"));
+    assert!(docs[1].get("embedding").is_none());
+    assert_eq!(
+        as_f32(&docs[2]["embedding"]),
+        as_f32(&task["data"][1]["embedding"])
+    );
     server.assert_healthy();
 }
 
@@ -138,7 +161,7 @@ fn the_client_posts_a_file_in_requests_of_the_given_size() {
         .unwrap();
     assert_eq!(requests, 3.0);
 
-    // A document the Deployment refuses stops the client with the lines it was on.
+    // A document the Deployment cannot take fails alone; the client reports it and fails.
     std::fs::write(&input, "fine\n{\"id\": \"no-text\"}\n").unwrap();
     let run = Command::new(ferroserve_binary())
         .args([
@@ -155,7 +178,7 @@ fn the_client_posts_a_file_in_requests_of_the_given_size() {
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
-        stderr.contains("lines 1..2") && stderr.contains("has no text"),
+        stderr.contains("1 document(s) failed") && stderr.contains("has no text"),
         "{stderr}"
     );
 }

@@ -346,21 +346,38 @@ async fn call_model(
     if docs.is_empty() {
         return Ok(docs);
     }
+    // A document without the task's input fails alone; the others go on.
+    let field = match kind {
+        TaskKind::ImageClassification => "blob",
+        TaskKind::TextEmbedding | TaskKind::TextClassification => "text",
+    };
+    let usable: Vec<usize> = (0..docs.len())
+        .filter(|&i| match kind {
+            TaskKind::ImageClassification => docs[i].blob.as_ref().is_some_and(|b| !b.is_empty()),
+            _ => docs[i].text.as_ref().is_some_and(|t| !t.is_empty()),
+        })
+        .collect();
+    for (i, d) in docs.iter_mut().enumerate() {
+        if !usable.contains(&i) {
+            let id = d.id.clone();
+            d.fail(format!("document '{id}' has no {field}"));
+        }
+    }
+    if usable.is_empty() {
+        return Ok(docs);
+    }
     let input = match kind {
         TaskKind::ImageClassification => TaskInput::Images(
-            docs.iter()
-                .map(|d| {
-                    d.blob
-                        .clone()
-                        .map(bytes::Bytes::from)
-                        .ok_or_else(|| missing(d, "blob"))
-                })
-                .collect::<Result<_, _>>()?,
+            usable
+                .iter()
+                .map(|&i| bytes::Bytes::from(docs[i].blob.clone().unwrap_or_default()))
+                .collect(),
         ),
         TaskKind::TextEmbedding | TaskKind::TextClassification => TaskInput::Texts(
-            docs.iter()
-                .map(|d| d.text.clone().ok_or_else(|| missing(d, "text")))
-                .collect::<Result<_, _>>()?,
+            usable
+                .iter()
+                .map(|&i| docs[i].text.clone().unwrap_or_default())
+                .collect(),
         ),
     };
     let task = runtime.task(model, None)?;
@@ -377,12 +394,13 @@ async fn call_model(
         .await?;
     match answer.output {
         TaskOutput::Embeddings { vectors, .. } => {
-            for (d, v) in docs.iter_mut().zip(vectors) {
-                d.embedding = Some(v);
+            for (&i, v) in usable.iter().zip(vectors) {
+                docs[i].embedding = Some(v);
             }
         }
         TaskOutput::Classes(scores) => {
-            for (d, s) in docs.iter_mut().zip(scores) {
+            for (&i, s) in usable.iter().zip(scores) {
+                let d = &mut docs[i];
                 let top = s.top_k(top_k);
                 if let Some((_, label, _)) = top.first() {
                     d.tags.insert("label".into(), (*label).into());
@@ -394,10 +412,6 @@ async fn call_model(
         }
     }
     Ok(docs)
-}
-
-fn missing(d: &Document, field: &str) -> Error {
-    Error::invalid(format!("document '{}' has no {field}", d.id))
 }
 
 /// Runs a custom executor on an idle instance, on a blocking thread; waits for one when all are

@@ -50,6 +50,20 @@ pub struct Document {
     /// Sub-documents.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<Document>,
+    /// Why an executor could not process this document. The other documents of the request go
+    /// on; later executors pass this one through untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<DocError>,
+}
+
+/// A document's failure: the executor and its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocError {
+    /// The executor that failed the document (filled in by the Flow).
+    pub executor: String,
+    /// Why.
+    pub message: String,
 }
 
 /// A dense FP32 tensor of a document: `shape` and the values in row-major order.
@@ -80,6 +94,15 @@ impl Document {
         }
     }
 
+    /// Marks this document failed with `message`, leaving the request's other documents to go
+    /// on (an executor returns `Err` instead to fail the whole request).
+    pub fn fail(&mut self, message: impl Into<String>) {
+        self.error = Some(DocError {
+            executor: String::new(),
+            message: message.into(),
+        });
+    }
+
     /// Folds `other` (the same document as another branch of a Flow left it) into this one:
     /// content this one lacks is taken, tags and scores are united (the other branch's value
     /// wins a clash), chunks are appended.
@@ -99,6 +122,9 @@ impl Document {
         self.tags.extend(other.tags);
         self.scores.extend(other.scores);
         self.chunks.extend(other.chunks);
+        if self.error.is_none() {
+            self.error = other.error;
+        }
     }
 }
 

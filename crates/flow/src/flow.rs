@@ -97,7 +97,7 @@ impl Flow {
                     [] => docs.clone(),
                     needs => merge(needs.iter().filter_map(|&j| outputs[j].clone())),
                 };
-                self.nodes[i].call(endpoint, input, parameters)
+                call_node(&self.nodes[i], endpoint, input, parameters)
             });
             let results = futures_util::future::join_all(calls).await;
             for (i, result) in ready.into_iter().zip(results) {
@@ -107,8 +107,69 @@ impl Flow {
                 })?);
             }
         }
-        Ok(merge(self.sinks.iter().filter_map(|&i| outputs[i].take())))
+        let answer = merge(self.sinks.iter().filter_map(|&i| outputs[i].take()));
+        // When every document failed, the request did: say why with the first reason.
+        if let Some(e) = answer
+            .first()
+            .and_then(|d| d.error.clone())
+            .filter(|_| answer.iter().all(|d| d.error.is_some()))
+        {
+            return Err(FlowError {
+                executor: e.executor,
+                error: Error::InvalidArgument(e.message),
+            });
+        }
+        Ok(answer)
     }
+}
+
+/// Calls one executor with the documents that have not failed; failed ones pass around it and
+/// keep their place (when the executor returns one document per document, as most do). Failures
+/// the executor marks get its name.
+async fn call_node(
+    node: &Arc<Deployment>,
+    endpoint: &str,
+    docs: Vec<Document>,
+    parameters: &Parameters,
+) -> Result<Vec<Document>, Error> {
+    let total = docs.len();
+    let mut failed = Vec::new();
+    let mut ok = Vec::with_capacity(total);
+    for (i, d) in docs.into_iter().enumerate() {
+        if d.error.is_some() {
+            failed.push((i, d));
+        } else {
+            ok.push(d);
+        }
+    }
+    let sent = ok.len();
+    let mut out = if ok.is_empty() {
+        ok
+    } else {
+        node.call(endpoint, ok, parameters).await?
+    };
+    for d in &mut out {
+        if let Some(e) = d.error.as_mut().filter(|e| e.executor.is_empty()) {
+            e.executor = node.name.clone();
+        }
+    }
+    if failed.is_empty() {
+        return Ok(out);
+    }
+    if out.len() != sent {
+        out.extend(failed.into_iter().map(|(_, d)| d));
+        return Ok(out);
+    }
+    let mut done = out.into_iter();
+    let mut failed = failed.into_iter().peekable();
+    let mut all = Vec::with_capacity(total);
+    for i in 0..total {
+        match failed.next_if(|(at, _)| *at == i) {
+            Some((_, d)) => all.push(d),
+            None => all.extend(done.next()),
+        }
+    }
+    Ok(all)
 }
 
 /// Merges lists of documents by id: a document's first appearance sets its place, later copies

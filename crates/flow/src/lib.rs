@@ -19,6 +19,6 @@ mod flow;
 pub mod spec;
 
 pub use deployment::{DeploymentHandle, Handles};
-pub use document::{DocTensor, Document};
+pub use document::{DocError, DocTensor, Document};
 pub use executor::{Constructor, Executor, ExecutorError, Executors, Init, Parameters};
 pub use flow::{Flow, FlowError};

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use ferroserve_core::Error;
-use ferroserve_flow::{DocTensor, Document, Flow, Parameters};
+use ferroserve_flow::{DocError, DocTensor, Document, Flow, Parameters};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -108,6 +108,10 @@ fn from_proto(d: pb::Document) -> Result<Document, Status> {
             .into_iter()
             .map(from_proto)
             .collect::<Result<_, _>>()?,
+        error: d.error.map(|e| DocError {
+            executor: e.executor,
+            message: e.message,
+        }),
         ..Document::new()
     };
     if !d.id.is_empty() {
@@ -133,6 +137,10 @@ fn to_proto(d: Document) -> pb::Document {
         },
         scores: d.scores.into_iter().collect(),
         chunks: d.chunks.into_iter().map(to_proto).collect(),
+        error: d.error.map(|e| pb::DocError {
+            executor: e.executor,
+            message: e.message,
+        }),
     }
 }
 

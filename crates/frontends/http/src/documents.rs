@@ -34,7 +34,7 @@ struct DocumentsRequest {
 #[serde(untagged)]
 enum Item {
     Text(String),
-    Doc(Document),
+    Doc(Box<Document>),
 }
 
 #[derive(Serialize)]
@@ -115,7 +115,7 @@ async fn run(s: &AppState, endpoint: Option<String>, bytes: Bytes) -> Result<Res
         .into_iter()
         .map(|i| match i {
             Item::Text(t) => Document::text(t),
-            Item::Doc(d) => d,
+            Item::Doc(d) => *d,
         })
         .collect();
     let data = flow
