@@ -257,6 +257,79 @@ fn the_documents_service_answers_over_grpc_like_http() {
     });
 }
 
+#[test]
+fn a_model_deployment_autoscales_from_zero_and_back() {
+    let repo = Repo::with(&[]);
+    let yaml = format!(
+        "jtype: Deployment\nwith:\n  name: encoder\n  uses: {}\n  autoscaling:\n    min_replicas: 0\n    max_replicas: 2\n    target_ongoing_requests: 1\n    upscale_delay_s: 0.2\n    downscale_delay_s: 0.5\n    metrics_interval_s: 0.1\n    look_back_period_s: 0.2\n",
+        model_dir("minilm").display()
+    );
+    repo.write("deployment.yml", yaml.as_bytes());
+    let file = repo.path().join("deployment.yml");
+    let server = Server::run_flow(ferroserve_binary(), &file, repo);
+    let replicas = |s: &Server| {
+        s.metric("ferroserve_replicas", &[("model", "encoder")])
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        replicas(&server),
+        0.0,
+        "no replica while idle (min_replicas 0)"
+    );
+    // The first request waits in the queue while a replica loads, then is answered.
+    let (status, first) = server.post_json("/encode", &json!({"data": ["hello"]}));
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(as_f32(&first["data"][0]["embedding"]).len(), 384);
+    // Load: 6 clients with 8 sentences each; the deployment grows to max_replicas, no further.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut most = 0.0f64;
+    let failed = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..6)
+            .map(|_| {
+                let (server, stop) = (&server, &stop);
+                s.spawn(move || {
+                    let mut failed = 0;
+                    let body =
+                        json!({"data": vec!["a sentence to embed, a little longer than most"; 8]});
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        failed += usize::from(server.post_json("/encode", &body).0 != 200);
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::time::Instant::now() < deadline && most < 2.0 {
+            most = most.max(replicas(&server));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for _ in 0..5 {
+            most = most.max(replicas(&server));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        clients
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .sum::<usize>()
+    });
+    assert_eq!(most, 2.0, "scaled to max_replicas and no further");
+    assert_eq!(failed, 0, "no request failed while scaling");
+    // Idle again: back to zero after the downscale delay.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while replicas(&server) > 0.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(replicas(&server), 0.0);
+    assert_eq!(
+        server.metric(
+            "ferroserve_deployment_replicas",
+            &[("deployment", "encoder")]
+        ),
+        Some(0.0)
+    );
+}
+
 /// Runs `ferroserve run` on `yaml` and returns its stderr, asserting it failed at start-up.
 fn refused(yaml: &str) -> String {
     let repo = Repo::with(&[]);

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use ferroserve_runtime::metrics::Gauge;
 
+use ferroserve_runtime::Runtime;
+
 use crate::deployment::Instances;
 use crate::spec::Autoscaling;
 use crate::Executor;
@@ -17,12 +19,73 @@ use crate::Executor;
 /// Builds instance number `n` of the deployment.
 pub(crate) type Make = Box<dyn Fn(usize) -> Result<Arc<dyn Executor>, String> + Send>;
 
+/// What an autoscaler scales.
+pub(crate) trait Scaled: Send {
+    /// `(requests running and waiting, requests waiting, instances)`, or `None` once the
+    /// deployment is gone.
+    fn load(&self) -> Option<(usize, usize, usize)>;
+    /// Moves toward `n` instances (starting new ones before they take work, stopping only idle
+    /// or finished ones); returns the instances now.
+    fn scale_to(&mut self, n: usize) -> Result<usize, String>;
+}
+
+/// A registered executor's instances.
+pub(crate) struct CustomScaled {
+    pub instances: Weak<Instances>,
+    pub make: Make,
+    /// Number of the next instance made.
+    pub next: usize,
+}
+
+impl Scaled for CustomScaled {
+    fn load(&self) -> Option<(usize, usize, usize)> {
+        let i = self.instances.upgrade()?;
+        Some((i.ongoing(), i.waiting(), i.size()))
+    }
+
+    fn scale_to(&mut self, n: usize) -> Result<usize, String> {
+        let Some(instances) = self.instances.upgrade() else {
+            return Ok(0);
+        };
+        for _ in instances.size()..n {
+            instances.grow((self.make)(self.next)?);
+            self.next += 1;
+        }
+        for _ in n..instances.size() {
+            // Only idle instances go; busy ones are left for a later round.
+            if !instances.shrink() {
+                break;
+            }
+        }
+        Ok(instances.size())
+    }
+}
+
+/// A model folder's replicas, through the runtime.
+pub(crate) struct ModelScaled {
+    pub runtime: Weak<Runtime>,
+    pub model: String,
+}
+
+impl Scaled for ModelScaled {
+    fn load(&self) -> Option<(usize, usize, usize)> {
+        let (queued, running, replicas) = self.runtime.upgrade()?.load_of(&self.model).ok()?;
+        Some((queued + running, queued, replicas))
+    }
+
+    fn scale_to(&mut self, n: usize) -> Result<usize, String> {
+        match self.runtime.upgrade() {
+            Some(r) => r.scale(&self.model, n).map_err(|e| e.to_string()),
+            None => Ok(0),
+        }
+    }
+}
+
 /// One deployment's autoscaler; runs on its own thread until the deployment is dropped.
 pub(crate) struct Autoscaler {
     pub deployment: String,
     pub config: Autoscaling,
-    pub instances: Weak<Instances>,
-    pub make: Make,
+    pub target: Box<dyn Scaled>,
     /// `(serving now, target)`.
     pub gauges: (Gauge, Gauge),
 }
@@ -118,52 +181,30 @@ impl Autoscaler {
             .map(drop)
     }
 
-    fn run(self) {
+    fn run(mut self) {
         let mut rule = Rule::new(self.config.clone());
         let interval = Duration::from_secs_f64(self.config.metrics_interval_s);
-        let mut next_replica = self.instances.upgrade().map_or(0, |i| i.size());
-        loop {
-            let Some(instances) = self.instances.upgrade() else {
-                return;
-            };
-            let current = instances.size();
+        while let Some((ongoing, waiting, current)) = self.target.load() {
             self.gauges.0.set(current as i64);
-            let (target, decision) = rule.observe(
-                Instant::now(),
-                instances.ongoing(),
-                instances.waiting(),
-                current,
-            );
+            let (target, decision) = rule.observe(Instant::now(), ongoing, waiting, current);
             self.gauges.1.set(target as i64);
             if let Decision::ScaleTo(n) = decision {
                 tracing::info!(
                     deployment = %self.deployment,
                     from = current,
                     to = n,
-                    ongoing = instances.ongoing(),
+                    ongoing,
                     "autoscaling"
                 );
-                for _ in current..n {
-                    match (self.make)(next_replica) {
-                        Ok(instance) => {
-                            instances.grow(instance);
-                            next_replica += 1;
-                        }
-                        Err(e) => {
-                            tracing::error!(deployment = %self.deployment, error = %e, "cannot start an instance");
-                            break;
-                        }
+                match self.target.scale_to(n) {
+                    Ok(now) => {
+                        self.gauges.0.set(now as i64);
+                    }
+                    Err(e) => {
+                        tracing::error!(deployment = %self.deployment, error = %e, "cannot scale")
                     }
                 }
-                // Only idle instances go; busy ones are left for a later round.
-                for _ in n..current {
-                    if !instances.shrink() {
-                        break;
-                    }
-                }
-                self.gauges.0.set(instances.size() as i64);
             }
-            drop(instances);
             std::thread::sleep(interval);
         }
     }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::autoscale::{CustomScaled, ModelScaled};
 use crate::batching::Batcher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -214,16 +215,19 @@ impl Deployment {
                     crate::autoscale::Autoscaler {
                         deployment: name.clone(),
                         config: config.clone(),
-                        instances: Arc::downgrade(&instances),
-                        make: Box::new(move |replica| {
-                            let init = Init {
-                                with: &with,
-                                shard,
-                                shards: 1,
-                                replica,
-                                handles: &handles,
-                            };
-                            make(&init).map(Arc::from)
+                        target: Box::new(CustomScaled {
+                            next: instances.size(),
+                            instances: Arc::downgrade(&instances),
+                            make: Box::new(move |replica| {
+                                let init = Init {
+                                    with: &with,
+                                    shard,
+                                    shards: 1,
+                                    replica,
+                                    handles: &handles,
+                                };
+                                make(&init).map(Arc::from)
+                            }),
                         }),
                         gauges: runtime.metrics().deployment(&name),
                     }
@@ -255,11 +259,10 @@ impl Deployment {
             if !spec.uses_with.is_empty()
                 || spec.shards > 1
                 || spec.polling.is_some()
-                || spec.autoscaling.is_some()
                 || !spec.uses_dynamic_batching.is_empty()
             {
                 return Err(
-                    "uses_with, shards, polling, autoscaling and uses_dynamic_batching apply to registered executors; a model folder's model.yaml configures it (its dynamic_batching batches across requests already)".into(),
+                    "uses_with, shards, polling and uses_dynamic_batching apply to registered executors; a model folder's model.yaml configures it (its dynamic_batching batches across requests already)".into(),
                 );
             }
             runtime
@@ -267,7 +270,9 @@ impl Deployment {
                     &name,
                     &dir,
                     Overrides {
-                        replicas: Some(spec.replicas()),
+                        // A model loads at least one replica (its inputs and outputs come from
+                        // it); an autoscaled one starting at zero lets it go right after.
+                        replicas: Some(spec.replicas().max(1)),
                         devices: placement,
                     },
                 )
@@ -279,6 +284,22 @@ impl Deployment {
                     dir.display()
                 )
             })?;
+            if let Some(config) = &spec.autoscaling {
+                if spec.replicas() == 0 {
+                    runtime.scale(&name, 0).map_err(|e| e.to_string())?;
+                }
+                crate::autoscale::Autoscaler {
+                    deployment: name.clone(),
+                    config: config.clone(),
+                    target: Box::new(ModelScaled {
+                        runtime: Arc::downgrade(runtime),
+                        model: name.clone(),
+                    }),
+                    gauges: runtime.metrics().deployment(&name),
+                }
+                .start()
+                .map_err(|e| format!("cannot start the autoscaler: {e}"))?;
+            }
             Node::Model {
                 kind,
                 runtime: runtime.clone(),

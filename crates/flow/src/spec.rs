@@ -62,7 +62,7 @@ pub struct ExecutorSpec {
     #[serde(default)]
     pub polling: Option<PollingSpec>,
     /// Instances follow the load between `min_replicas` and `max_replicas` (Ray Serve's
-    /// `autoscaling_config`). Registered executors with one shard only, so far.
+    /// `autoscaling_config`): registered executors (with one shard) and model folders.
     #[serde(default)]
     pub autoscaling: Option<Autoscaling>,
     /// Per endpoint, gather the documents of concurrent requests into one call of a registered

@@ -149,6 +149,15 @@ struct Version {
     task: Option<Arc<Task>>,
     /// Most rows in one model request a task may make (0: no limit).
     task_rows: usize,
+    /// How to load one more replica.
+    recipe: Recipe,
+}
+
+/// What loading a replica of a version takes.
+struct Recipe {
+    file: std::path::PathBuf,
+    config: ModelConfig,
+    threads: usize,
 }
 
 enum VersionState {
@@ -374,23 +383,14 @@ impl Runtime {
         let threads = config
             .threads
             .unwrap_or_else(|| (cores / config.replicas).max(1));
+        let recipe = Recipe {
+            file: file.to_path_buf(),
+            config: config.clone(),
+            threads,
+        };
         let mut replicas: Vec<Box<dyn Backend>> = Vec::with_capacity(config.replicas);
         for device in devices {
-            let backend: Box<dyn Backend> = match config.backend {
-                BackendKind::Onnx => Box::new(
-                    OnnxBackend::load(
-                        &self.onnx,
-                        file,
-                        SessionOptions {
-                            device,
-                            intra_op_threads: Some(threads),
-                            inter_op_threads: config.inter_op_threads,
-                        },
-                    )
-                    .map_err(|e| e.to_string())?,
-                ),
-            };
-            replicas.push(backend);
+            replicas.push(self.backend(&recipe, device)?);
         }
         let signature = replicas[0].signature().clone();
         let files = Files::new(
@@ -470,7 +470,59 @@ impl Runtime {
             config: info,
             task,
             task_rows,
+            recipe,
         })
+    }
+
+    fn backend(
+        &self,
+        recipe: &Recipe,
+        device: Device,
+    ) -> std::result::Result<Box<dyn Backend>, String> {
+        match recipe.config.backend {
+            BackendKind::Onnx => Ok(Box::new(
+                OnnxBackend::load(
+                    &self.onnx,
+                    &recipe.file,
+                    SessionOptions {
+                        device,
+                        intra_op_threads: Some(recipe.threads),
+                        inter_op_threads: recipe.config.inter_op_threads,
+                    },
+                )
+                .map_err(|e| e.to_string())?,
+            )),
+        }
+    }
+
+    /// Sets the replicas of `model`'s default version to `replicas`: new ones are loaded (on
+    /// the devices its placement gives them) before they take work; extra ones stop after the
+    /// batch they are running, so no request fails. At 0, requests wait in the bounded queue for
+    /// the next replica. Blocks while replicas load; returns the replicas now serving.
+    pub fn scale(&self, model: &str, replicas: usize) -> Result<usize> {
+        let v = self.resolve(model, None)?;
+        let current = v.scheduler.replicas();
+        if replicas < current {
+            v.scheduler.retire(current - replicas);
+        } else if replicas > current {
+            let mut config = v.recipe.config.clone();
+            config.replicas = replicas;
+            let devices = replica_devices(&config).map_err(Error::Unavailable)?;
+            for device in devices.into_iter().skip(current) {
+                let backend = self
+                    .backend(&v.recipe, device)
+                    .map_err(|e| Error::Unavailable(format!("model '{model}': {e}")))?;
+                v.scheduler.add(backend);
+            }
+        }
+        Ok(v.scheduler.replicas())
+    }
+
+    /// `model`'s default version's load: `(requests queued, requests computing, replicas)`.
+    pub fn load_of(&self, model: &str) -> Result<(usize, usize, usize)> {
+        let v = self.resolve(model, None)?;
+        let (queued, running) = v.scheduler.load();
+        Ok((queued, running, v.scheduler.replicas()))
     }
 
     /// True once the repository has been loaded (models that failed do not hold the server

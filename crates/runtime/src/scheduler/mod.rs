@@ -8,7 +8,7 @@ mod queue;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,6 +49,14 @@ pub(crate) struct Scheduler {
     config: Arc<SchedulerConfig>,
     queue: Arc<Queue>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    gate: Option<Arc<Gate>>,
+    policy: BatchPolicy,
+    signature: Arc<Signature>,
+    metrics: ModelMetrics,
+    /// Replicas serving (started and not asked to retire).
+    replicas: AtomicUsize,
+    /// Replica threads started so far, for their names.
+    started: AtomicUsize,
 }
 
 impl Scheduler {
@@ -72,33 +80,78 @@ impl Scheduler {
             delay: config.max_queue_delay,
             max_tokens: config.max_batch_tokens,
         };
-        let signature = Arc::new(signature);
-        metrics.replicas.set(replicas.len() as i64);
-        let workers = replicas
-            .into_iter()
-            .enumerate()
-            .map(|(i, backend)| {
-                let replica = Replica {
-                    backend,
-                    queue: queue.clone(),
-                    gate: gate.clone(),
-                    policy: policy.clone(),
-                    config: config.clone(),
-                    signature: signature.clone(),
-                    metrics: metrics.clone(),
-                };
-                std::thread::Builder::new()
-                    .name(format!("replica-{}-{i}", config.model))
-                    .spawn(move || replica.run())
-            })
-            .collect::<std::io::Result<Vec<_>>>()
-            // Failing to start a thread means the process is out of resources; nothing to serve.
-            .unwrap_or_else(|e| panic!("cannot start replica threads: {e}"));
-        Self {
+        let scheduler = Self {
             config,
             queue,
-            workers: Mutex::new(workers),
+            workers: Mutex::new(Vec::new()),
+            gate,
+            policy,
+            signature: Arc::new(signature),
+            metrics,
+            replicas: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+        };
+        for backend in replicas {
+            scheduler.add(backend);
         }
+        scheduler
+    }
+
+    /// Starts a replica thread on `backend`; it takes the next batch like the others.
+    pub fn add(&self, backend: Box<dyn Backend>) {
+        let replica = Replica {
+            backend,
+            queue: self.queue.clone(),
+            gate: self.gate.clone(),
+            policy: self.policy.clone(),
+            config: self.config.clone(),
+            signature: self.signature.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let i = self.started.fetch_add(1, Ordering::AcqRel);
+        let worker = std::thread::Builder::new()
+            .name(format!("replica-{}-{i}", self.config.model))
+            .spawn(move || replica.run())
+            // Failing to start a thread means the process is out of resources; nothing to serve.
+            .unwrap_or_else(|e| panic!("cannot start replica threads: {e}"));
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        workers.retain(|w| !w.is_finished());
+        workers.push(worker);
+        let n = self.replicas.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.replicas.set(n as i64);
+    }
+
+    /// Asks up to `n` replicas to stop after their current batch; returns how many will.
+    pub fn retire(&self, n: usize) -> usize {
+        let mut current = self.replicas.load(Ordering::Acquire);
+        loop {
+            let take = n.min(current);
+            match self.replicas.compare_exchange(
+                current,
+                current - take,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.queue.retire(take);
+                    self.metrics.replicas.set((current - take) as i64);
+                    return take;
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Replicas serving.
+    pub fn replicas(&self) -> usize {
+        self.replicas.load(Ordering::Acquire)
+    }
+
+    /// Requests queued, and requests being computed.
+    pub fn load(&self) -> (usize, usize) {
+        let queued = self.metrics.queue_depth.get().max(0) as usize;
+        let running = self.metrics.inflight.get().max(0) as usize;
+        (queued, running)
     }
 
     /// Queues `request` and waits for its outputs.

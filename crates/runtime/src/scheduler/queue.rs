@@ -95,6 +95,9 @@ struct Inner {
     /// Replicas blocked in [`Queue::next`]; a push wakes them only when there are any, which
     /// spares a system call per request while every replica is busy.
     waiting: usize,
+    /// Replicas asked to stop; the next ones to look for work (after finishing their batch)
+    /// stop instead.
+    retiring: usize,
 }
 
 /// What [`Inner::step`] decided.
@@ -206,6 +209,7 @@ impl Queue {
                 next_seq: 0,
                 swept: Vec::new(),
                 waiting: 0,
+                retiring: 0,
             }),
             changed: Condvar::new(),
             capacity,
@@ -268,11 +272,23 @@ impl Queue {
         self.changed.notify_all();
     }
 
+    /// Asks `n` replicas to stop once they finish what they are running (scaling down drains,
+    /// it never drops a request).
+    pub fn retire(&self, n: usize) {
+        self.lock().retiring += n;
+        self.changed.notify_all();
+    }
+
     /// Blocks until there is work for a replica: a batch formed under `policy`, or expired
-    /// requests to answer. `None` once the queue is closed and empty.
+    /// requests to answer. `None` once the queue is closed and empty, or when this replica is
+    /// to retire.
     pub fn next(&self, policy: &BatchPolicy) -> Option<Work> {
         let mut inner = self.lock();
         loop {
+            if inner.retiring > 0 {
+                inner.retiring -= 1;
+                return None;
+            }
             let step = inner.step(policy, Instant::now());
             self.release_swept(&mut inner);
             self.depth.set(inner.items.len() as i64);
