@@ -330,6 +330,46 @@ fn a_model_deployment_autoscales_from_zero_and_back() {
     );
 }
 
+#[test]
+fn a_plain_model_is_an_executor_of_tensors() {
+    let repo = Repo::with(&[]);
+    let yaml = format!(
+        "jtype: Deployment\nwith:\n  name: echo\n  uses: {}\n",
+        model_dir("identity").display()
+    );
+    repo.write("deployment.yml", yaml.as_bytes());
+    let file = repo.path().join("deployment.yml");
+    let server = Server::run_flow(ferroserve_binary(), &file, repo);
+    let row = |k: f32| (0..16).map(|i| i as f32 * k).collect::<Vec<_>>();
+    let (status, answer) = server.post_json(
+        "/post",
+        &json!({"data": [
+            {"id": "a", "tensor": {"shape": [16], "data": row(1.0)}},
+            {"id": "none"},
+            {"id": "b", "tensor": {"shape": [16], "data": row(0.5)}}
+        ]}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let docs = answer["data"].as_array().unwrap();
+    assert_eq!(as_f32(&docs[0]["tensor"]["data"]), row(1.0));
+    assert_eq!(docs[0]["tensor"]["shape"], json!([16]));
+    assert!(docs[1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("has no tensor"));
+    assert_eq!(as_f32(&docs[2]["tensor"]["data"]), row(0.5));
+    // A tensor the model cannot take fails the request with the model's reason.
+    let (status, e) = server.post_json(
+        "/post",
+        &json!({"data": [{"tensor": {"shape": [3], "data": [1, 2, 3]}}]}),
+    );
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("executor 'echo'"),
+        "{e}"
+    );
+}
+
 /// Runs `ferroserve run` on `yaml` and returns its stderr, asserting it failed at start-up.
 fn refused(yaml: &str) -> String {
     let repo = Repo::with(&[]);
@@ -377,7 +417,7 @@ fn yaml_mistakes_are_refused_at_start_with_file_path_and_reason() {
         "jtype: Deployment\nwith: {{uses: {}}}\n",
         Path::new(&model_dir("simple")).display()
     ));
-    assert!(plain.contains("has no task"), "{plain}");
+    assert!(plain.contains("one FP32 input"), "{plain}");
     // Placement from the YAML reaches the model (this build has no CUDA, so a GPU is refused
     // with the reason, whatever the machine).
     let gpu = refused(&format!(

@@ -8,7 +8,7 @@ use crate::batching::Batcher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ferroserve_core::Error;
+use ferroserve_core::{DataType, Error, InferRequest, NamedTensor, Tensor};
 use ferroserve_runtime::{Overrides, Runtime};
 use ferroserve_tasks::{TaskInput, TaskKind, TaskOutput};
 use tokio::sync::Semaphore;
@@ -93,6 +93,12 @@ enum Node {
     /// A model folder served by its task, loaded into the runtime under the deployment's name.
     Model {
         kind: TaskKind,
+        runtime: Arc<Runtime>,
+    },
+    /// A model folder without a task: each document's `tensor` is one row of its only input,
+    /// and the row of its first output comes back as the document's `tensor`.
+    Plain {
+        input: String,
         runtime: Arc<Runtime>,
     },
 }
@@ -278,12 +284,7 @@ impl Deployment {
                 )
                 .map_err(|err| err.to_string())?;
             let task = runtime.task(&name, None).map_err(|err| err.to_string())?;
-            let kind = task.map(|t| t.kind()).ok_or_else(|| {
-                format!(
-                    "{} has no task: a model serves documents through its task (set task: in its model.yaml)",
-                    dir.display()
-                )
-            })?;
+            let kind = task.map(|t| t.kind());
             if let Some(config) = &spec.autoscaling {
                 if spec.replicas() == 0 {
                     runtime.scale(&name, 0).map_err(|e| e.to_string())?;
@@ -300,9 +301,15 @@ impl Deployment {
                 .start()
                 .map_err(|e| format!("cannot start the autoscaler: {e}"))?;
             }
-            Node::Model {
-                kind,
-                runtime: runtime.clone(),
+            match kind {
+                Some(kind) => Node::Model {
+                    kind,
+                    runtime: runtime.clone(),
+                },
+                None => Node::Plain {
+                    input: plain_input(runtime, &name)?,
+                    runtime: runtime.clone(),
+                },
             }
         };
         Ok(Self {
@@ -353,8 +360,98 @@ impl Deployment {
             Node::Model { kind, runtime } => {
                 call_model(runtime, &self.name, *kind, docs, parameters).await
             }
+            Node::Plain { input, runtime } => call_plain(runtime, &self.name, input, docs).await,
         }
     }
+}
+
+/// The one FP32 input, with a batch dimension, that a plain model executor fills from
+/// documents' tensors.
+fn plain_input(runtime: &Runtime, model: &str) -> Result<String, String> {
+    let meta = runtime
+        .model_metadata(model, None)
+        .map_err(|e| e.to_string())?;
+    match meta.inputs.as_slice() {
+        [one] if one.datatype == DataType::Fp32 && one.shape.first() == Some(&-1) => {
+            Ok(one.name.clone())
+        }
+        _ => Err(format!(
+            "a model without a task serves documents when it has one FP32 input with a dynamic batch dimension (each document's tensor is a row); this one's inputs are {:?} (or give it a task: in its model.yaml)",
+            meta.inputs
+                .iter()
+                .map(|i| format!("{} {} {:?}", i.name, i.datatype, i.shape))
+                .collect::<Vec<_>>()
+        )),
+    }
+}
+
+/// Runs a plain model on the documents' tensors: those of one shape go in one request; a
+/// document without a tensor fails alone.
+async fn call_plain(
+    runtime: &Runtime,
+    model: &str,
+    input: &str,
+    mut docs: Vec<Document>,
+) -> Result<Vec<Document>, Error> {
+    let mut groups: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
+    for (i, d) in docs.iter_mut().enumerate() {
+        match &d.tensor {
+            Some(t) => groups.entry(t.shape.clone()).or_default().push(i),
+            None => {
+                let id = d.id.clone();
+                d.fail(format!("document '{id}' has no tensor"));
+            }
+        }
+    }
+    for (shape, members) in groups {
+        let mut data = Vec::new();
+        for &i in &members {
+            if let Some(t) = &docs[i].tensor {
+                data.extend(t.data.iter().flat_map(|v| v.to_le_bytes()));
+            }
+        }
+        let mut dims = vec![members.len()];
+        dims.extend(&shape);
+        let tensor = Tensor::new(DataType::Fp32, dims, bytes::Bytes::from(data))
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        let request = InferRequest {
+            inputs: vec![NamedTensor {
+                name: input.to_string(),
+                tensor,
+            }],
+            ..Default::default()
+        };
+        let response = runtime.infer(model, None, request).await?;
+        let out = response
+            .outputs
+            .first()
+            .ok_or_else(|| Error::Internal("the model returned no output".into()))?;
+        if out.tensor.dtype() != DataType::Fp32
+            || out.tensor.shape().first() != Some(&members.len())
+        {
+            return Err(Error::Internal(format!(
+                "output '{}' is {} {:?}; documents take FP32 rows",
+                out.name,
+                out.tensor.dtype(),
+                out.tensor.shape()
+            )));
+        }
+        let row_shape = out.tensor.shape()[1..].to_vec();
+        let values: Vec<f32> = out
+            .tensor
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let per = values.len() / members.len().max(1);
+        for (&i, row) in members.iter().zip(values.chunks(per.max(1))) {
+            docs[i].tensor = Some(crate::DocTensor {
+                shape: row_shape.clone(),
+                data: row.to_vec(),
+            });
+        }
+    }
+    Ok(docs)
 }
 
 async fn call_model(

@@ -75,6 +75,30 @@ impl Flow {
         self.spec.deployment.then(|| self.nodes[0].name.as_str())
     }
 
+    /// Runs `docs` through the executor `name` alone (Ray Serve's route to one deployment).
+    pub async fn run_one(
+        &self,
+        name: &str,
+        endpoint: &str,
+        docs: Vec<Document>,
+        parameters: &Parameters,
+    ) -> Result<Vec<Document>, FlowError> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| FlowError {
+                executor: name.to_string(),
+                error: Error::NotFound(format!("no executor '{name}'")),
+            })?;
+        call_node(node, endpoint, docs, parameters)
+            .await
+            .map_err(|error| FlowError {
+                executor: name.to_string(),
+                error,
+            })
+    }
+
     /// Runs `docs` through the executors for `endpoint`: executors whose needs are done run
     /// together; an executor with several needs gets their documents merged by id; the answer
     /// is the documents of the executors nothing needs, merged.

@@ -50,6 +50,15 @@ fn three_executors_in_a_chain_each_leave_their_mark() {
             assert!(c >= 0.999, "{path}, document {i}: cosine {c}");
         }
     }
+    // Ray Serve's query shape reaches one executor of the Flow by its name.
+    let (status, doc) = server.get("/upper?txt=quiet%20please");
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["text"], "QUIET PLEASE");
+    assert!(
+        doc.get("tags").is_none(),
+        "only the named executor ran: {doc}"
+    );
+    assert_eq!(server.get("/nobody?txt=x").0, 404);
     // The model executor is a model like any other: V2 and /v1/embeddings reach it by name.
     assert_eq!(server.get("/v2/models/encoder/ready").0, 200);
     let (status, _) = server.post_json(

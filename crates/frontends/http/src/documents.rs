@@ -78,24 +78,32 @@ pub(crate) async fn query(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let flow = flow(&s)?;
-    if flow.deployment() != Some(name.as_str()) {
+    if !flow.names().contains(&name.as_str()) {
         return Err(ApiError(Error::NotFound(format!(
-            "no route for /{name}: GET /{{name}}?txt= serves a Deployment by its name"
+            "no route for /{name}: GET /{{name}}?txt= serves an executor by its name ({})",
+            flow.names().join(", ")
         ))));
     }
     let text = q
         .get("txt")
         .or_else(|| q.get("text"))
         .ok_or_else(|| Error::invalid("the query has no 'txt'"))?;
-    let mut docs = flow
-        .run(
-            "/default",
-            vec![Document::text(text.clone())],
-            &Parameters::new(),
-        )
-        .await
-        .map_err(flow_error)?;
-    Ok(Json(docs.pop().unwrap_or_default()).into_response())
+    let docs = vec![Document::text(text.clone())];
+    let params = Parameters::new();
+    // A Deployment runs as a whole; in a Flow, the named executor alone answers.
+    let mut out = match flow.deployment() {
+        Some(_) => flow.run("/default", docs, &params).await,
+        None => flow.run_one(&name, "/default", docs, &params).await,
+    }
+    .map_err(flow_error)?;
+    let doc = out.pop().unwrap_or_default();
+    if let Some(e) = &doc.error {
+        return Err(ApiError(Error::InvalidArgument(format!(
+            "executor '{}': {}",
+            e.executor, e.message
+        ))));
+    }
+    Ok(Json(doc).into_response())
 }
 
 async fn run(s: &AppState, endpoint: Option<String>, bytes: Bytes) -> Result<Response, ApiError> {
