@@ -5,17 +5,30 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{as_f32, ferroserve_binary, model_dir, Repo, Server};
+use common::{as_f32, ferroserve_binary, load_while_watching, model_dir, wait_for, Repo, Server};
 use serde_json::json;
 
-/// A Deployment of the demo's MiniLM folder, written into `repo`.
-fn deployment(repo: &Repo) -> std::path::PathBuf {
+/// Writes into `repo` a Deployment `name` of the fixture model folder `model`, with `extra`
+/// lines under `with:`, and returns the file.
+fn deployment_of(repo: &Repo, name: &str, model: &str, extra: &str) -> std::path::PathBuf {
     let yaml = format!(
-        "jtype: Deployment\nwith:\n  name: encoder\n  uses: {}\n  replicas: 2\n",
-        model_dir("minilm").display()
+        "jtype: Deployment\nwith:\n  name: {name}\n  uses: {}\n{extra}",
+        model_dir(model).display()
     );
     repo.write("deployment.yml", yaml.as_bytes());
     repo.path().join("deployment.yml")
+}
+
+/// The demo's MiniLM as a Deployment `encoder` of 2 replicas.
+fn deployment(repo: &Repo) -> std::path::PathBuf {
+    deployment_of(repo, "encoder", "minilm", "  replicas: 2\n")
+}
+
+/// Starts `ferroserve run` on a Deployment of `model` (see [`deployment_of`]).
+fn run_deployment(name: &str, model: &str, extra: &str) -> Server {
+    let repo = Repo::with(&[]);
+    let file = deployment_of(&repo, name, model, extra);
+    Server::run_flow(ferroserve_binary(), &file, repo)
 }
 
 #[test]
@@ -189,12 +202,7 @@ fn the_documents_service_answers_over_grpc_like_http() {
     use ferroserve_grpc::documents_proto::{DataRequest, Document};
 
     let repo = Repo::with(&[]);
-    let yaml = format!(
-        "jtype: Deployment\nwith:\n  name: encoder\n  uses: {}\n  protocol: [http, grpc]\n",
-        model_dir("minilm").display()
-    );
-    repo.write("deployment.yml", yaml.as_bytes());
-    let file = repo.path().join("deployment.yml");
+    let file = deployment_of(&repo, "encoder", "minilm", "  protocol: [http, grpc]\n");
     let file = file.to_str().unwrap().to_string();
     let server = Server::spawn(
         ferroserve_binary(),
@@ -259,14 +267,11 @@ fn the_documents_service_answers_over_grpc_like_http() {
 
 #[test]
 fn a_model_deployment_autoscales_from_zero_and_back() {
-    let repo = Repo::with(&[]);
-    let yaml = format!(
-        "jtype: Deployment\nwith:\n  name: encoder\n  uses: {}\n  autoscaling:\n    min_replicas: 0\n    max_replicas: 2\n    target_ongoing_requests: 1\n    upscale_delay_s: 0.2\n    downscale_delay_s: 0.5\n    metrics_interval_s: 0.1\n    look_back_period_s: 0.2\n",
-        model_dir("minilm").display()
+    let server = run_deployment(
+        "encoder",
+        "minilm",
+        "  autoscaling:\n    min_replicas: 0\n    max_replicas: 2\n    target_ongoing_requests: 1\n    upscale_delay_s: 0.2\n    downscale_delay_s: 0.5\n    metrics_interval_s: 0.1\n    look_back_period_s: 0.2\n",
     );
-    repo.write("deployment.yml", yaml.as_bytes());
-    let file = repo.path().join("deployment.yml");
-    let server = Server::run_flow(ferroserve_binary(), &file, repo);
     let replicas = |s: &Server| {
         s.metric("ferroserve_replicas", &[("model", "encoder")])
             .unwrap_or(-1.0)
@@ -281,45 +286,14 @@ fn a_model_deployment_autoscales_from_zero_and_back() {
     assert_eq!(status, 200, "{first}");
     assert_eq!(as_f32(&first["data"][0]["embedding"]).len(), 384);
     // Load: 6 clients with 8 sentences each; the deployment grows to max_replicas, no further.
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let mut most = 0.0f64;
-    let failed = std::thread::scope(|s| {
-        let clients: Vec<_> = (0..6)
-            .map(|_| {
-                let (server, stop) = (&server, &stop);
-                s.spawn(move || {
-                    let mut failed = 0;
-                    let body =
-                        json!({"data": vec!["a sentence to embed, a little longer than most"; 8]});
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        failed += usize::from(server.post_json("/encode", &body).0 != 200);
-                    }
-                    failed
-                })
-            })
-            .collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while std::time::Instant::now() < deadline && most < 2.0 {
-            most = most.max(replicas(&server));
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        for _ in 0..5 {
-            most = most.max(replicas(&server));
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        clients
-            .into_iter()
-            .map(|c| c.join().unwrap())
-            .sum::<usize>()
-    });
+    let body = json!({"data": vec!["a sentence to embed, a little longer than most"; 8]});
+    let (most, failed) = load_while_watching(&server, 6, "/encode", &body, replicas, 2.0);
     assert_eq!(most, 2.0, "scaled to max_replicas and no further");
     assert_eq!(failed, 0, "no request failed while scaling");
     // Idle again: back to zero after the downscale delay.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while replicas(&server) > 0.0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for(std::time::Duration::from_secs(10), || {
+        replicas(&server) == 0.0
+    });
     assert_eq!(replicas(&server), 0.0);
     assert_eq!(
         server.metric(
@@ -332,14 +306,7 @@ fn a_model_deployment_autoscales_from_zero_and_back() {
 
 #[test]
 fn a_plain_model_is_an_executor_of_tensors() {
-    let repo = Repo::with(&[]);
-    let yaml = format!(
-        "jtype: Deployment\nwith:\n  name: echo\n  uses: {}\n",
-        model_dir("identity").display()
-    );
-    repo.write("deployment.yml", yaml.as_bytes());
-    let file = repo.path().join("deployment.yml");
-    let server = Server::run_flow(ferroserve_binary(), &file, repo);
+    let server = run_deployment("echo", "identity", "");
     let row = |k: f32| (0..16).map(|i| i as f32 * k).collect::<Vec<_>>();
     let (status, answer) = server.post_json(
         "/post",

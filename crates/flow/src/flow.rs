@@ -22,6 +22,23 @@ pub struct FlowError {
     pub error: Error,
 }
 
+impl FlowError {
+    /// The error as frontends report it: its kind (which decides the status), with the
+    /// executor's name in the message.
+    pub fn into_error(self) -> Error {
+        let message = format!("executor '{}': {}", self.executor, self.error);
+        match self.error {
+            Error::InvalidArgument(_) => Error::InvalidArgument(message),
+            Error::NotFound(_) => Error::NotFound(message),
+            Error::Unavailable(_) => Error::Unavailable(message),
+            Error::Overloaded(_) => Error::Overloaded(message),
+            Error::DeadlineExceeded(_) => Error::DeadlineExceeded(message),
+            Error::TooLarge(_) => Error::TooLarge(message),
+            Error::Internal(_) => Error::Internal(message),
+        }
+    }
+}
+
 /// A loaded Deployment or Flow, ready to take requests.
 pub struct Flow {
     spec: FlowSpec,

@@ -3,7 +3,7 @@
 #[path = "../../../crates/ferroserve/tests/common/mod.rs"]
 mod common;
 
-use common::{as_f32, cosine, reference, Repo, Server};
+use common::{as_f32, cosine, load_while_watching, reference, wait_for, Repo, Server};
 use serde_json::{json, Value};
 
 fn start(file: &str) -> Server {
@@ -216,41 +216,14 @@ fn autoscaling_follows_the_load_from_zero_to_the_maximum_and_back() {
     assert_eq!(status, 200, "{answer}");
 
     // Load well above the target (6 clients, 1 request per instance wanted): up to 3, never more.
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let mut most = 0.0f64;
-    let failures = std::thread::scope(|s| {
-        let clients: Vec<_> = (0..6)
-            .map(|_| {
-                let (server, stop) = (&server, &stop);
-                s.spawn(move || {
-                    let mut failed = 0;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let (status, _) = server.post_json("/default", &json!({"data": ["x"]}));
-                        failed += usize::from(status != 200);
-                    }
-                    failed
-                })
-            })
-            .collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            most = most.max(replicas(&server));
-            if most >= 3.0 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        // Keep the load a little longer to see it stay at the maximum.
-        for _ in 0..5 {
-            most = most.max(replicas(&server));
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        clients
-            .into_iter()
-            .map(|c| c.join().unwrap())
-            .sum::<usize>()
-    });
+    let (most, failures) = load_while_watching(
+        &server,
+        6,
+        "/default",
+        &json!({"data": ["x"]}),
+        replicas,
+        3.0,
+    );
     assert_eq!(most, 3.0, "scaled up to max_replicas and no further");
     assert_eq!(failures, 0, "no request failed while scaling");
     let target = server
@@ -262,10 +235,9 @@ fn autoscaling_follows_the_load_from_zero_to_the_maximum_and_back() {
     assert!(target <= 3.0);
 
     // No load: after downscale_delay_s, back to min_replicas (0), draining, not failing.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while replicas(&server) > 0.0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for(std::time::Duration::from_secs(10), || {
+        replicas(&server) == 0.0
+    });
     assert_eq!(replicas(&server), 0.0, "scaled down to min_replicas");
     assert!(
         server.log.lock().unwrap().contains("autoscaling"),

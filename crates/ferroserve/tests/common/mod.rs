@@ -363,6 +363,63 @@ pub fn multipart(parts: &[(&str, &str, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
+/// Keeps `clients` threads posting `body` to `path` on `server` while reading `watch` every
+/// 100 ms, until it reaches `until` (and half a second more) or 15 s pass. Returns the highest
+/// value `watch` gave and how many requests failed.
+pub fn load_while_watching(
+    server: &Server,
+    clients: usize,
+    path: &str,
+    body: &Value,
+    watch: impl Fn(&Server) -> f64,
+    until: f64,
+) -> (f64, usize) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    let mut most = f64::MIN;
+    let failed = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..clients)
+            .map(|_| {
+                let stop = &stop;
+                s.spawn(move || {
+                    let mut failed = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        failed += usize::from(server.post_json(path, body).0 != 200);
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && most < until {
+            most = most.max(watch(server));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for _ in 0..5 {
+            most = most.max(watch(server));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::Relaxed);
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum::<usize>()
+    });
+    (most, failed)
+}
+
+/// Waits up to `timeout` for `done`; true when it came.
+pub fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
 /// Cosine similarity.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();

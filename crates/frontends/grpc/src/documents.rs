@@ -4,7 +4,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use ferroserve_core::Error;
 use ferroserve_flow::{DocError, DocTensor, Document, Flow, Parameters};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -48,18 +47,10 @@ async fn call(flow: &Flow, request: pb::DataRequest) -> Result<pb::DataResponse,
         .into_iter()
         .map(from_proto)
         .collect::<Result<Vec<_>, _>>()?;
-    let out = flow.run(&endpoint, docs, &parameters).await.map_err(|e| {
-        let message = e.to_string();
-        status(match e.error {
-            Error::InvalidArgument(_) => Error::InvalidArgument(message),
-            Error::NotFound(_) => Error::NotFound(message),
-            Error::Unavailable(_) => Error::Unavailable(message),
-            Error::Overloaded(_) => Error::Overloaded(message),
-            Error::DeadlineExceeded(_) => Error::DeadlineExceeded(message),
-            Error::TooLarge(_) => Error::TooLarge(message),
-            Error::Internal(_) => Error::Internal(message),
-        })
-    })?;
+    let out = flow
+        .run(&endpoint, docs, &parameters)
+        .await
+        .map_err(|e| status(e.into_error()))?;
     Ok(pb::DataResponse {
         data: out.into_iter().map(to_proto).collect(),
         exec_endpoint: endpoint,

@@ -148,14 +148,5 @@ fn flow(s: &AppState) -> Result<&Arc<Flow>, ApiError> {
 
 /// The executor's error, with its name in the message and its kind for the status.
 fn flow_error(e: ferroserve_flow::FlowError) -> ApiError {
-    let message = e.to_string();
-    ApiError(match e.error {
-        Error::InvalidArgument(_) => Error::InvalidArgument(message),
-        Error::NotFound(_) => Error::NotFound(message),
-        Error::Unavailable(_) => Error::Unavailable(message),
-        Error::Overloaded(_) => Error::Overloaded(message),
-        Error::DeadlineExceeded(_) => Error::DeadlineExceeded(message),
-        Error::TooLarge(_) => Error::TooLarge(message),
-        Error::Internal(_) => Error::Internal(message),
-    })
+    ApiError(e.into_error())
 }
