@@ -67,6 +67,17 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub grpc_max_message_bytes: usize,
 
+    /// Also serve GET /metrics on this port (it is always on the HTTP port too).
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Settings of the runtime and its listeners that `serve` and `run` share.
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
     /// ONNX Runtime shared library (libonnxruntime.so). Default: $ORT_DYLIB_PATH, else
     /// $FERROSERVE_HOME/lib/libonnxruntime.so (FERROSERVE_HOME defaults to ~/.ferroserve),
     /// which scripts/setup.sh fills.
@@ -86,10 +97,6 @@ pub struct ServeArgs {
     /// Default: the machine's cores.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub task_threads: Option<u32>,
-
-    /// Also serve GET /metrics on this port (it is always on the HTTP port too).
-    #[arg(long)]
-    pub metrics_port: Option<u16>,
 
     /// On SIGTERM or SIGINT: stop accepting, then give in-flight and queued requests this many
     /// seconds to finish before exiting.
@@ -117,21 +124,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub grpc_port: Option<u16>,
 
-    /// ONNX Runtime shared library (see `serve --help`).
-    #[arg(long, value_name = "PATH")]
-    pub ort_lib: Option<PathBuf>,
-
-    /// Largest request body accepted, in bytes; larger requests get HTTP 413.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
-    pub max_request_bytes: usize,
-
-    /// Requests that may wait in one model's queue.
-    #[arg(long, default_value_t = 1024)]
-    pub max_queue_size: usize,
-
-    /// On SIGTERM or SIGINT, seconds to let requests in flight finish.
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
-    pub shutdown_grace: f64,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// `ferroserve client`.

@@ -5,15 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ferroserve_backend_onnx::{library_path, OnnxRuntime};
 use ferroserve_flow::spec::FlowSpec;
 use ferroserve_flow::{Executors, Flow};
 use ferroserve_http::HttpOptions;
-use ferroserve_runtime::{Runtime, RuntimeOptions};
 use tokio::sync::watch;
 
 use crate::cli::RunArgs;
-use crate::serve::{bind, drain, shutdown_signal};
+use crate::serve::{bind, drain, shutdown_signal, start_runtime};
 
 /// HTTP port of `ferroserve run` when neither the file nor `--port` says.
 const DEFAULT_PORT: u16 = 8080;
@@ -23,21 +21,8 @@ const DEFAULT_GRPC_PORT: u16 = 8081;
 /// Checks the file, builds every executor (loading model folders), then serves until SIGINT or
 /// SIGTERM.
 pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
-    if !(args.shutdown_grace >= 0.0 && args.shutdown_grace.is_finite()) {
-        anyhow::bail!("--shutdown-grace must be a number of seconds, 0 or more");
-    }
     let spec = FlowSpec::load(&args.file)?;
-    let onnx = OnnxRuntime::load(&library_path(args.ort_lib.as_deref()))?;
-    let runtime = Arc::new(
-        Runtime::new(
-            onnx,
-            RuntimeOptions {
-                max_queue_size: args.max_queue_size.max(1),
-                task_threads: None,
-            },
-        )
-        .context("cannot start the task preprocessing threads")?,
-    );
+    let runtime = start_runtime(&args.runtime)?;
     let protocols = spec.gateway.protocols();
     let http_port = protocols.iter().any(|p| p == "http").then(|| {
         args.port
@@ -71,7 +56,7 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
                     runtime.clone(),
                     flow.clone(),
                     HttpOptions {
-                        max_request_bytes: args.max_request_bytes,
+                        max_request_bytes: args.runtime.max_request_bytes,
                     },
                 );
                 servers.push(tokio::spawn(ferroserve_http::serve(
@@ -88,7 +73,7 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
                     until_stopped(stopped.clone()),
                 );
                 let options = ferroserve_grpc::GrpcOptions {
-                    max_message_bytes: args.max_request_bytes,
+                    max_message_bytes: args.runtime.max_request_bytes,
                 };
                 servers.push(tokio::spawn(async move {
                     ferroserve_grpc::serve_with(listener, runtime, Some(flow), options, stop)
@@ -98,6 +83,6 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
             }
             tracing::info!("server ready");
             shutdown_signal().await;
-            drain(stop, servers, runtime, args.shutdown_grace).await
+            drain(stop, servers, runtime, args.runtime.shutdown_grace).await
         })
 }

@@ -10,7 +10,25 @@ use ferroserve_http::HttpOptions;
 use ferroserve_runtime::{ModelState, Runtime, RuntimeOptions};
 use tokio::sync::watch;
 
-use crate::cli::ServeArgs;
+use crate::cli::{RuntimeArgs, ServeArgs};
+
+/// Checks the shared settings, loads ONNX Runtime and creates the (empty) runtime.
+pub(crate) fn start_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<Runtime>> {
+    if !(args.shutdown_grace >= 0.0 && args.shutdown_grace.is_finite()) {
+        anyhow::bail!("--shutdown-grace must be a number of seconds, 0 or more");
+    }
+    let onnx = OnnxRuntime::load(&library_path(args.ort_lib.as_deref()))?;
+    tracing::info!(library = %onnx.path().display(), "ONNX Runtime loaded");
+    let runtime = Runtime::new(
+        onnx,
+        RuntimeOptions {
+            max_queue_size: args.max_queue_size.max(1),
+            task_threads: args.task_threads.map(|n| n as usize),
+        },
+    )
+    .context("cannot start the task preprocessing threads")?;
+    Ok(Arc::new(runtime))
+}
 
 /// Runs the server until SIGINT or SIGTERM, then drains it.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -20,21 +38,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.model_repository.display()
         );
     }
-    if !(args.shutdown_grace >= 0.0 && args.shutdown_grace.is_finite()) {
-        anyhow::bail!("--shutdown-grace must be a number of seconds, 0 or more");
-    }
-    let onnx = OnnxRuntime::load(&library_path(args.ort_lib.as_deref()))?;
-    tracing::info!(library = %onnx.path().display(), "ONNX Runtime loaded");
-    let runtime = Arc::new(
-        Runtime::new(
-            onnx,
-            RuntimeOptions {
-                max_queue_size: args.max_queue_size.max(1),
-                task_threads: args.task_threads.map(|n| n as usize),
-            },
-        )
-        .context("cannot start the task preprocessing threads")?,
-    );
+    let runtime = start_runtime(&args.runtime)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,7 +65,7 @@ async fn serve(args: ServeArgs, runtime: Arc<Runtime>) -> anyhow::Result<()> {
     let app = ferroserve_http::router(
         runtime.clone(),
         HttpOptions {
-            max_request_bytes: args.max_request_bytes,
+            max_request_bytes: args.runtime.max_request_bytes,
         },
     );
     let mut servers = vec![tokio::spawn(ferroserve_http::serve(
@@ -107,7 +111,7 @@ async fn serve(args: ServeArgs, runtime: Arc<Runtime>) -> anyhow::Result<()> {
         () = &mut signal => {}
     }
 
-    drain(stop, servers, runtime, args.shutdown_grace).await
+    drain(stop, servers, runtime, args.runtime.shutdown_grace).await
 }
 
 /// Stops the listeners (through `stop`), waits for requests in flight and the models' queues,
