@@ -231,16 +231,25 @@ fn health_reports_serving_and_deadlines_are_honoured() {
             .unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         for service in ["", "inference.GRPCInferenceService"] {
-            let r = health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            // Health follows readiness a moment after HTTP reports it: ask until it does.
+            let mut status = None;
+            for _ in 0..100 {
+                let r = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                status = Some(r.status());
+                if r.status() == tonic_health::pb::health_check_response::ServingStatus::Serving {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             assert_eq!(
-                r.status(),
-                tonic_health::pb::health_check_response::ServingStatus::Serving,
+                status,
+                Some(tonic_health::pb::health_check_response::ServingStatus::Serving),
                 "{service:?}"
             );
         }

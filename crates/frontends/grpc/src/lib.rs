@@ -75,6 +75,14 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    // Known from the start (NOT_SERVING while models load), so a check never finds the service
+    // unregistered.
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<proto::grpc_inference_service_server::GrpcInferenceServiceServer<InferenceService>>()
+        .await;
     let ready = runtime.clone();
     tokio::spawn(async move {
         while !ready.is_ready() {
