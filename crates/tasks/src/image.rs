@@ -108,9 +108,14 @@ impl ImagePipeline {
         let bgr = config.channel_order == ChannelOrder::Bgr;
         let mut mul = [0.0; 3];
         let mut add = [0.0; 3];
-        for i in 0..3 {
-            mul[i] = config.scale / config.std[i];
-            add[i] = -config.mean[i] / config.std[i];
+        // A UINT8 input takes the raw pixels: value * 1 + 0.
+        if spec.datatype != DataType::Uint8 {
+            for i in 0..3 {
+                mul[i] = config.scale / config.std[i];
+                add[i] = -config.mean[i] / config.std[i];
+            }
+        } else {
+            mul = [1.0; 3];
         }
         Ok(Self {
             input: spec.name.clone(),
@@ -188,23 +193,16 @@ impl ImagePipeline {
         resizer.resize(&rows, &mut dst, &down).map_err(failed)?;
         let pixels = dst.buffer();
         let (ch, cw) = (ch as usize, cw as usize);
-        let plane = ch * cw;
-        for y in 0..ch {
-            let row = &pixels[y * cw * 3..][..cw * 3];
-            for (x, px) in row.chunks_exact(3).enumerate() {
-                for c in 0..3 {
-                    let value = px[if self.bgr { 2 - c } else { c }] as f32;
-                    let v = if self.dtype == DataType::Uint8 {
-                        value
-                    } else {
-                        value * self.mul[c] + self.add[c]
-                    };
-                    let at = match self.layout {
-                        Layout::Nchw => c * plane + y * cw + x,
-                        Layout::Nhwc => (y * cw + x) * 3 + c,
-                    };
-                    out[at] = v;
-                }
+        // Where channel c of pixel p goes: c * channel_stride + p * pixel_stride.
+        let (channel_stride, pixel_stride) = match self.layout {
+            Layout::Nchw => (ch * cw, 1),
+            Layout::Nhwc => (1, 3),
+        };
+        let source = if self.bgr { [2, 1, 0] } else { [0, 1, 2] };
+        for (p, px) in pixels.chunks_exact(3).take(ch * cw).enumerate() {
+            for c in 0..3 {
+                let value = px[source[c]] as f32;
+                out[c * channel_stride + p * pixel_stride] = value * self.mul[c] + self.add[c];
             }
         }
         Ok(())
