@@ -1,6 +1,6 @@
 //! The contract between the runtime and a compute backend.
 
-use crate::{NamedTensor, Result, Signature};
+use crate::{NamedTensor, Parameters, Result, Signature};
 
 /// One loaded instance of a model (a replica) that computes outputs from inputs.
 ///
@@ -14,4 +14,56 @@ pub trait Backend: Send {
 
     /// Computes the requested `outputs` (all of them when empty) for `inputs`.
     fn run(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>>;
+
+    /// [`Backend::run`] with what the runtime knows about the batch beyond its tensors: the
+    /// requests' parameters, and which rows' clients have left. Backends whose work takes many
+    /// steps (generation) override it to read parameters and to stop abandoned rows early; the
+    /// default ignores both.
+    fn run_with(
+        &mut self,
+        inputs: &[NamedTensor],
+        outputs: &[String],
+        context: &RunContext<'_>,
+    ) -> Result<Vec<NamedTensor>> {
+        let _ = context;
+        self.run(inputs, outputs)
+    }
+}
+
+/// What a backend may learn about a batch besides its tensors (see [`Backend::run_with`]).
+///
+/// ```
+/// use ferroserve_core::{Parameters, RunContext};
+///
+/// let parameters = Parameters::new();
+/// let gone = |row: usize| row == 1;
+/// let context = RunContext::new(&parameters, &gone);
+/// assert!(!context.is_cancelled(0));
+/// assert!(context.is_cancelled(1));
+/// ```
+pub struct RunContext<'a> {
+    parameters: &'a Parameters,
+    cancelled: &'a (dyn Fn(usize) -> bool + Sync),
+}
+
+impl<'a> RunContext<'a> {
+    /// A context for a batch whose requests share `parameters`; `cancelled(row)` says whether
+    /// the client that sent `row` has gone.
+    pub fn new(parameters: &'a Parameters, cancelled: &'a (dyn Fn(usize) -> bool + Sync)) -> Self {
+        Self {
+            parameters,
+            cancelled,
+        }
+    }
+
+    /// The parameters every request of the batch carries (batches only join requests whose
+    /// parameters are equal).
+    pub fn parameters(&self) -> &Parameters {
+        self.parameters
+    }
+
+    /// Whether nobody waits any more for the output of batch row `row`.
+    pub fn is_cancelled(&self, row: usize) -> bool {
+        (self.cancelled)(row)
+    }
 }

@@ -14,7 +14,7 @@ mod infer;
 mod model;
 mod tensor;
 
-pub use backend::Backend;
+pub use backend::{Backend, RunContext};
 pub use device::Device;
 pub use dtype::{DataType, UnknownDataType};
 pub use error::{Error, Result};

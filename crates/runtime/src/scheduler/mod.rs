@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ferroserve_core::{Backend, Error, InferRequest, NamedTensor, Result, Signature};
+use ferroserve_core::{Backend, Error, InferRequest, NamedTensor, Result, RunContext, Signature};
 use tokio::sync::oneshot;
 
 use self::batch::BatchKey;
@@ -373,8 +373,10 @@ impl Replica {
     fn compute(&mut self, items: &[Pending], phases: &mut Phases) -> Result<Vec<Vec<NamedTensor>>> {
         if let [only] = items {
             let r = &only.request;
+            let gone = |_row: usize| only.reply.is_closed();
+            let context = RunContext::new(&r.parameters, &gone);
             let t = Instant::now();
-            let out = self.backend.run(&r.inputs, &r.outputs);
+            let out = self.backend.run_with(&r.inputs, &r.outputs, &context);
             phases.infer = t.elapsed();
             return Ok(vec![out?]);
         }
@@ -382,8 +384,18 @@ impl Replica {
         let requests: Vec<&InferRequest> = items.iter().map(|p| &p.request).collect();
         let (inputs, parts) = batch::merge(&requests, &self.config.pad)?;
         phases.input = t.elapsed();
+        // Batch row → the request it came from, to tell the backend whose client has gone.
+        let owner: Vec<usize> = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| std::iter::repeat_n(i, p.rows))
+            .collect();
+        let gone = |row: usize| owner.get(row).is_some_and(|&i| items[i].reply.is_closed());
+        let context = RunContext::new(&requests[0].parameters, &gone);
         let t = Instant::now();
-        let outputs = self.backend.run(&inputs, &requests[0].outputs);
+        let outputs = self
+            .backend
+            .run_with(&inputs, &requests[0].outputs, &context);
         phases.infer = t.elapsed();
         let t = Instant::now();
         let split = batch::split(outputs?, &parts, &self.signature);
