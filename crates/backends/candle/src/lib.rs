@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod diffusion;
 mod files;
 pub mod generation;
 pub mod seq2seq;

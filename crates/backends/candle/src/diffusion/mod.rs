@@ -1,0 +1,12 @@
+//! Stable Diffusion text-to-image: the CLIP text encoder, candle-transformers' UNet and VAE, the
+//! Euler / DDIM / PNDM schedulers and the denoising loop.
+
+mod clip;
+mod pipeline;
+mod scheduler;
+
+pub use clip::{ClipConfig, ClipTextEncoder};
+pub use pipeline::{
+    DiffusionInputs, ImageSettings, StableDiffusion, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS,
+};
+pub use scheduler::{Schedule, Scheduler, SchedulerKind};

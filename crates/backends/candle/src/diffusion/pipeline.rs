@@ -1,0 +1,429 @@
+//! A Stable Diffusion pipeline in the diffusers folder layout, and its denoising loop.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::stable_diffusion::unet_2d::{
+    BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
+};
+use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::clip::ClipTextEncoder;
+use super::scheduler::{Schedule, SchedulerKind};
+use crate::{files, CandleError};
+
+/// Largest height or width a request may ask for, in pixels.
+pub const MAX_SIDE: usize = 2048;
+/// Most inference steps a request may ask for.
+pub const MAX_STEPS: usize = 200;
+/// Largest classifier-free guidance scale a request may ask for.
+pub const MAX_GUIDANCE: f64 = 50.0;
+
+/// What one batch of images is generated with (requests batch together only when these are
+/// equal).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSettings {
+    /// Output height in pixels (a multiple of 8).
+    pub height: usize,
+    /// Output width in pixels (a multiple of 8).
+    pub width: usize,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale; at most 1 turns guidance off.
+    pub guidance_scale: f64,
+    /// The scheduler.
+    pub scheduler: SchedulerKind,
+}
+
+impl ImageSettings {
+    /// Checks the bounds, naming the value that is out of them.
+    pub fn check(&self) -> Result<(), CandleError> {
+        let invalid = |m: String| Err(CandleError::Invalid(m));
+        for (name, v) in [("height", self.height), ("width", self.width)] {
+            if v == 0 || v % 8 != 0 || v > MAX_SIDE {
+                return invalid(format!(
+                    "{name} must be a multiple of 8 between 8 and {MAX_SIDE}, got {v}"
+                ));
+            }
+        }
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return invalid(format!(
+                "num_inference_steps must be between 1 and {MAX_STEPS}, got {}",
+                self.steps
+            ));
+        }
+        if !(self.guidance_scale.is_finite() && (0.0..=MAX_GUIDANCE).contains(&self.guidance_scale))
+        {
+            return invalid(format!(
+                "guidance_scale must be between 0 and {MAX_GUIDANCE}, got {}",
+                self.guidance_scale
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The UNet's `config.json`, in diffusers' names.
+#[derive(Debug, Deserialize)]
+struct UNetFile {
+    #[serde(default = "four")]
+    in_channels: usize,
+    #[serde(default = "four")]
+    out_channels: usize,
+    #[serde(default)]
+    center_input_sample: bool,
+    #[serde(default = "yes")]
+    flip_sin_to_cos: bool,
+    #[serde(default)]
+    freq_shift: f64,
+    down_block_types: Vec<String>,
+    up_block_types: Vec<String>,
+    #[serde(default)]
+    mid_block_type: Option<String>,
+    block_out_channels: Vec<usize>,
+    layers_per_block: usize,
+    #[serde(default = "one")]
+    downsample_padding: usize,
+    #[serde(default = "one_f")]
+    mid_block_scale_factor: f64,
+    norm_num_groups: usize,
+    norm_eps: f64,
+    cross_attention_dim: usize,
+    /// diffusers reads this as the number of heads when `num_attention_heads` is unset.
+    attention_head_dim: Value,
+    #[serde(default)]
+    num_attention_heads: Option<Value>,
+    #[serde(default)]
+    transformer_layers_per_block: Option<Value>,
+    #[serde(default)]
+    use_linear_projection: bool,
+    #[serde(default)]
+    addition_embed_type: Option<Value>,
+    #[serde(default)]
+    class_embed_type: Option<Value>,
+    #[serde(default)]
+    time_cond_proj_dim: Option<Value>,
+    #[serde(default)]
+    encoder_hid_dim: Option<Value>,
+}
+
+fn four() -> usize {
+    4
+}
+fn one() -> usize {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+
+/// One value per block, from a number or a list.
+fn per_block(v: &Value, blocks: usize, name: &str) -> Result<Vec<usize>, CandleError> {
+    let bad = || CandleError::Invalid(format!("unet {name} must be a number or {blocks} numbers"));
+    match v {
+        Value::Number(n) => Ok(vec![n.as_u64().ok_or_else(bad)? as usize; blocks]),
+        Value::Array(a) if a.len() == blocks => a
+            .iter()
+            .map(|x| x.as_u64().map(|n| n as usize).ok_or_else(bad))
+            .collect(),
+        _ => Err(bad()),
+    }
+}
+
+impl UNetFile {
+    fn config(&self) -> Result<UNet2DConditionModelConfig, CandleError> {
+        let unsupported = |what: &str| Err(CandleError::Unsupported(format!("unet {what}")));
+        for (name, v) in [
+            ("addition_embed_type", &self.addition_embed_type),
+            ("class_embed_type", &self.class_embed_type),
+            ("time_cond_proj_dim", &self.time_cond_proj_dim),
+            ("encoder_hid_dim", &self.encoder_hid_dim),
+        ] {
+            if v.as_ref().is_some_and(|v| !v.is_null()) {
+                return unsupported(name);
+            }
+        }
+        if self
+            .mid_block_type
+            .as_deref()
+            .is_some_and(|t| t != "UNetMidBlock2DCrossAttn")
+        {
+            return unsupported("mid_block_type other than UNetMidBlock2DCrossAttn");
+        }
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(CandleError::Invalid(
+                "unet block_out_channels, down_block_types and up_block_types must have the same length".into(),
+            ));
+        }
+        let heads = match &self.num_attention_heads {
+            Some(v) if !v.is_null() => per_block(v, n, "num_attention_heads")?,
+            _ => per_block(&self.attention_head_dim, n, "attention_head_dim")?,
+        };
+        let depth = match &self.transformer_layers_per_block {
+            Some(v) if !v.is_null() => per_block(v, n, "transformer_layers_per_block")?,
+            _ => vec![1; n],
+        };
+        let mut blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let cross = match self.down_block_types[i].as_str() {
+                "CrossAttnDownBlock2D" => true,
+                "DownBlock2D" => false,
+                other => return unsupported(&format!("down block '{other}'")),
+            };
+            // candle mirrors the down blocks for the way up.
+            let up = &self.up_block_types[n - 1 - i];
+            let expected = if cross {
+                "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
+            };
+            if up != expected {
+                return unsupported(&format!(
+                    "up block '{up}' facing down block '{}'",
+                    self.down_block_types[i]
+                ));
+            }
+            blocks.push(BlockConfig {
+                out_channels: self.block_out_channels[i],
+                use_cross_attn: cross.then_some(depth[i]),
+                attention_head_dim: heads[i],
+            });
+        }
+        Ok(UNet2DConditionModelConfig {
+            center_input_sample: self.center_input_sample,
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+            blocks,
+            layers_per_block: self.layers_per_block,
+            downsample_padding: self.downsample_padding,
+            mid_block_scale_factor: self.mid_block_scale_factor,
+            norm_num_groups: self.norm_num_groups,
+            norm_eps: self.norm_eps,
+            cross_attention_dim: self.cross_attention_dim,
+            sliced_attention_size: None,
+            use_linear_projection: self.use_linear_projection,
+        })
+    }
+}
+
+/// The VAE's `config.json`.
+#[derive(Debug, Deserialize)]
+struct VaeFile {
+    #[serde(default = "three")]
+    in_channels: usize,
+    #[serde(default = "three")]
+    out_channels: usize,
+    block_out_channels: Vec<usize>,
+    layers_per_block: usize,
+    #[serde(default = "four")]
+    latent_channels: usize,
+    #[serde(default = "thirty_two")]
+    norm_num_groups: usize,
+    #[serde(default = "yes")]
+    use_quant_conv: bool,
+    #[serde(default = "yes")]
+    use_post_quant_conv: bool,
+    #[serde(default = "sd_scaling")]
+    scaling_factor: f64,
+    #[serde(default)]
+    shift_factor: Option<f64>,
+}
+
+fn three() -> usize {
+    3
+}
+fn thirty_two() -> usize {
+    32
+}
+fn sd_scaling() -> f64 {
+    0.18215
+}
+
+/// A loaded Stable Diffusion pipeline.
+pub struct StableDiffusion {
+    text_encoder: ClipTextEncoder,
+    unet: UNet2DConditionModel,
+    latent_channels: usize,
+    vae: AutoEncoderKL,
+    vae_scale: f64,
+    vae_shift: f64,
+    schedule: Schedule,
+    device: Device,
+}
+
+/// A generation's inputs: prompt and negative prompt token ids (batch, len), initial noise
+/// latents (batch, channels, height / 8, width / 8).
+pub struct DiffusionInputs<'a> {
+    /// The prompts' token ids, u32.
+    pub prompt_ids: &'a Tensor,
+    /// The negative prompts' token ids (the empty prompt's for none), u32.
+    pub negative_ids: &'a Tensor,
+    /// Standard normal noise to start from.
+    pub latents: &'a Tensor,
+}
+
+impl StableDiffusion {
+    /// Loads `text_encoder/`, `unet/`, `vae/` and `scheduler/` from a diffusers pipeline folder.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, CandleError> {
+        let text_encoder = ClipTextEncoder::load(&dir.join("text_encoder"), device)?;
+        let unet_dir = dir.join("unet");
+        let unet_file: UNetFile = files::json(&unet_dir.join("config.json"))?;
+        let unet_config = unet_file
+            .config()
+            .map_err(|e| CandleError::file(&unet_dir.join("config.json"), e))?;
+        let unet = UNet2DConditionModel::new(
+            weights(&unet_dir, device)?,
+            unet_file.in_channels,
+            unet_file.out_channels,
+            false,
+            unet_config,
+        )?;
+        if unet_file.cross_attention_dim != text_encoder.config().hidden_size {
+            return Err(CandleError::Invalid(format!(
+                "unet cross_attention_dim {} differs from the text encoder's hidden_size {}",
+                unet_file.cross_attention_dim,
+                text_encoder.config().hidden_size
+            )));
+        }
+        let vae_dir = dir.join("vae");
+        let v: VaeFile = files::json(&vae_dir.join("config.json"))?;
+        if v.latent_channels != unet_file.in_channels {
+            return Err(CandleError::Invalid(format!(
+                "vae latent_channels {} differs from the unet's in_channels {}",
+                v.latent_channels, unet_file.in_channels
+            )));
+        }
+        let vae = AutoEncoderKL::new(
+            weights(&vae_dir, device)?,
+            v.in_channels,
+            v.out_channels,
+            AutoEncoderKLConfig {
+                block_out_channels: v.block_out_channels.clone(),
+                layers_per_block: v.layers_per_block,
+                latent_channels: v.latent_channels,
+                norm_num_groups: v.norm_num_groups,
+                use_quant_conv: v.use_quant_conv,
+                use_post_quant_conv: v.use_post_quant_conv,
+            },
+        )?;
+        let schedule = Schedule::load(&dir.join("scheduler"))?;
+        Ok(Self {
+            text_encoder,
+            unet,
+            latent_channels: v.latent_channels,
+            vae,
+            vae_scale: v.scaling_factor,
+            vae_shift: v.shift_factor.unwrap_or(0.0),
+            schedule,
+            device: device.clone(),
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Channels of the latents.
+    pub fn latent_channels(&self) -> usize {
+        self.latent_channels
+    }
+
+    /// The scheduler the pipeline was saved with.
+    pub fn default_scheduler(&self) -> SchedulerKind {
+        self.schedule.default_kind()
+    }
+
+    /// Longest prompt in tokens, start and end included.
+    pub fn max_tokens(&self) -> usize {
+        self.text_encoder.config().max_position_embeddings
+    }
+
+    /// Generates a batch of images, (batch, height, width, 3) with values in [0, 1].
+    ///
+    /// `keep(i)` is asked after each step for each image still generating; images it refuses
+    /// leave the batch, and come back as `None`.
+    pub fn generate(
+        &self,
+        inputs: &DiffusionInputs<'_>,
+        settings: &ImageSettings,
+        keep: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Option<Tensor>>, CandleError> {
+        settings.check()?;
+        let n = inputs.prompt_ids.dim(0)?;
+        let guided = settings.guidance_scale > 1.0;
+        let mut context = self.text_encoder.forward(inputs.prompt_ids)?;
+        if guided {
+            let negative = self.text_encoder.forward(inputs.negative_ids)?;
+            context = Tensor::cat(&[&negative, &context], 0)?;
+        }
+        let mut scheduler = self
+            .schedule
+            .scheduler(settings.scheduler, settings.steps)?;
+        let mut latents = (inputs.latents * scheduler.init_noise_sigma())?;
+        let mut live: Vec<usize> = (0..n).collect();
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let input = if guided {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let input = scheduler.scale_model_input(&input, i)?;
+            let noise = self.unet.forward(&input, t, &context)?;
+            let noise = if guided {
+                let rows = live.len();
+                let uncond = noise.narrow(0, 0, rows)?;
+                let cond = noise.narrow(0, rows, rows)?;
+                (&uncond + ((cond - &uncond)? * settings.guidance_scale)?)?
+            } else {
+                noise
+            };
+            latents = scheduler.step(&noise, i, &latents)?;
+            let kept: Vec<u32> = (0..live.len() as u32)
+                .filter(|&r| keep(live[r as usize]))
+                .collect();
+            if kept.is_empty() {
+                return Ok(vec![None; n]);
+            }
+            if kept.len() < live.len() {
+                let rows = Tensor::new(kept.as_slice(), &self.device)?;
+                latents = latents.index_select(&rows, 0)?;
+                scheduler.select(&rows)?;
+                context = if guided {
+                    let offset = live.len() as u32;
+                    let both: Vec<u32> = kept
+                        .iter()
+                        .copied()
+                        .chain(kept.iter().map(|r| r + offset))
+                        .collect();
+                    context.index_select(&Tensor::new(both.as_slice(), &self.device)?, 0)?
+                } else {
+                    context.index_select(&rows, 0)?
+                };
+                live = kept.iter().map(|&r| live[r as usize]).collect();
+            }
+        }
+        let latents = ((latents / self.vae_scale)? + self.vae_shift)?;
+        let images = self.vae.decode(&latents)?;
+        let images = ((images / 2.0)? + 0.5)?
+            .clamp(0f32, 1f32)?
+            .permute((0, 2, 3, 1))?;
+        let mut out = vec![None; n];
+        for (r, &i) in live.iter().enumerate() {
+            out[i] = Some(images.get(r)?);
+        }
+        Ok(out)
+    }
+}
+
+fn weights(dir: &Path, device: &Device) -> Result<VarBuilder<'static>, CandleError> {
+    files::var_builder(dir, "diffusion_pytorch_model", device)
+}

@@ -1,0 +1,89 @@
+//! tiny-sd against diffusers: prompt token ids, and the decoded image from the same latents for
+//! every scheduler and guidance case of `reference_images.json`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use ferroserve_backend_candle::diffusion::{
+    DiffusionInputs, ImageSettings, SchedulerKind, StableDiffusion,
+};
+use serde_json::Value;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../tests/fixtures/models/tiny-sd")
+}
+
+fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let arr = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = arr.shape().iter().map(|&d| d as usize).collect();
+    (shape, arr.into_vec::<f32>().unwrap())
+}
+
+/// Token ids padded to the encoder's 77 positions with the pad token, as the pipeline does.
+fn padded(tokenizer: &tokenizers::Tokenizer, text: &str) -> (Vec<u32>, Tensor) {
+    let ids = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+    let pad = tokenizer.token_to_id("<|endoftext|>").unwrap();
+    let mut all = ids.clone();
+    all.resize(77, pad);
+    (ids, Tensor::from_vec(all, (1, 77), &Device::Cpu).unwrap())
+}
+
+#[test]
+fn images_match_diffusers_for_every_reference_case() {
+    let sd = StableDiffusion::load(&fixture(), &Device::Cpu).unwrap();
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(fixture().join("tokenizer/tokenizer.json")).unwrap();
+    let cases: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().join("reference_images.json")).unwrap(),
+    )
+    .unwrap();
+    let (_, negative) = padded(&tokenizer, "");
+    for case in cases.as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let (ids, prompt_ids) = padded(&tokenizer, prompt);
+        let want_ids: Vec<u32> = case["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, want_ids, "token ids of '{prompt}'");
+        let (shape, latents) = npy(&fixture().join(case["latents"].as_str().unwrap()));
+        let latents = Tensor::from_vec(latents, shape, &Device::Cpu).unwrap();
+        let settings = ImageSettings {
+            height: case["height"].as_u64().unwrap() as usize,
+            width: case["width"].as_u64().unwrap() as usize,
+            steps: case["num_inference_steps"].as_u64().unwrap() as usize,
+            guidance_scale: case["guidance_scale"].as_f64().unwrap(),
+            scheduler: case["scheduler"]
+                .as_str()
+                .unwrap()
+                .parse::<SchedulerKind>()
+                .unwrap(),
+        };
+        let inputs = DiffusionInputs {
+            prompt_ids: &prompt_ids,
+            negative_ids: &negative,
+            latents: &latents,
+        };
+        let image = sd
+            .generate(&inputs, &settings, &|_| true)
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        let got: Vec<f32> = image.flatten_all().unwrap().to_vec1().unwrap();
+        let (want_shape, want) = npy(&fixture().join(case["image"].as_str().unwrap()));
+        assert_eq!(image.dims(), want_shape.as_slice());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 2e-2, "{settings:?}: largest difference {worst}");
+        eprintln!(
+            "{:?} {}: largest difference {worst}",
+            settings.scheduler, settings.guidance_scale
+        );
+    }
+}
