@@ -467,7 +467,10 @@ async fn call_model(
     // A document without the task's input fails alone; the others go on.
     let field = match kind {
         TaskKind::ImageClassification => "blob",
-        TaskKind::TextEmbedding | TaskKind::TextClassification => "text",
+        TaskKind::TextEmbedding
+        | TaskKind::TextClassification
+        | TaskKind::Summarization
+        | TaskKind::TextToImage => "text",
     };
     let usable: Vec<usize> = (0..docs.len())
         .filter(|&i| match kind {
@@ -491,7 +494,10 @@ async fn call_model(
                 .map(|&i| bytes::Bytes::from(docs[i].blob.clone().unwrap_or_default()))
                 .collect(),
         ),
-        TaskKind::TextEmbedding | TaskKind::TextClassification => TaskInput::Texts(
+        TaskKind::TextEmbedding
+        | TaskKind::TextClassification
+        | TaskKind::Summarization
+        | TaskKind::TextToImage => TaskInput::Texts(
             usable
                 .iter()
                 .map(|&i| docs[i].text.clone().unwrap_or_default())
@@ -507,9 +513,13 @@ async fn call_model(
         })? as usize,
         None => task.map_or(1, |t| t.default_top_k()),
     };
-    let answer = runtime
-        .run_task(model, None, input, Default::default())
-        .await?;
+    // Generative tasks take the request's parameters (beams, steps, seed); the others' are the
+    // Flow's own (top_k above).
+    let task_parameters = match kind {
+        TaskKind::Summarization | TaskKind::TextToImage => parameters.clone(),
+        _ => Default::default(),
+    };
+    let answer = runtime.run_task(model, None, input, task_parameters).await?;
     match answer.output {
         TaskOutput::Embeddings { vectors, .. } => {
             for (&i, v) in usable.iter().zip(vectors) {
@@ -525,6 +535,26 @@ async fn call_model(
                 }
                 for (_, label, p) in top {
                     d.scores.insert(label.to_string(), p);
+                }
+            }
+        }
+        TaskOutput::Texts(texts) => {
+            for (&i, g) in usable.iter().zip(texts) {
+                let d = &mut docs[i];
+                d.tags.insert("summary_text".into(), g.text.into());
+                if g.truncated {
+                    d.tags.insert("truncated".into(), true.into());
+                }
+            }
+        }
+        // Jina's TextToImage convention: the picture as the document's blob.
+        TaskOutput::Images(images) => {
+            for (&i, image) in usable.iter().zip(images) {
+                let d = &mut docs[i];
+                d.blob = Some(image.png()?);
+                d.tags.insert("mime_type".into(), "image/png".into());
+                if image.truncated {
+                    d.tags.insert("truncated".into(), true.into());
                 }
             }
         }

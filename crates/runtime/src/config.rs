@@ -6,7 +6,7 @@
 //!
 //! ```yaml
 //! # models/minilm/model.yaml
-//! backend: onnx           # the only backend so far
+//! backend: onnx           # or candle (Hugging Face checkpoints of generative models)
 //! model_file: model.onnx  # file inside each version folder
 //! replicas: 2             # two sessions, each serving one batch at a time
 //! threads: 1              # ONNX Runtime intra-op threads per replica
@@ -27,6 +27,18 @@
 //!   pooling: mean
 //!   max_batch_tokens: 16384
 //! ```
+//!
+//! A generative model is a Hugging Face checkpoint folder served by the candle backend:
+//!
+//! ```yaml
+//! # models/t5/model.yaml (beside config.json, model.safetensors, tokenizer.json)
+//! backend: candle
+//! task: summarization
+//! generation: {num_beams: 2, max_length: 60}   # defaults for requests that leave them out
+//! ```
+//!
+//! A folder with no `model.yaml` that holds a diffusers pipeline (`model_index.json`) or a T5
+//! checkpoint (`config.json` naming `T5ForConditionalGeneration`) is recognised as such.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +47,8 @@ pub use ferroserve_core::Device;
 use ferroserve_tasks::config::{
     ClassificationConfig, ImageConfig, TaskConfig, TaskKind, TextConfig,
 };
+use ferroserve_backend_candle::diffusion::DiffusionParams;
+use ferroserve_backend_candle::generation::GenerationParams;
 use serde::Deserialize;
 
 /// File name of a model's configuration inside its folder.
@@ -47,6 +61,10 @@ pub enum BackendKind {
     /// ONNX Runtime (`model.onnx`).
     #[default]
     Onnx,
+    /// candle: a Hugging Face checkpoint folder (`task: summarization` for T5-family
+    /// `config.json` + safetensors, `task: text-to-image` for a diffusers Stable Diffusion
+    /// pipeline with `model_index.json`).
+    Candle,
 }
 
 /// Device placement of a model's replicas.
@@ -120,7 +138,9 @@ pub struct ModelConfig {
     /// Backend that runs the model. Default: `onnx`.
     pub backend: BackendKind,
     /// Model file inside each numeric version folder (or beside `model.yaml` for a bare,
-    /// unversioned model). Default: `model.onnx`.
+    /// unversioned model). Default: `model.onnx`; for `backend: candle`, the checkpoint's
+    /// `config.json` (summarization) or `model_index.json` (text-to-image), whose folder holds
+    /// the rest of the checkpoint.
     pub model_file: String,
     /// Loaded instances of the model; each runs one batch at a time, and an idle replica takes
     /// the next batch. Default: 1.
@@ -153,13 +173,21 @@ pub struct ModelConfig {
     pub text: Option<TextConfig>,
     /// Labels, softmax and top-k for the classification tasks.
     pub classification: Option<ClassificationConfig>,
+    /// Generation defaults for `summarization` (`num_beams`, `max_length`, `min_length`,
+    /// `max_new_tokens`, `min_new_tokens`, `repetition_penalty`, `length_penalty`,
+    /// `early_stopping`, `no_repeat_ngram_size`); they win over the checkpoint's
+    /// `generation_config.json`, and requests win over them.
+    pub generation: Option<GenerationParams>,
+    /// Image defaults for `text-to-image` (`height`, `width`, `num_inference_steps`,
+    /// `guidance_scale`, `scheduler`); they win over the pipeline's own, and requests over them.
+    pub diffusion: Option<DiffusionParams>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             backend: BackendKind::Onnx,
-            model_file: "model.onnx".to_string(),
+            model_file: ONNX_MODEL_FILE.to_string(),
             replicas: 1,
             threads: None,
             inter_op_threads: None,
@@ -171,9 +199,14 @@ impl Default for ModelConfig {
             image: None,
             text: None,
             classification: None,
+            generation: None,
+            diffusion: None,
         }
     }
 }
+
+/// `model_file`'s default, which a candle model replaces with its checkpoint's marker file.
+const ONNX_MODEL_FILE: &str = "model.onnx";
 
 /// A `model.yaml` that could not be read or understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,7 +224,7 @@ impl ModelConfig {
         let file = dir.join(CONFIG_FILE);
         match std::fs::read_to_string(&file) {
             Ok(text) => Self::parse(&file, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::detect(dir)),
             Err(e) => Err(ConfigError {
                 file,
                 message: format!("cannot read: {e}"),
@@ -212,9 +245,10 @@ impl ModelConfig {
         }) {
             return Ok(Self::default());
         }
-        let config: ModelConfig =
+        let mut config: ModelConfig =
             serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
                 .map_err(|e| fail(describe(&e.path().to_string(), e.inner())))?;
+        config.check_generative().map_err(fail)?;
         if config.model_file.is_empty() || Path::new(&config.model_file).components().count() != 1 {
             return Err(fail(format!(
                 "model_file must be a plain file name, got '{}'",
@@ -250,6 +284,70 @@ impl ModelConfig {
             }
         }
         Ok(config)
+    }
+
+    /// The configuration of a folder without `model.yaml`: a diffusers pipeline or a T5
+    /// checkpoint is served by candle with its task; anything else gets the defaults.
+    fn detect(dir: &Path) -> Self {
+        let candle = |task, file: &str| Self {
+            backend: BackendKind::Candle,
+            model_file: file.to_string(),
+            task: Some(task),
+            ..Self::default()
+        };
+        if dir.join("model_index.json").is_file() {
+            return candle(TaskKind::TextToImage, "model_index.json");
+        }
+        let t5 = std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .is_some_and(|c| {
+                c["architectures"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|n| n == "T5ForConditionalGeneration"))
+            });
+        if t5 && !dir.join(ONNX_MODEL_FILE).is_file() {
+            return candle(TaskKind::Summarization, "config.json");
+        }
+        Self::default()
+    }
+
+    /// Checks the candle-specific sections and picks candle's model file.
+    fn check_generative(&mut self) -> Result<(), String> {
+        if self.generation.is_some() && self.task != Some(TaskKind::Summarization) {
+            return Err("the 'generation' section applies to task summarization".into());
+        }
+        if self.diffusion.is_some() && self.task != Some(TaskKind::TextToImage) {
+            return Err("the 'diffusion' section applies to task text-to-image".into());
+        }
+        let generative = matches!(
+            self.task,
+            Some(TaskKind::Summarization | TaskKind::TextToImage)
+        );
+        match self.backend {
+            BackendKind::Candle => {
+                let marker = match self.task {
+                    Some(TaskKind::Summarization) => "config.json",
+                    Some(TaskKind::TextToImage) => "model_index.json",
+                    _ => {
+                        return Err(
+                            "backend candle serves task summarization or text-to-image".into()
+                        )
+                    }
+                };
+                if self.model_file == ONNX_MODEL_FILE {
+                    self.model_file = marker.to_string();
+                }
+            }
+            BackendKind::Onnx if generative => {
+                return Err(format!(
+                    "task {} runs on backend candle (a Hugging Face checkpoint folder)",
+                    self.task.map_or("", TaskKind::as_str)
+                ))
+            }
+            BackendKind::Onnx => {}
+        }
+        Ok(())
     }
 
     /// The task sections together.

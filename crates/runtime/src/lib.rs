@@ -28,5 +28,5 @@ mod validate;
 
 pub use registry::{
     IndexEntry, ModelConfigInfo, ModelMetadata, ModelState, Overrides, Runtime, RuntimeOptions,
-    TaskAnswer, ONNX_PLATFORM,
+    TaskAnswer, CANDLE_PLATFORM, ONNX_PLATFORM,
 };

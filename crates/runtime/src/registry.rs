@@ -9,7 +9,7 @@ use ferroserve_backend_onnx::{OnnxBackend, OnnxRuntime, SessionOptions};
 use ferroserve_core::{
     Backend, DataType, Device, Error, InferRequest, InferResponse, NamedTensor, Result, Signature,
 };
-use ferroserve_tasks::{Files, Task, TaskInput, TaskOutput};
+use ferroserve_tasks::{Files, Task, TaskInput, TaskKind, TaskOutput};
 use serde::Serialize;
 
 use crate::config::{BackendKind, Devices, ModelConfig};
@@ -24,6 +24,8 @@ const PARTS_IN_FLIGHT: usize = 4;
 
 /// Name of the platform ONNX models report in their metadata (Triton's name for it).
 pub const ONNX_PLATFORM: &str = "onnxruntime_onnx";
+/// Name of the platform candle models report in their metadata.
+pub const CANDLE_PLATFORM: &str = "candle";
 
 /// Settings that apply to every model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,7 +419,11 @@ impl Runtime {
             .unwrap_or(self.options.max_queue_size);
         let info = ModelConfigInfo {
             name: model.to_string(),
-            platform: ONNX_PLATFORM.to_string(),
+            platform: match config.backend {
+                BackendKind::Onnx => ONNX_PLATFORM,
+                BackendKind::Candle => CANDLE_PLATFORM,
+            }
+            .to_string(),
             signature: task.as_ref().map_or(&signature, |t| t.signature()).clone(),
             max_batch_size,
             dynamic_batching: config.dynamic_batching.clone(),
@@ -492,6 +498,7 @@ impl Runtime {
                 )
                 .map_err(|e| e.to_string())?,
             )),
+            BackendKind::Candle => candle_backend(recipe, device),
         }
     }
 
@@ -702,9 +709,13 @@ impl Runtime {
         let admitted = self.cpu.admit()?;
         let rows = v.task_rows;
         let t = task.clone();
-        let prepared = self
+        let mut parameters = request.parameters.clone();
+        let (prepared, parameters) = self
             .cpu
-            .run(&admitted, move || t.prepare(input, rows))
+            .run(&admitted, move || {
+                t.prepare(input, rows, &mut parameters)
+                    .map(|p| (p, parameters))
+            })
             .await?;
         // A few parts of one request in the queue at a time: enough to fill batches, without
         // letting one large request take the whole queue from everybody else.
@@ -712,7 +723,7 @@ impl Runtime {
             .map(|inputs| {
                 v.scheduler.submit(InferRequest {
                     inputs,
-                    parameters: request.parameters.clone(),
+                    parameters: parameters.clone(),
                     ..Default::default()
                 })
             })
@@ -852,6 +863,40 @@ fn replica_devices(config: &ModelConfig) -> std::result::Result<Vec<Device>, Str
             }
             Ok((0..n).map(|i| Device::Cuda((i % gpus) as u32)).collect())
         }
+    }
+}
+
+/// A candle replica of the checkpoint folder holding `recipe.file`, for its task.
+fn candle_backend(
+    recipe: &Recipe,
+    device: Device,
+) -> std::result::Result<Box<dyn Backend>, String> {
+    use ferroserve_backend_candle::{DiffusionBackend, Seq2SeqBackend};
+    let dir = recipe.file.parent().unwrap_or(Path::new("."));
+    let gpu = match device {
+        Device::Cpu => None,
+        Device::Cuda(n) => Some(n as usize),
+    };
+    let device = ferroserve_backend_candle::device(gpu).map_err(|e| e.to_string())?;
+    let config = &recipe.config;
+    match config.task {
+        Some(TaskKind::Summarization) => Ok(Box::new(
+            Seq2SeqBackend::load(
+                dir,
+                &device,
+                &config.generation.clone().unwrap_or_default(),
+                None,
+            )
+            .map_err(|e| e.to_string())?,
+        )),
+        Some(TaskKind::TextToImage) => Ok(Box::new(
+            DiffusionBackend::load(dir, &device, &config.diffusion.clone().unwrap_or_default())
+                .map_err(|e| e.to_string())?,
+        )),
+        other => Err(format!(
+            "backend candle serves task summarization or text-to-image, not {}",
+            other.map_or("none", TaskKind::as_str)
+        )),
     }
 }
 

@@ -28,6 +28,10 @@ pub enum TaskKind {
     TextEmbedding,
     /// Text in, class probabilities and labels out.
     TextClassification,
+    /// Text in, shorter text out (a text-to-text model such as T5, `backend: candle`).
+    Summarization,
+    /// A prompt in, an image out (a Stable Diffusion pipeline, `backend: candle`).
+    TextToImage,
 }
 
 impl TaskKind {
@@ -37,6 +41,8 @@ impl TaskKind {
             TaskKind::ImageClassification => "image-classification",
             TaskKind::TextEmbedding => "text-embedding",
             TaskKind::TextClassification => "text-classification",
+            TaskKind::Summarization => "summarization",
+            TaskKind::TextToImage => "text-to-image",
         }
     }
 }
@@ -296,7 +302,12 @@ impl TaskConfig {
             (
                 "text",
                 self.text.is_some(),
-                &[TaskKind::TextEmbedding, TaskKind::TextClassification],
+                &[
+                    TaskKind::TextEmbedding,
+                    TaskKind::TextClassification,
+                    TaskKind::Summarization,
+                    TaskKind::TextToImage,
+                ],
             ),
             (
                 "classification",

@@ -14,6 +14,7 @@
 mod classify;
 pub mod config;
 mod files;
+mod generate;
 mod image;
 mod pooling;
 mod text;
@@ -29,8 +30,10 @@ use rayon::prelude::*;
 pub use classify::{Labels, Scores};
 pub use config::{TaskConfig, TaskKind};
 pub use files::Files;
+pub use generate::{Generated, GeneratedImage};
 
 use crate::config::{ClassificationConfig, Pooling};
+use crate::generate::{PromptPipeline, Summarizer};
 use crate::image::ImagePipeline;
 use crate::text::{Encoded, TextPipeline};
 
@@ -44,6 +47,12 @@ pub const PROBABILITIES_OUTPUT: &str = "probabilities";
 pub const LABEL_OUTPUT: &str = "label";
 /// V2 output of embedding tasks: one vector per input, `[batch, dim]`.
 pub const EMBEDDING_OUTPUT: &str = "embedding";
+/// V2 input of text-to-image: one prompt per element.
+pub const PROMPT_INPUT: &str = "prompt";
+/// V2 output of summarization: one text per input, `[batch]`.
+pub const SUMMARY_OUTPUT: &str = "summary";
+/// V2 output of text-to-image: 8-bit RGB images, `[batch, height, width, 3]`.
+pub const IMAGE_OUTPUT: &str = "image";
 
 /// Most images one request may carry.
 const MAX_IMAGES: usize = 256;
@@ -85,6 +94,10 @@ pub enum TaskOutput {
         /// Tokens per input.
         tokens: Vec<usize>,
     },
+    /// Generated texts (summarization).
+    Texts(Vec<Generated>),
+    /// Generated images (text-to-image).
+    Images(Vec<GeneratedImage>),
 }
 
 /// Model inputs made from a request: run each of `requests` through the model, then hand the
@@ -102,6 +115,8 @@ pub struct Prepared {
 pub struct Plan {
     /// Tokens per text input (empty for images).
     tokens: Vec<usize>,
+    /// Whether each input was truncated (generative tasks; empty for the others).
+    truncated: Vec<bool>,
     /// Items in each model request.
     rows: Vec<usize>,
 }
@@ -130,6 +145,8 @@ enum Head {
         text: TextPipeline,
         classes: Classes,
     },
+    Summarization(Summarizer),
+    TextToImage(PromptPipeline),
 }
 
 /// A loaded task: a model's pre- and post-processing.
@@ -189,6 +206,12 @@ impl Task {
                     normalize: text_config.normalize,
                 }
             }
+            TaskKind::Summarization => {
+                Head::Summarization(Summarizer::new(&text_config, files, model)?)
+            }
+            TaskKind::TextToImage => {
+                Head::TextToImage(PromptPipeline::new(config.text.as_ref(), files, model)?)
+            }
         };
         let signature = public_signature(&head, model);
         Ok(Some(Self {
@@ -213,10 +236,11 @@ impl Task {
     /// padding value.
     pub fn padded_inputs(&self) -> Vec<(String, f64)> {
         match &self.head {
-            Head::Image { .. } => Vec::new(),
+            Head::Image { .. } | Head::TextToImage(_) => Vec::new(),
             Head::Embedding { text, .. } | Head::TextClassification { text, .. } => {
                 text.padded_inputs()
             }
+            Head::Summarization(s) => s.text.padded_inputs(),
         }
     }
 
@@ -229,21 +253,30 @@ impl Task {
     pub fn default_top_k(&self) -> usize {
         match &self.head {
             Head::Image { classes, .. } | Head::TextClassification { classes, .. } => classes.top_k,
-            Head::Embedding { .. } => 0,
+            Head::Embedding { .. } | Head::Summarization(_) | Head::TextToImage(_) => 0,
         }
     }
 
     fn text(&self) -> Option<&TextPipeline> {
         match &self.head {
-            Head::Image { .. } => None,
+            Head::Image { .. } | Head::TextToImage(_) => None,
             Head::Embedding { text, .. } | Head::TextClassification { text, .. } => Some(text),
+            Head::Summarization(s) => Some(&s.text),
         }
     }
 
     /// Decodes images or tokenises texts into model requests of at most `max_rows` items
     /// (0: no limit). CPU-heavy: call it on a blocking pool; items are processed in parallel
     /// on the current rayon pool.
-    pub fn prepare(&self, input: TaskInput, max_rows: usize) -> Result<Prepared> {
+    ///
+    /// `parameters` are the request's; the task takes out those it turns into inputs
+    /// (text-to-image's `negative_prompt`, `seed`, `img_size`) and leaves the rest for the model.
+    pub fn prepare(
+        &self,
+        input: TaskInput,
+        max_rows: usize,
+        parameters: &mut ferroserve_core::Parameters,
+    ) -> Result<Prepared> {
         let max_rows = if max_rows == 0 { usize::MAX } else { max_rows };
         if input.is_empty() {
             return Err(Error::invalid("the request has no inputs"));
@@ -256,6 +289,10 @@ impl Task {
                 Head::Embedding { text, .. } | Head::TextClassification { text, .. },
                 TaskInput::Texts(texts),
             ) => prepare_texts(text, &texts, max_rows),
+            (Head::Summarization(s), TaskInput::Texts(texts)) => s.prepare(&texts, max_rows),
+            (Head::TextToImage(p), TaskInput::Texts(prompts)) => {
+                p.prepare(&prompts, max_rows, parameters)
+            }
             (Head::Image { .. }, TaskInput::Texts(_)) => Err(Error::invalid(format!(
                 "this model is an {} model: send images, not text",
                 self.kind
@@ -345,6 +382,8 @@ impl Task {
                     tokens: plan.tokens,
                 })
             }
+            Head::Summarization(s) => Ok(TaskOutput::Texts(s.finish(plan, outputs)?)),
+            Head::TextToImage(_) => Ok(TaskOutput::Images(PromptPipeline::finish(plan, outputs)?)),
         }
     }
 
@@ -361,7 +400,10 @@ impl Task {
             TaskKind::ImageClassification => {
                 TaskInput::Images(items.map(Bytes::copy_from_slice).collect())
             }
-            TaskKind::TextEmbedding | TaskKind::TextClassification => TaskInput::Texts(
+            TaskKind::TextEmbedding
+            | TaskKind::TextClassification
+            | TaskKind::Summarization
+            | TaskKind::TextToImage => TaskInput::Texts(
                 items
                     .enumerate()
                     .map(|(i, b)| {
@@ -409,6 +451,27 @@ impl Task {
                     let t = Tensor::from_bytes_elements(vec![n], labels)
                         .map_err(|e| Error::Internal(e.to_string()))?;
                     out.push(named(LABEL_OUTPUT, t));
+                }
+            }
+            TaskOutput::Texts(texts) => {
+                if wanted(SUMMARY_OUTPUT) {
+                    let t = Tensor::from_bytes_elements(
+                        vec![texts.len()],
+                        texts.iter().map(|g| g.text.as_bytes()),
+                    )
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                    out.push(named(SUMMARY_OUTPUT, t));
+                }
+            }
+            TaskOutput::Images(images) => {
+                if wanted(IMAGE_OUTPUT) {
+                    let (h, w) = images
+                        .first()
+                        .map_or((0, 0), |i| (i.height as usize, i.width as usize));
+                    let data: Vec<u8> = images.iter().flat_map(|i| i.rgb.iter().copied()).collect();
+                    let t = Tensor::new(DataType::Uint8, vec![images.len(), h, w, 3], data.into())
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    out.push(named(IMAGE_OUTPUT, t));
                 }
             }
             TaskOutput::Embeddings { vectors, .. } => {
@@ -512,6 +575,14 @@ fn public_signature(head: &Head, model: &Signature) -> Signature {
                 outputs: vec![spec(EMBEDDING_OUTPUT, DataType::Fp32, vec![-1, dim])],
             }
         }
+        Head::Summarization(_) => Signature {
+            inputs: vec![spec(TEXT_INPUT, DataType::Bytes, vec![-1])],
+            outputs: vec![spec(SUMMARY_OUTPUT, DataType::Bytes, vec![-1])],
+        },
+        Head::TextToImage(_) => Signature {
+            inputs: vec![spec(PROMPT_INPUT, DataType::Bytes, vec![-1])],
+            outputs: vec![spec(IMAGE_OUTPUT, DataType::Uint8, vec![-1, -1, -1, 3])],
+        },
     }
 }
 
@@ -565,6 +636,7 @@ fn prepare_images(pipe: &ImagePipeline, images: &[Bytes], max_rows: usize) -> Re
         requests,
         plan: Plan {
             tokens: Vec::new(),
+            truncated: Vec::new(),
             rows,
         },
     })
@@ -593,6 +665,7 @@ fn prepare_texts(text: &TextPipeline, texts: &[String], max_rows: usize) -> Resu
         requests,
         plan: Plan {
             tokens: encoded.iter().map(|e| e.ids.len()).collect(),
+            truncated: Vec::new(),
             rows,
         },
     })

@@ -18,6 +18,8 @@ use crate::image::names;
 pub(crate) struct Encoded {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
+    /// Whether the text was cut to the longest input.
+    pub truncated: bool,
 }
 
 /// Tokenising resolved against a model's inputs.
@@ -133,7 +135,15 @@ impl TextPipeline {
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
+            truncated: !enc.get_overflowing().is_empty(),
         })
+    }
+
+    /// Token ids back to text, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Internal(format!("cannot decode the model's tokens: {e}")))
     }
 
     /// Splits `encoded` (in order) into runs that each fit `max_rows` rows and the token budget

@@ -20,6 +20,7 @@ mod tensors;
 
 use std::path::Path;
 
+pub use diffusion::DiffusionBackend;
 pub use seq2seq::Seq2SeqBackend;
 
 /// Errors while loading or running a candle model.

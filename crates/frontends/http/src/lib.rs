@@ -20,6 +20,7 @@
 mod body;
 mod documents;
 mod error;
+mod generate;
 mod openai;
 mod torchserve;
 pub mod v2;
@@ -112,10 +113,10 @@ pub fn flow_router(
     flow: Arc<ferroserve_flow::Flow>,
     options: HttpOptions,
 ) -> Router {
-    let routes = routes().route("/post", post(documents::post)).route(
-        "/{endpoint}",
-        post(documents::endpoint).get(documents::query),
-    );
+    // `GET /{name}` (in `routes`) answers for the flow's executors first.
+    let routes = routes()
+        .route("/post", post(documents::post))
+        .route("/{name}", post(documents::endpoint));
     finish(
         routes,
         Arc::new(AppState {
@@ -188,6 +189,8 @@ fn routes() -> Router<Arc<AppState>> {
             post(torchserve::predict).put(torchserve::predict),
         )
         .route("/v1/embeddings", post(openai::embeddings))
+        // Generative models by name (`/summarize`, `/imagine`); see `generate`.
+        .route("/{name}", get(generate::query))
 }
 
 /// A router with only `GET /metrics`, for a separate metrics port.

@@ -48,6 +48,18 @@ pub(crate) async fn predict(
     let Some(task) = state.runtime.task(&path.model, path.version.as_deref())? else {
         return v2::infer(state, path, headers, request).await;
     };
+    if matches!(task.kind(), TaskKind::Summarization | TaskKind::TextToImage) {
+        let bytes = state.read_body(&headers, request).await?;
+        return crate::generate::predict(
+            &state,
+            &path.model,
+            path.version.as_deref(),
+            query,
+            &headers,
+            bytes,
+        )
+        .await;
+    }
     let top_k = match query.get("topk").or_else(|| query.get("top_k")) {
         None => task.default_top_k(),
         Some(k) => k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
@@ -59,9 +71,10 @@ pub(crate) async fn predict(
     let bytes = state.read_body(&headers, request).await?;
     let (input, single) = match task.kind() {
         TaskKind::ImageClassification => body::images(&headers, bytes).await?,
-        TaskKind::TextEmbedding | TaskKind::TextClassification => {
-            body::texts(&headers, bytes).await?
-        }
+        TaskKind::TextEmbedding
+        | TaskKind::TextClassification
+        | TaskKind::Summarization
+        | TaskKind::TextToImage => body::texts(&headers, bytes).await?,
     };
     let answer = state
         .runtime
@@ -86,6 +99,9 @@ pub(crate) async fn predict(
             })
             .collect(),
         TaskOutput::Embeddings { vectors, .. } => vectors.iter().map(|v| Item::Vector(v)).collect(),
+        TaskOutput::Texts(_) | TaskOutput::Images(_) => {
+            return Err(Error::Internal("generative answers go through generate::predict".into()).into())
+        }
     };
     // One input answers with its result; several with a list of results, in order.
     Ok(match (single, items.as_slice()) {

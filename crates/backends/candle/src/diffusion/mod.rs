@@ -1,7 +1,9 @@
 //! Stable Diffusion text-to-image: the CLIP text encoder, candle-transformers' UNet and VAE, the
 //! Euler / DDIM / PNDM schedulers and the denoising loop.
 
+mod backend;
 mod clip;
+mod params;
 mod pipeline;
 mod scheduler;
 
@@ -10,3 +12,5 @@ pub use pipeline::{
     DiffusionInputs, ImageSettings, StableDiffusion, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS,
 };
 pub use scheduler::{Schedule, Scheduler, SchedulerKind};
+pub use backend::{DiffusionBackend, IMAGE, INPUT_IDS, NEGATIVE_IDS, SEED};
+pub use params::{DiffusionDefaults, DiffusionParams, NAMES};

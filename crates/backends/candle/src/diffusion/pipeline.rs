@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::clip::ClipTextEncoder;
+use super::params::DiffusionDefaults;
 use super::scheduler::{Schedule, SchedulerKind};
 use crate::{files, CandleError};
 
@@ -100,6 +101,9 @@ struct UNetFile {
     transformer_layers_per_block: Option<Value>,
     #[serde(default)]
     use_linear_projection: bool,
+    /// Latent side the UNet was trained at; default image size is this times the VAE factor.
+    #[serde(default = "sixty_four")]
+    sample_size: usize,
     #[serde(default)]
     addition_embed_type: Option<Value>,
     #[serde(default)]
@@ -112,6 +116,9 @@ struct UNetFile {
 
 fn four() -> usize {
     4
+}
+fn sixty_four() -> usize {
+    64
 }
 fn one() -> usize {
     1
@@ -255,6 +262,7 @@ pub struct StableDiffusion {
     vae_scale: f64,
     vae_shift: f64,
     schedule: Schedule,
+    defaults: DiffusionDefaults,
     device: Device,
 }
 
@@ -314,7 +322,20 @@ impl StableDiffusion {
             },
         )?;
         let schedule = Schedule::load(&dir.join("scheduler"))?;
+        // Each VAE block but the last halves the image.
+        let vae_factor = 1 << v.block_out_channels.len().saturating_sub(1);
+        let side = unet_file.sample_size * vae_factor;
+        let defaults = DiffusionDefaults {
+            height: side,
+            width: side,
+            // diffusers' defaults.
+            steps: 50,
+            guidance_scale: 7.5,
+            scheduler: schedule.default_kind(),
+            vae_factor,
+        };
         Ok(Self {
+            defaults,
             text_encoder,
             unet,
             latent_channels: v.latent_channels,
@@ -336,9 +357,40 @@ impl StableDiffusion {
         self.latent_channels
     }
 
-    /// The scheduler the pipeline was saved with.
-    pub fn default_scheduler(&self) -> SchedulerKind {
-        self.schedule.default_kind()
+    /// The pipeline's defaults (size from the UNet's sample size, diffusers' 50 steps and
+    /// guidance 7.5, the scheduler it was saved with).
+    pub fn defaults(&self) -> &DiffusionDefaults {
+        &self.defaults
+    }
+
+    /// Standard normal starting latents for `settings`, one image per seed: the same seed and
+    /// size give the same image.
+    pub fn noise(&self, seeds: &[u64], settings: &ImageSettings) -> Result<Tensor, CandleError> {
+        use rand::SeedableRng;
+        use rand_distr::Distribution;
+        let f = self.defaults.vae_factor;
+        let (h, w) = (settings.height / f, settings.width / f);
+        let per = self.latent_channels * h * w;
+        let mut values = Vec::with_capacity(seeds.len() * per);
+        for &seed in seeds {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            values.extend(
+                rand_distr::StandardNormal
+                    .sample_iter(&mut rng)
+                    .take(per)
+                    .map(|v: f32| v),
+            );
+        }
+        Ok(Tensor::from_vec(
+            values,
+            (seeds.len(), self.latent_channels, h, w),
+            &self.device,
+        )?)
+    }
+
+    /// Tokens in the text encoder's vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.text_encoder.config().vocab_size
     }
 
     /// Longest prompt in tokens, start and end included.
