@@ -519,7 +519,9 @@ async fn call_model(
         TaskKind::Summarization | TaskKind::TextToImage => parameters.clone(),
         _ => Default::default(),
     };
-    let answer = runtime.run_task(model, None, input, task_parameters).await?;
+    let answer = runtime
+        .run_task(model, None, input, task_parameters)
+        .await?;
     match answer.output {
         TaskOutput::Embeddings { vectors, .. } => {
             for (&i, v) in usable.iter().zip(vectors) {

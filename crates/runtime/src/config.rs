@@ -43,12 +43,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use ferroserve_backend_candle::diffusion::DiffusionParams;
+use ferroserve_backend_candle::generation::GenerationParams;
 pub use ferroserve_core::Device;
 use ferroserve_tasks::config::{
     ClassificationConfig, ImageConfig, TaskConfig, TaskKind, TextConfig,
 };
-use ferroserve_backend_candle::diffusion::DiffusionParams;
-use ferroserve_backend_candle::generation::GenerationParams;
 use serde::Deserialize;
 
 /// File name of a model's configuration inside its folder.

@@ -203,6 +203,7 @@ pub struct TextConfig {
     pub tokenizer: String,
     /// Longest input in tokens; longer ones are truncated. Default: `max_seq_length` of
     /// `sentence_bert_config.json`, else the tokenizer's own truncation, else
+    /// `model_max_length` of `tokenizer_config.json` (a huge one means no limit), else
     /// `max_position_embeddings` of `config.json`, else 512; never more than
     /// `max_position_embeddings` or `max_batch_tokens`.
     pub max_length: Option<usize>,

@@ -264,9 +264,7 @@ impl PromptPipeline {
         if let Some(size) = parameters.remove("img_size") {
             for side in ["height", "width"] {
                 if parameters.contains_key(side) {
-                    return Err(Error::invalid(format!(
-                        "give img_size or {side}, not both"
-                    )));
+                    return Err(Error::invalid(format!("give img_size or {side}, not both")));
                 }
                 parameters.insert(side.to_string(), size.clone());
             }
@@ -287,7 +285,10 @@ impl PromptPipeline {
                 .iter()
                 .flat_map(|(ids, _)| ids.iter().copied())
                 .collect();
-            let negatives: Vec<i64> = std::iter::repeat_n(&negative_ids, n).flatten().copied().collect();
+            let negatives: Vec<i64> = std::iter::repeat_n(&negative_ids, n)
+                .flatten()
+                .copied()
+                .collect();
             // Prompts of one request get consecutive seeds: different images, reproducible.
             let seeds: Vec<i64> = range.map(|i| seed.wrapping_add(i as u64) as i64).collect();
             requests.push(vec![
@@ -330,7 +331,11 @@ impl PromptPipeline {
                 // diffusers' numpy_to_pil: round(value * 255).
                 let rgb = chunk
                     .chunks_exact(4)
-                    .map(|c| (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * 255.0).round().clamp(0.0, 255.0) as u8)
+                    .map(|c| {
+                        (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * 255.0)
+                            .round()
+                            .clamp(0.0, 255.0) as u8
+                    })
                     .collect();
                 images.push(GeneratedImage {
                     width: w as u32,
@@ -364,5 +369,6 @@ fn pad_token(files: &Files, tokenizer: &Tokenizer) -> Option<u32> {
 
 fn int64(shape: Vec<usize>, values: &[i64]) -> Result<Tensor> {
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Tensor::new(DataType::Int64, shape, Bytes::from(data)).map_err(|e| Error::Internal(e.to_string()))
+    Tensor::new(DataType::Int64, shape, Bytes::from(data))
+        .map_err(|e| Error::Internal(e.to_string()))
 }

@@ -198,8 +198,16 @@ fn default_max_length(files: &Files, tokenizer: &Tokenizer) -> usize {
         read_json(&path)?.get(field)?.as_u64().map(|n| n as usize)
     };
     let positions = json_field("config.json", "max_position_embeddings");
+    // transformers writes a huge model_max_length (1e30) for "no limit" (T5's relative
+    // positions have none): then only the token budget bounds an input.
+    let tokenizer_limit = || {
+        let path = files.try_find("tokenizer_config.json")?;
+        let n = read_json(&path)?.get("model_max_length")?.as_f64()?;
+        Some(if n >= 1e6 { usize::MAX } else { n as usize })
+    };
     json_field("sentence_bert_config.json", "max_seq_length")
         .or_else(|| tokenizer.get_truncation().map(|t| t.max_length))
+        .or_else(tokenizer_limit)
         .or(positions)
         .unwrap_or(512)
         .min(positions.unwrap_or(usize::MAX))

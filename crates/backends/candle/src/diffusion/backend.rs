@@ -32,7 +32,11 @@ pub struct DiffusionBackend {
 impl DiffusionBackend {
     /// Loads the diffusers pipeline folder `dir` on `device`; `overrides` (from model.yaml)
     /// replace the pipeline's defaults.
-    pub fn load(dir: &Path, device: &Device, overrides: &DiffusionParams) -> Result<Self, CandleError> {
+    pub fn load(
+        dir: &Path,
+        device: &Device,
+        overrides: &DiffusionParams,
+    ) -> Result<Self, CandleError> {
         let pipeline = StableDiffusion::load(dir, device)?;
         let defaults = pipeline.defaults().clone().with(overrides)?;
         let spec = |name: &str, datatype, shape: Vec<i64>| TensorSpec {
@@ -73,7 +77,6 @@ impl DiffusionBackend {
         Tensor::from_vec(ids, (rows.len(), width), self.pipeline.device())
             .map_err(|e| CandleError::from(e).into())
     }
-
 }
 
 impl Backend for DiffusionBackend {

@@ -93,7 +93,7 @@ impl ClipTextEncoder {
                 )))
             }
         };
-        if c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(CandleError::Invalid(format!(
                 "text encoder hidden_size {} is not a multiple of its {} heads",
                 c.hidden_size, c.num_attention_heads

@@ -7,10 +7,10 @@ mod params;
 mod pipeline;
 mod scheduler;
 
+pub use backend::{DiffusionBackend, IMAGE, INPUT_IDS, NEGATIVE_IDS, SEED};
 pub use clip::{ClipConfig, ClipTextEncoder};
+pub use params::{DiffusionDefaults, DiffusionParams, NAMES};
 pub use pipeline::{
     DiffusionInputs, ImageSettings, StableDiffusion, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS,
 };
 pub use scheduler::{Schedule, Scheduler, SchedulerKind};
-pub use backend::{DiffusionBackend, IMAGE, INPUT_IDS, NEGATIVE_IDS, SEED};
-pub use params::{DiffusionDefaults, DiffusionParams, NAMES};

@@ -443,9 +443,21 @@ impl StableDiffusion {
                 .filter(|&r| keep(live[r as usize]))
                 .collect();
             if kept.is_empty() {
+                tracing::info!(
+                    step = i + 1,
+                    steps = timesteps.len(),
+                    stopped = live.len(),
+                    "image generation stopped early: nobody waits for it"
+                );
                 return Ok(vec![None; n]);
             }
             if kept.len() < live.len() {
+                tracing::info!(
+                    step = i + 1,
+                    steps = timesteps.len(),
+                    stopped = live.len() - kept.len(),
+                    "image generation stopped early: nobody waits for it"
+                );
                 let rows = Tensor::new(kept.as_slice(), &self.device)?;
                 latents = latents.index_select(&rows, 0)?;
                 scheduler.select(&rows)?;

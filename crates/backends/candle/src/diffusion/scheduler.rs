@@ -117,7 +117,7 @@ fn default_prediction() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Prediction {
     Epsilon,
-    VPrediction,
+    Velocity,
     Sample,
 }
 
@@ -172,7 +172,7 @@ impl Schedule {
         }
         let prediction = match config.prediction_type.as_str() {
             "epsilon" => Prediction::Epsilon,
-            "v_prediction" => Prediction::VPrediction,
+            "v_prediction" => Prediction::Velocity,
             "sample" => Prediction::Sample,
             other => return unsupported(&format!("prediction_type '{other}'")),
         };
@@ -511,7 +511,7 @@ impl Scheduler {
                 let (sigma, next) = (sigmas[i], sigmas[i + 1]);
                 let original = match prediction {
                     Prediction::Epsilon => (sample - (output * sigma)?)?,
-                    Prediction::VPrediction => {
+                    Prediction::Velocity => {
                         let s2 = sigma * sigma + 1.0;
                         ((output * (-sigma / s2.sqrt()))? + (sample / s2)?)?
                     }
@@ -539,7 +539,7 @@ impl Scheduler {
                         output.clone(),
                         ((sample - (output * a.sqrt())?)? / b.sqrt())?,
                     ),
-                    Prediction::VPrediction => (
+                    Prediction::Velocity => (
                         ((sample * a.sqrt())? - (output * b.sqrt())?)?,
                         ((output * a.sqrt())? + (sample * b.sqrt())?)?,
                     ),
@@ -661,7 +661,7 @@ impl Pndm {
         let a_prev = s.alpha(prev, self.final_alpha);
         let (b, b_prev) = (1.0 - a, 1.0 - a_prev);
         let output = match s.prediction {
-            Prediction::VPrediction => ((output * a.sqrt())? + (sample * b.sqrt())?)?,
+            Prediction::Velocity => ((output * a.sqrt())? + (sample * b.sqrt())?)?,
             _ => output.clone(),
         };
         let sample_coeff = (a_prev / a).sqrt();

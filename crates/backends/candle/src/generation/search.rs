@@ -94,7 +94,9 @@ fn greedy(
             seqs[i].push(token);
             if token == c.eos_token_id || seqs[i].len() >= g.max_length {
                 out[i] = Some(std::mem::take(&mut seqs[i]));
-            } else if !cancelled(i) {
+            } else if cancelled(i) {
+                stopped(seqs[i].len(), g);
+            } else {
                 keep.push(row);
             }
         }
@@ -104,6 +106,15 @@ fn greedy(
         }
     }
     Ok(out)
+}
+
+/// Says that an input left the batch because its client went away.
+fn stopped(tokens: usize, g: &Generation) {
+    tracing::info!(
+        tokens,
+        max_length = g.max_length,
+        "text generation stopped early: nobody waits for it"
+    );
 }
 
 /// The first index of the largest score (torch's argmax).
@@ -245,7 +256,9 @@ fn beam_search(
             let open = !(all_finished && g.early_stopping == EarlyStopping::Always);
             if !(beams.improvable && open && !all_hit) {
                 out[beams.input] = beams.finished.into_iter().next().map(|f| f.0);
-            } else if !cancelled(beams.input) {
+            } else if cancelled(beams.input) {
+                stopped(cur_len + 1, g);
+            } else {
                 reorder.extend(
                     chosen
                         .iter()
