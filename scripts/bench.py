@@ -14,6 +14,9 @@ because the machine is shared and absolute numbers drift.
    beside in-process onnxruntime at batch 16 on pre-decoded tensors; sentences through
    /v1/embeddings beside in-process onnxruntime on pre-tokenised batches and beside Python
    sentence-transformers (PyTorch) encoding the same sentences.
+6. Generative tasks: tiny-t5 tokens/s (greedy and 4 beams) through GET /t5?txt= beside
+   transformers' generate (PyTorch eager, CPU), and tiny-sd denoising steps/s through
+   GET /sd?prompt= beside diffusers' StableDiffusionPipeline, one request at a time, alternating.
 
 Usage: scripts/bench.sh [--seconds 5]   (it installs nginx, wrk and onnxruntime first)
 """
@@ -429,10 +432,75 @@ def tasks(seconds):
     print()
 
 
+def get(server, path):
+    conn = http.client.HTTPConnection(server.host, server.port)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    body = r.read()
+    if r.status != 200:
+        raise SystemExit(f"GET {path}: {r.status} {body[:200]!r}")
+    conn.close()
+    return body
+
+
+def generative(seconds):
+    """Table 6, or a note when transformers/diffusers are not installed."""
+    try:
+        import torch
+        from diffusers import StableDiffusionPipeline
+        from transformers import AutoTokenizer, T5ForConditionalGeneration
+    except ImportError as e:
+        print(f"### 6. Generative tasks\n\nskipped: {e} (scripts/bench.sh installs diffusers)\n")
+        return
+    from urllib.parse import quote
+    torch.set_num_threads(os.cpu_count())
+    fixtures = ROOT / "tests" / "fixtures" / "models"
+    text = "Men have landed and walked on the moon. Two Americans, astronauts of Apollo 11, steered their fragile four-legged lunar module safely to the historic landing."
+    new = 64
+    t5 = T5ForConditionalGeneration.from_pretrained(str(fixtures / "tiny-t5")).eval()
+    tok = AutoTokenizer.from_pretrained(str(fixtures / "tiny-t5"))
+    ids = tok(text, return_tensors="pt")
+    pipe = StableDiffusionPipeline.from_pretrained(str(fixtures / "tiny-sd"), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    prompt, steps = "a photo of the moon", 20
+    server = Server({"t5": "summarize", "sd": "imagine"})
+    rows = []
+    try:
+        for beams in (1, 4):
+            path = (f"/t5?txt={quote(text)}&num_beams={beams}&max_new_tokens={new}&min_new_tokens={new}")
+
+            def torch_gen():
+                with torch.inference_mode():
+                    out = t5.generate(**ids, num_beams=beams, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+                assert out.shape[1] == new + 1
+
+            ours, theirs = timed_pair(lambda: get(server, path), torch_gen, seconds, rounds=4)
+            rows.append((f"tiny-t5, {'greedy' if beams == 1 else f'{beams} beams'}, {new} new tokens",
+                         new / statistics.median(ours), new / statistics.median(theirs), "tokens/s"))
+        path = f"/sd?prompt={quote(prompt)}&num_inference_steps={steps}&img_size=64&seed=1&scheduler=euler"
+
+        def torch_sd():
+            with torch.inference_mode():
+                pipe(prompt, num_inference_steps=steps, height=64, width=64, guidance_scale=7.5)
+
+        ours, theirs = timed_pair(lambda: get(server, path), torch_sd, seconds, rounds=4)
+        rows.append((f"tiny-sd, 64x64, guidance 7.5, Euler, {steps} steps (text encoder and VAE included)",
+                     steps / statistics.median(ours), steps / statistics.median(theirs), "steps/s"))
+    finally:
+        server.stop()
+    print(f"### 6. Generative tasks, one request at a time ({seconds:.0f} s per pair)\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| workload | ferroserve (HTTP, candle) | PyTorch eager in-process | ferroserve / PyTorch |")
+    print("| --- | --- | --- | --- |")
+    for name, a, b, unit in rows:
+        print(f"| {name} | {a:,.1f} {unit} | {b:,.1f} {unit} | {a / b:.2f} |")
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks"])
+    ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks", "generative"])
     args = ap.parse_args()
     for tool in ["nginx", "wrk"]:
         if not shutil.which(tool) and args.only in (None, "ceiling"):
@@ -449,6 +517,8 @@ def main():
         minilm(args.seconds)
     if args.only in (None, "tasks"):
         tasks(args.seconds)
+    if args.only in (None, "generative"):
+        generative(args.seconds)
 
 
 if __name__ == "__main__":

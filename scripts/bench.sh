@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md: set-up, the peers (nginx and wrk from Debian, onnxruntime from
 # PyPI for the in-process baseline, sentence-transformers from PyPI for the Python embedding
-# peer), then scripts/bench.py. Loopback traffic only.
+# peer, diffusers for the text-to-image peer), then scripts/bench.py. Loopback traffic only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh" --test
@@ -16,4 +16,8 @@ fi
 # The Python peer for embeddings (table 5). It brings PyTorch: a large download, once.
 "$ROOT/.venv/bin/python" -c "import sentence_transformers" 2>/dev/null \
   || "$ROOT/.venv/bin/python" -m pip install --quiet "sentence-transformers==6.2.0"
+# The Python peers of the generative tasks (table 6): transformers comes with
+# sentence-transformers; diffusers on its own.
+"$ROOT/.venv/bin/python" -c "import diffusers" 2>/dev/null \
+  || "$ROOT/.venv/bin/python" -m pip install --quiet "diffusers==0.42.1"
 exec "$ROOT/.venv/bin/python" "$ROOT/scripts/bench.py" "$@"
