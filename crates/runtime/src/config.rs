@@ -295,19 +295,35 @@ impl ModelConfig {
             task: Some(task),
             ..Self::default()
         };
-        if dir.join("model_index.json").is_file() {
-            return candle(TaskKind::TextToImage, "model_index.json");
+        // The checkpoint may sit in the model folder or in its numeric version folders.
+        let mut folders = vec![dir.to_path_buf()];
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            folders.extend(
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|n| n.parse::<u64>().is_ok())
+                    })
+                    .map(|e| e.path()),
+            );
         }
-        let t5 = std::fs::read_to_string(dir.join("config.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .is_some_and(|c| {
-                c["architectures"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|n| n == "T5ForConditionalGeneration"))
-            });
-        if t5 && !dir.join(ONNX_MODEL_FILE).is_file() {
-            return candle(TaskKind::Summarization, "config.json");
+        for folder in &folders {
+            if folder.join("model_index.json").is_file() {
+                return candle(TaskKind::TextToImage, "model_index.json");
+            }
+            let t5 = std::fs::read_to_string(folder.join("config.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .is_some_and(|c| {
+                    c["architectures"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|n| n == "T5ForConditionalGeneration"))
+                });
+            if t5 && !folder.join(ONNX_MODEL_FILE).is_file() {
+                return candle(TaskKind::Summarization, "config.json");
+            }
         }
         Self::default()
     }
