@@ -56,6 +56,16 @@ impl<'a> RunContext<'a> {
         }
     }
 
+    /// A context with no parameters whose rows are never cancelled: what [`Backend::run`]
+    /// means, for backends that implement it through [`Backend::run_with`].
+    pub fn detached() -> RunContext<'static> {
+        static NONE: std::sync::LazyLock<Parameters> = std::sync::LazyLock::new(Parameters::new);
+        fn never(_: usize) -> bool {
+            false
+        }
+        RunContext::new(&NONE, &never)
+    }
+
     /// The parameters every request of the batch carries (batches only join requests whose
     /// parameters are equal).
     pub fn parameters(&self) -> &Parameters {

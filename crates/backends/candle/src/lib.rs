@@ -14,6 +14,7 @@
 pub mod diffusion;
 mod files;
 pub mod generation;
+mod request;
 pub mod seq2seq;
 pub mod t5;
 mod tensors;

@@ -85,8 +85,7 @@ impl Backend for DiffusionBackend {
     }
 
     fn run(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>> {
-        let parameters = ferroserve_core::Parameters::new();
-        self.run_with(inputs, outputs, &RunContext::new(&parameters, &|_| false))
+        self.run_with(inputs, outputs, &RunContext::detached())
     }
 
     fn run_with(

@@ -24,9 +24,6 @@ pub struct DiffusionParams {
     pub scheduler: Option<String>,
 }
 
-/// Request parameters that belong to the protocol, not to generation.
-const PROTOCOL_PARAMETERS: &[&str] = &["timeout", "priority", "binary_data_output"];
-
 /// The names a request may use.
 pub const NAMES: &[&str] = &[
     "height",
@@ -40,21 +37,7 @@ impl DiffusionParams {
     /// Reads the image parameters among a request's parameters; an unknown name is an error
     /// that lists the known ones.
     pub fn from_parameters(parameters: &Map<String, Value>) -> Result<Self, CandleError> {
-        let mut own = Map::new();
-        for (k, v) in parameters {
-            if PROTOCOL_PARAMETERS.contains(&k.as_str()) {
-                continue;
-            }
-            if !NAMES.contains(&k.as_str()) {
-                return Err(CandleError::Invalid(format!(
-                    "unknown image generation parameter '{k}' (expected one of: {})",
-                    NAMES.join(", ")
-                )));
-            }
-            own.insert(k.clone(), v.clone());
-        }
-        serde_json::from_value(Value::Object(own))
-            .map_err(|e| CandleError::Invalid(format!("image generation parameters: {e}")))
+        crate::request::own_parameters(parameters, NAMES, "image generation")
     }
 }
 

@@ -61,9 +61,6 @@ pub struct GenerationParams {
     pub no_repeat_ngram_size: Option<usize>,
 }
 
-/// Request parameters that belong to the protocol, not to generation.
-const PROTOCOL_PARAMETERS: &[&str] = &["timeout", "priority", "binary_data_output"];
-
 /// The names a request may use, for error messages.
 pub const NAMES: &[&str] = &[
     "num_beams",
@@ -81,21 +78,7 @@ impl GenerationParams {
     /// Reads the generation parameters among a request's parameters (protocol ones such as
     /// `timeout` are skipped); an unknown name is an error that lists the known ones.
     pub fn from_parameters(parameters: &Map<String, Value>) -> Result<Self, CandleError> {
-        let mut own = Map::new();
-        for (k, v) in parameters {
-            if PROTOCOL_PARAMETERS.contains(&k.as_str()) {
-                continue;
-            }
-            if !NAMES.contains(&k.as_str()) {
-                return Err(CandleError::Invalid(format!(
-                    "unknown generation parameter '{k}' (expected one of: {})",
-                    NAMES.join(", ")
-                )));
-            }
-            own.insert(k.clone(), v.clone());
-        }
-        serde_json::from_value(Value::Object(own))
-            .map_err(|e| CandleError::Invalid(format!("generation parameters: {e}")))
+        crate::request::own_parameters(parameters, NAMES, "generation")
     }
 
     /// These parameters over `base`: each one set here wins.
