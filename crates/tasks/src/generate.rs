@@ -12,8 +12,8 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use crate::config::TextConfig;
 use crate::files::Files;
-use crate::text::TextPipeline;
-use crate::{find, named, ranges, Plan, Prepared};
+use crate::text::{read_json, TextPipeline};
+use crate::{find, named, prepare_texts_with, ranges, Plan, Prepared};
 
 /// Text a model generated for one input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +82,7 @@ impl Summarizer {
         // transformers' summarization pipeline puts the checkpoint's prefix before each text.
         let prefix = files
             .try_find("config.json")
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|p| read_json(&p))
             .and_then(|c| {
                 c.pointer("/task_specific_params/summarization/prefix")
                     .and_then(Value::as_str)
@@ -94,36 +93,11 @@ impl Summarizer {
     }
 
     pub fn prepare(&self, texts: &[String], max_rows: usize) -> Result<Prepared> {
-        if texts.len() > self.text.max_inputs {
-            return Err(Error::TooLarge(format!(
-                "the request has {} texts; at most {} are accepted in one request (text.max_inputs)",
-                texts.len(),
-                self.text.max_inputs
-            )));
-        }
-        let encoded = texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if t.trim().is_empty() {
-                    return Err(Error::invalid(format!("input {i} is empty")));
-                }
-                self.text.encode(i, &format!("{}{t}", self.prefix))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut requests = Vec::new();
-        let mut rows = Vec::new();
-        for range in self.text.chunks(&encoded, max_rows) {
-            rows.push(range.len());
-            requests.push(self.text.tensors(&encoded[range])?);
-        }
-        Ok(Prepared {
-            requests,
-            plan: Plan {
-                tokens: encoded.iter().map(|e| e.ids.len()).collect(),
-                truncated: encoded.iter().map(|e| e.truncated).collect(),
-                rows,
-            },
+        prepare_texts_with(&self.text, texts, max_rows, |i, t| {
+            if t.trim().is_empty() {
+                return Err(Error::invalid(format!("input {i} is empty")));
+            }
+            self.text.encode(i, &format!("{}{t}", self.prefix))
         })
     }
 
@@ -355,8 +329,7 @@ fn pad_token(files: &Files, tokenizer: &Tokenizer) -> Option<u32> {
     let named = files
         .try_find("tokenizer/tokenizer_config.json")
         .or_else(|| files.try_find("tokenizer_config.json"))
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .and_then(|p| read_json(&p))
         .and_then(|c| match c.get("pad_token") {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(str::to_string),

@@ -115,7 +115,7 @@ pub struct Prepared {
 pub struct Plan {
     /// Tokens per text input (empty for images).
     tokens: Vec<usize>,
-    /// Whether each input was truncated (generative tasks; empty for the others).
+    /// Whether each text input was cut to the longest input (empty for images).
     truncated: Vec<bool>,
     /// Items in each model request.
     rows: Vec<usize>,
@@ -643,6 +643,17 @@ fn prepare_images(pipe: &ImagePipeline, images: &[Bytes], max_rows: usize) -> Re
 }
 
 fn prepare_texts(text: &TextPipeline, texts: &[String], max_rows: usize) -> Result<Prepared> {
+    prepare_texts_with(text, texts, max_rows, |i, t| text.encode(i, t))
+}
+
+/// Texts into model requests of at most `max_rows` rows under the token budget, each text
+/// tokenised by `encode(index, text)`.
+fn prepare_texts_with(
+    text: &TextPipeline,
+    texts: &[String],
+    max_rows: usize,
+    encode: impl Fn(usize, &str) -> Result<Encoded> + Sync,
+) -> Result<Prepared> {
     if texts.len() > text.max_inputs {
         return Err(Error::TooLarge(format!(
             "the request has {} texts; at most {} are accepted in one request (text.max_inputs)",
@@ -653,7 +664,7 @@ fn prepare_texts(text: &TextPipeline, texts: &[String], max_rows: usize) -> Resu
     let encoded: Vec<Encoded> = texts
         .par_iter()
         .enumerate()
-        .map(|(i, t)| text.encode(i, t))
+        .map(|(i, t)| encode(i, t))
         .collect::<Result<_>>()?;
     let mut requests = Vec::new();
     let mut rows = Vec::new();
@@ -665,7 +676,7 @@ fn prepare_texts(text: &TextPipeline, texts: &[String], max_rows: usize) -> Resu
         requests,
         plan: Plan {
             tokens: encoded.iter().map(|e| e.ids.len()).collect(),
-            truncated: Vec::new(),
+            truncated: encoded.iter().map(|e| e.truncated).collect(),
             rows,
         },
     })

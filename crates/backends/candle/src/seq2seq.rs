@@ -58,11 +58,6 @@ impl Seq2SeqBackend {
             signature,
         })
     }
-
-    /// The model's generation defaults and limits.
-    pub fn defaults(&self) -> &GenerationDefaults {
-        &self.defaults
-    }
 }
 
 impl Backend for Seq2SeqBackend {

@@ -345,16 +345,6 @@ impl DecoderState {
             len: self.len,
         })
     }
-
-    /// Tokens decoded so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no token was decoded yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 /// Added to the scores of padding positions: large enough that softmax gives them exactly zero,

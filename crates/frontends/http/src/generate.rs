@@ -51,9 +51,7 @@ pub(crate) async fn query(
         match k.as_str() {
             "txt" | "text" | "prompt" => text = Some(v),
             _ => {
-                // `max_length=60` is the number 60; `scheduler=ddim` stays a string.
-                let value = serde_json::from_str(&v).unwrap_or(Value::String(v));
-                parameters.insert(k, value);
+                parameters.insert(k, query_value(v));
             }
         }
     }
@@ -140,8 +138,7 @@ pub(crate) async fn predict(
 ) -> std::result::Result<Response, ApiError> {
     let (texts, single, mut parameters) = parse_body(&body)?;
     for (k, v) in query {
-        let value = serde_json::from_str(&v).unwrap_or(Value::String(v));
-        parameters.entry(k).or_insert(value);
+        parameters.entry(k).or_insert(query_value(v));
     }
     let answer = state
         .runtime
@@ -187,6 +184,12 @@ pub(crate) async fn predict(
         }
         _ => Err(Error::Internal("unexpected answer from a generative task".into()).into()),
     }
+}
+
+/// A query string value as a parameter: `max_length=60` is the number 60, `scheduler=ddim`
+/// stays a string.
+fn query_value(v: String) -> Value {
+    serde_json::from_str(&v).unwrap_or(Value::String(v))
 }
 
 fn one_or_list(single: bool, mut items: Vec<Value>) -> Response {

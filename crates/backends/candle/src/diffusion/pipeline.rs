@@ -352,11 +352,6 @@ impl StableDiffusion {
         &self.device
     }
 
-    /// Channels of the latents.
-    pub fn latent_channels(&self) -> usize {
-        self.latent_channels
-    }
-
     /// The pipeline's defaults (size from the UNet's sample size, diffusers' 50 steps and
     /// guidance 7.5, the scheduler it was saved with).
     pub fn defaults(&self) -> &DiffusionDefaults {

@@ -136,7 +136,8 @@ impl GenerationDefaults {
     }
 
     /// Defaults of a model with no `generation_config.json` and no overrides.
-    pub fn plain(max_length_limit: usize) -> Self {
+    #[cfg(test)]
+    fn plain(max_length_limit: usize) -> Self {
         Self {
             defaults: GenerationParams::default(),
             max_length_limit,
