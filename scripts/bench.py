@@ -64,7 +64,7 @@ class Server:
                 (d / "model.yaml").write_text(configs[name])
         for name in whole:
             os.symlink(MODELS / name, pathlib.Path(self.repo.name) / name)
-        self.proc = subprocess.Popen([str(BIN), "serve", "--http-port", "0", "--grpc-port", "0",
+        self.proc = subprocess.Popen([str(BIN), "serve", "--http-port", "0", "--grpc-port", "0", "--management-port", "0",
                                       "--model-repository", self.repo.name],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         found, ev = {}, threading.Event()

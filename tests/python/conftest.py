@@ -34,7 +34,7 @@ def ferroserve():
     os.symlink(ROOT / "tests" / "fixtures" / "models" / "tiny-bert-classifier",
                pathlib.Path(repo.name) / "tiny-bert-classifier")
     proc = subprocess.Popen(
-        [str(_binary()), "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
+        [str(_binary()), "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--management-port", "0",
          "--model-repository", repo.name],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )

@@ -24,6 +24,14 @@ pub enum Error {
     /// The request exceeds a configured size limit (HTTP 413, gRPC RESOURCE_EXHAUSTED).
     #[error("{0}")]
     TooLarge(String),
+    /// What the request would create exists already, e.g. a model of that name (HTTP 409, gRPC
+    /// ALREADY_EXISTS).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The server's policy forbids it, e.g. a path outside the allowed ones (HTTP 403, gRPC
+    /// PERMISSION_DENIED).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The backend failed while computing (HTTP 500, gRPC INTERNAL).
     #[error("{0}")]
     Internal(String),

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod backend;
 mod device;
 mod dtype;
@@ -14,6 +15,7 @@ mod infer;
 mod model;
 mod tensor;
 
+pub use auth::Token;
 pub use backend::{Backend, RunContext};
 pub use device::Device;
 pub use dtype::{DataType, UnknownDataType};

@@ -40,6 +40,9 @@ pub enum Command {
     Infer(InferArgs),
     /// Load-test a running server: requests/s, latency percentiles, errors.
     Bench(BenchArgs),
+    /// Package a model into one archive file (NAME.far) for a model store, or print an
+    /// archive's manifest (--inspect).
+    Archive(ArchiveArgs),
 }
 
 /// `ferroserve serve`.
@@ -47,8 +50,62 @@ pub enum Command {
 pub struct ServeArgs {
     /// Model repository: one folder per model, each with `model.onnx` or numeric version
     /// folders (`1/model.onnx`) and an optional `model.yaml`.
+    #[arg(long, value_name = "DIR", required_unless_present = "model_store")]
+    pub model_repository: Option<PathBuf>,
+
+    /// Model store: a folder of archives (`ferroserve archive`). --models picks what is served
+    /// at start; the management API registers others from it.
     #[arg(long, value_name = "DIR")]
-    pub model_repository: PathBuf,
+    pub model_store: Option<PathBuf>,
+
+    /// Archives of the model store to serve: `all`, or NAME=FILE (repeatable, or
+    /// comma-separated; several FILEs under one NAME are its versions).
+    #[arg(long, value_name = "all|NAME=FILE", value_delimiter = ',', requires = "model_store")]
+    pub models: Vec<String>,
+
+    /// Where archives are unpacked, in folders named by their sha256. Default:
+    /// $FERROSERVE_HOME/cache (FERROSERVE_HOME defaults to ~/.ferroserve).
+    #[arg(long, value_name = "DIR")]
+    pub store_cache: Option<PathBuf>,
+
+    /// Largest archive accepted, in bytes (suffixes K, M, G, Ki, Mi, Gi); an archive may unpack
+    /// to twice that.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "32Gi")]
+    pub max_archive_bytes: u64,
+
+    /// Address of the management API. Anything but a loopback address needs a token.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub management_host: IpAddr,
+
+    /// Port of the management API (TorchServe's routes and Triton's repository extension; 0
+    /// picks a free one).
+    #[arg(long, default_value_t = 8081)]
+    pub management_port: u16,
+
+    /// Token the management API requires (`Authorization: Bearer TOKEN`); also required for the
+    /// repository extension's load and unload on the inference ports. Prefer the file or the
+    /// environment variable over the command line, which other users can read.
+    #[arg(long, env = "FERROSERVE_MANAGEMENT_TOKEN", value_name = "TOKEN", hide_env_values = true, conflicts_with = "management_token_file")]
+    pub management_token: Option<String>,
+
+    /// File holding the management token.
+    #[arg(long, value_name = "FILE")]
+    pub management_token_file: Option<PathBuf>,
+
+    /// Folders under which the management API may register models by path (repeatable, or
+    /// comma-separated). Default: none (only files in the model store).
+    #[arg(long, value_name = "DIR", value_delimiter = ',')]
+    pub allowed_paths: Vec<PathBuf>,
+
+    /// URL prefixes the management API may download archives from (repeatable). Default: none;
+    /// the server never fetches a URL a client names otherwise.
+    #[arg(long, value_name = "PREFIX", value_delimiter = ',')]
+    pub allowed_urls: Vec<String>,
+
+    /// Re-scan the repository and the store every SECONDS: new models load, changed ones are
+    /// swapped without failing requests, removed ones unload. Default: off.
+    #[arg(long, value_name = "SECONDS")]
+    pub poll_interval: Option<f64>,
 
     /// Address to listen on. The default accepts local connections only; use 0.0.0.0 to serve
     /// other machines.
@@ -102,6 +159,88 @@ pub struct RuntimeArgs {
     /// seconds to finish before exiting.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub shutdown_grace: f64,
+
+    /// Estimated bytes of model weights loaded at once (suffixes K, M, G, Ki, Mi, Gi). Loading
+    /// past it first unloads the least recently used idle `load: lazy` model. Default: none.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub memory_budget: Option<u64>,
+}
+
+/// `ferroserve archive`.
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// The model's name (the archive is NAME.far).
+    #[arg(long, required_unless_present = "inspect")]
+    pub model_name: Option<String>,
+
+    /// Version to record (a number). Default: 1, or the highest version folder of a model folder
+    /// that has them.
+    #[arg(long)]
+    pub version: Option<u64>,
+
+    /// The model file, or a whole model folder (a repository entry or a checkpoint folder).
+    #[arg(long, value_name = "PATH", required_unless_present = "inspect")]
+    pub model_file: Option<PathBuf>,
+
+    /// Built-in task, written into the archive's model.yaml.
+    #[arg(long)]
+    pub task: Option<String>,
+
+    /// A model.yaml to use instead of the folder's.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// More files to put beside the model file (comma-separated).
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub extra_files: Vec<PathBuf>,
+
+    /// Folder to write the archive into.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub export_path: PathBuf,
+
+    /// Replace an existing archive of that name.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+
+    /// `far`: one NAME.far file; `no-archive`: a folder NAME/ with the same contents.
+    #[arg(long, value_enum, default_value_t = ArchiveFormatArg::Far)]
+    pub archive_format: ArchiveFormatArg,
+
+    /// Print the manifest of this archive (file or no-archive folder) and exit.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["model_name", "model_file"])]
+    pub inspect: Option<PathBuf>,
+}
+
+/// What `ferroserve archive` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchiveFormatArg {
+    /// One NAME.far file (zstd-compressed tar).
+    Far,
+    /// A folder NAME/.
+    NoArchive,
+}
+
+/// Parses a byte count: digits with an optional K, M, G (powers of 1000) or Ki, Mi, Gi (powers
+/// of 1024) suffix.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of bytes (e.g. 512Mi, 4G, 1000000)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit '{other}' in '{s}' (K, M, G, Ki, Mi, Gi)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// `ferroserve run`.

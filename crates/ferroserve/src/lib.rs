@@ -24,6 +24,7 @@
 //! }
 //! ```
 
+mod archive;
 mod bench;
 mod cli;
 mod client;
@@ -50,6 +51,7 @@ pub fn main_with(executors: Executors) -> std::process::ExitCode {
         cli::Command::Client(args) => client::run(args),
         cli::Command::Infer(args) => infer::run(args),
         cli::Command::Bench(args) => bench::run(args),
+        cli::Command::Archive(args) => archive::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

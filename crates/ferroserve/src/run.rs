@@ -57,6 +57,7 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
                     flow.clone(),
                     HttpOptions {
                         max_request_bytes: args.runtime.max_request_bytes,
+                        management_token: None,
                     },
                 );
                 servers.push(tokio::spawn(ferroserve_http::serve(
@@ -74,6 +75,7 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
                 );
                 let options = ferroserve_grpc::GrpcOptions {
                     max_message_bytes: args.runtime.max_request_bytes,
+                    management_token: None,
                 };
                 servers.push(tokio::spawn(async move {
                     ferroserve_grpc::serve_with(listener, runtime, Some(flow), options, stop)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ferroserve_backend_onnx::{library_path, OnnxRuntime};
 use ferroserve_http::HttpOptions;
-use ferroserve_runtime::{ModelState, Runtime, RuntimeOptions};
+use ferroserve_runtime::{AccessPolicy, ModelState, Runtime, RuntimeOptions};
 use tokio::sync::watch;
 
 use crate::cli::{RuntimeArgs, ServeArgs};
@@ -24,6 +24,7 @@ pub(crate) fn start_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<Runtime>> 
         RuntimeOptions {
             max_queue_size: args.max_queue_size.max(1),
             task_threads: args.task_threads.map(|n| n as usize),
+            memory_budget: args.memory_budget,
         },
     )
     .context("cannot start the task preprocessing threads")?;
@@ -32,18 +33,66 @@ pub(crate) fn start_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<Runtime>> 
 
 /// Runs the server until SIGINT or SIGTERM, then drains it.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if !args.model_repository.is_dir() {
+    if let Some(repo) = &args.model_repository {
+        if !repo.is_dir() {
+            anyhow::bail!("model repository {} is not a directory", repo.display());
+        }
+    }
+    let token = management_token(&args)?;
+    if !args.management_host.is_loopback() && token.is_none() {
         anyhow::bail!(
-            "model repository {} is not a directory",
-            args.model_repository.display()
+            "--management-host {} is not a loopback address: the management API loads and unloads models, so serving it to other machines needs --management-token or --management-token-file",
+            args.management_host
         );
     }
+    if let Some(s) = args.poll_interval {
+        if !(s > 0.0 && s.is_finite()) {
+            anyhow::bail!("--poll-interval must be a number of seconds above 0");
+        }
+    }
     let runtime = start_runtime(&args.runtime)?;
+    if let Some(dir) = &args.model_store {
+        if !dir.is_dir() {
+            anyhow::bail!("model store {} is not a directory", dir.display());
+        }
+        let selection = ferroserve_store::Selection::parse(&args.models)?;
+        let cache = args.store_cache.clone().unwrap_or_else(|| {
+            ferroserve_backend_onnx::default_home().join("cache")
+        });
+        let limits = ferroserve_store::Limits {
+            max_archive_bytes: args.max_archive_bytes,
+            max_unpacked_bytes: args.max_archive_bytes.saturating_mul(2),
+            ..Default::default()
+        };
+        runtime.use_store(
+            ferroserve_store::Store::new(dir.clone(), cache.clone(), limits),
+            selection,
+            &cache,
+            limits,
+        );
+    }
+    runtime.set_access_policy(AccessPolicy {
+        allowed_paths: args.allowed_paths.clone(),
+        allowed_urls: args.allowed_urls.clone(),
+    });
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(serve(args, runtime))
+        .block_on(serve(args, runtime, token))
+}
+
+/// The management token from the flag, the environment or the file.
+fn management_token(args: &ServeArgs) -> anyhow::Result<Option<ferroserve_core::Token>> {
+    let secret = match (&args.management_token, &args.management_token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the management token file {}", file.display()))?,
+        (None, None) => return Ok(None),
+    };
+    ferroserve_core::Token::new(&secret)
+        .map(Some)
+        .ok_or_else(|| anyhow::anyhow!("the management token is empty"))
 }
 
 pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
@@ -55,7 +104,11 @@ pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::
     Ok(listener)
 }
 
-async fn serve(args: ServeArgs, runtime: Arc<Runtime>) -> anyhow::Result<()> {
+async fn serve(
+    args: ServeArgs,
+    runtime: Arc<Runtime>,
+    token: Option<ferroserve_core::Token>,
+) -> anyhow::Result<()> {
     // Listen first, so liveness probes answer while models load; readiness waits for them.
     let http = bind(SocketAddr::new(args.host, args.http_port), "HTTP").await?;
     let (stop, stopped) = watch::channel(false);
@@ -66,6 +119,7 @@ async fn serve(args: ServeArgs, runtime: Arc<Runtime>) -> anyhow::Result<()> {
         runtime.clone(),
         HttpOptions {
             max_request_bytes: args.runtime.max_request_bytes,
+            management_token: token.clone(),
         },
     );
     let mut servers = vec![tokio::spawn(ferroserve_http::serve(
@@ -76,6 +130,7 @@ async fn serve(args: ServeArgs, runtime: Arc<Runtime>) -> anyhow::Result<()> {
     let grpc = bind(SocketAddr::new(args.host, args.grpc_port), "gRPC").await?;
     let grpc_options = ferroserve_grpc::GrpcOptions {
         max_message_bytes: args.grpc_max_message_bytes,
+        management_token: token.clone(),
     };
     let grpc_runtime = runtime.clone();
     let grpc_stop = until_stopped(stopped.clone());
@@ -93,25 +148,71 @@ async fn serve(args: ServeArgs, runtime: Arc<Runtime>) -> anyhow::Result<()> {
         )));
     }
 
+    let management = bind(
+        SocketAddr::new(args.management_host, args.management_port),
+        "management API",
+    )
+    .await?;
+    servers.push(tokio::spawn(ferroserve_http::serve(
+        management,
+        ferroserve_http::management_router(
+            runtime.clone(),
+            HttpOptions {
+                max_request_bytes: args.runtime.max_request_bytes,
+                management_token: token,
+            },
+        ),
+        until_stopped(stopped.clone()),
+    )));
+
     let signal = shutdown_signal();
     tokio::pin!(signal);
     let repo = args.model_repository.clone();
     let loader = runtime.clone();
-    let loading = tokio::task::spawn_blocking(move || loader.load_repository(&repo));
+    let loading = tokio::task::spawn_blocking(move || match &repo {
+        Some(repo) => loader.load_repository(repo),
+        None => loader.load_all(),
+    });
+    let mut poller = None;
     tokio::select! {
         loaded = loading => {
             loaded
                 .context("model loading panicked")?
-                .with_context(|| format!("cannot read model repository {}", args.model_repository.display()))?;
+                .context("cannot read the model repository or store")?;
             let rows = runtime.index(false);
             let ready = rows.iter().filter(|r| r.state == ModelState::Ready).count();
             tracing::info!(ready, unavailable = rows.len() - ready, "server ready");
+            if let Some(seconds) = args.poll_interval {
+                poller = Some(tokio::spawn(poll(runtime.clone(), Duration::from_secs_f64(seconds))));
+            }
             signal.await;
         }
         () = &mut signal => {}
     }
+    if let Some(p) = poller {
+        p.abort();
+    }
 
     drain(stop, servers, runtime, args.runtime.shutdown_grace).await
+}
+
+/// Re-scans the model sources every `interval` (`--poll-interval`), one scan at a time.
+async fn poll(runtime: Arc<Runtime>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let rt = runtime.clone();
+        match tokio::task::spawn_blocking(move || rt.poll()).await {
+            Ok(Ok(report)) if report != Default::default() => {
+                tracing::info!(added = ?report.added, changed = ?report.changed, removed = ?report.removed, "model sources polled");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot poll the model sources"),
+            Err(e) => tracing::error!(error = %e, "model source poll panicked"),
+        }
+    }
 }
 
 /// Stops the listeners (through `stop`), waits for requests in flight and the models' queues,

@@ -34,6 +34,8 @@ impl FlowError {
             Error::Overloaded(_) => Error::Overloaded(message),
             Error::DeadlineExceeded(_) => Error::DeadlineExceeded(message),
             Error::TooLarge(_) => Error::TooLarge(message),
+            Error::AlreadyExists(_) => Error::AlreadyExists(message),
+            Error::PermissionDenied(_) => Error::PermissionDenied(message),
             Error::Internal(_) => Error::Internal(message),
         }
     }

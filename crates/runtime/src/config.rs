@@ -111,7 +111,7 @@ impl TryFrom<DevicesRepr> for Devices {
 }
 
 /// Dynamic batching: how requests wait to be combined (Triton's and Jina's field names).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DynamicBatching {
     /// Batch sizes to aim for: a batch is dispatched as soon as its rows reach the largest
@@ -129,6 +129,80 @@ pub struct DynamicBatching {
     /// Answer requests in the order they arrived, holding back one that finishes before an
     /// earlier one (with several replicas, or when an earlier request is slower). Default: false.
     pub preserve_ordering: bool,
+}
+
+/// Which of a model's version folders are served (Triton's `version_policy`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "VersionPolicyRepr")]
+pub enum VersionPolicy {
+    /// Every version folder (`version_policy: all`).
+    #[default]
+    All,
+    /// The N highest versions (`version_policy: {latest: N}`).
+    Latest(usize),
+    /// These versions, where they exist (`version_policy: {specific: [1, 3]}`).
+    Specific(Vec<u64>),
+}
+
+/// `version_policy` as written: `all`, or a mapping with one of `latest` and `specific`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum VersionPolicyRepr {
+    Word(String),
+    Map {
+        latest: Option<usize>,
+        specific: Option<Vec<u64>>,
+    },
+}
+
+impl TryFrom<VersionPolicyRepr> for VersionPolicy {
+    type Error = String;
+
+    fn try_from(r: VersionPolicyRepr) -> Result<Self, String> {
+        const EXPECTED: &str = "version_policy must be all, {latest: N} or {specific: [versions]}";
+        match r {
+            VersionPolicyRepr::Word(w) if w == "all" => Ok(VersionPolicy::All),
+            VersionPolicyRepr::Map {
+                latest: Some(0),
+                specific: None,
+            } => Err("version_policy latest must be at least 1".into()),
+            VersionPolicyRepr::Map {
+                latest: Some(n),
+                specific: None,
+            } => Ok(VersionPolicy::Latest(n)),
+            VersionPolicyRepr::Map {
+                latest: None,
+                specific: Some(v),
+            } if !v.is_empty() => Ok(VersionPolicy::Specific(v)),
+            _ => Err(EXPECTED.into()),
+        }
+    }
+}
+
+impl VersionPolicy {
+    /// The versions of `found` (ascending) to serve.
+    pub fn select(&self, found: impl DoubleEndedIterator<Item = u64>) -> Vec<u64> {
+        match self {
+            VersionPolicy::All => found.collect(),
+            VersionPolicy::Latest(n) => {
+                let mut v: Vec<u64> = found.rev().take(*n).collect();
+                v.reverse();
+                v
+            }
+            VersionPolicy::Specific(wanted) => found.filter(|v| wanted.contains(v)).collect(),
+        }
+    }
+}
+
+/// When a model is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadPolicy {
+    /// When the server starts (or the model is registered).
+    #[default]
+    Eager,
+    /// On its first request; it may be unloaded again when idle and the memory budget needs room.
+    Lazy,
 }
 
 /// The contents of `model.yaml`. Field defaults live in [`Default`] and nowhere else.
@@ -181,6 +255,12 @@ pub struct ModelConfig {
     /// Image defaults for `text-to-image` (`height`, `width`, `num_inference_steps`,
     /// `guidance_scale`, `scheduler`); they win over the pipeline's own, and requests over them.
     pub diffusion: Option<DiffusionParams>,
+    /// Which version folders are served: `all`, `{latest: N}` or `{specific: [..]}`. Default:
+    /// `all` (Triton's default is `latest: 1`).
+    pub version_policy: VersionPolicy,
+    /// `eager` (load at start) or `lazy` (load on the first request; evictable under
+    /// `--memory-budget` when idle). Default: `eager`.
+    pub load: LoadPolicy,
 }
 
 impl Default for ModelConfig {
@@ -201,6 +281,8 @@ impl Default for ModelConfig {
             classification: None,
             generation: None,
             diffusion: None,
+            version_policy: VersionPolicy::All,
+            load: LoadPolicy::Eager,
         }
     }
 }

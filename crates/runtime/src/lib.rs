@@ -3,6 +3,9 @@
 //! - [`repository`]: the model repository on disk (folders, versions).
 //! - [`config`]: `model.yaml`, the one documented schema for a model.
 //! - [`Runtime`]: the loaded models, their states, and `infer`, which every frontend calls.
+//! - Lifecycle: models come from the repository, the model store (archives) and the
+//!   management API; lazy models load on their first request; `poll` picks up changes; a memory
+//!   budget unloads the least recently used idle lazy model when a load needs room.
 //!
 //! ```no_run
 //! use ferroserve_backend_onnx::{library_path, OnnxRuntime};
@@ -18,7 +21,10 @@
 
 #![warn(missing_docs)]
 
+mod catalog;
 pub mod config;
+mod lifecycle;
+mod manage;
 pub mod metrics;
 mod pool;
 mod registry;
@@ -26,6 +32,9 @@ pub mod repository;
 mod scheduler;
 mod validate;
 
+pub use catalog::AccessPolicy;
+pub use lifecycle::PollReport;
+pub use manage::{ModelDescription, ModelList, ModelListItem, ScaleRequest, VersionDescription};
 pub use registry::{
     IndexEntry, ModelConfigInfo, ModelMetadata, ModelState, Overrides, Runtime, RuntimeOptions,
     TaskAnswer, CANDLE_PLATFORM, ONNX_PLATFORM,

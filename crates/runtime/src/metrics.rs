@@ -28,6 +28,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabels {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeploymentLabels {
     deployment: String,
 }
@@ -58,6 +63,11 @@ pub struct Metrics {
     deployment_target: Family<DeploymentLabels, Gauge>,
     cpu_seconds: Counter<f64, AtomicU64>,
     resident_bytes: Gauge,
+    loads: Family<NameLabels, Counter>,
+    evictions: Family<NameLabels, Counter>,
+    model_bytes: Family<NameLabels, Gauge>,
+    memory_used: Gauge,
+    memory_budget: Gauge,
     /// Serialises scrapes, so the CPU counter's catch-up below is not done twice.
     scrape: Mutex<()>,
 }
@@ -84,6 +94,11 @@ impl Metrics {
             deployment_target: Family::default(),
             cpu_seconds: Counter::default(),
             resident_bytes: Gauge::default(),
+            loads: Family::default(),
+            evictions: Family::default(),
+            model_bytes: Family::default(),
+            memory_used: Gauge::default(),
+            memory_budget: Gauge::default(),
             scrape: Mutex::new(()),
             registry: Registry::with_prefix("ferroserve"),
         };
@@ -144,7 +159,58 @@ impl Metrics {
             "Resident memory of the server process",
             m.resident_bytes.clone(),
         );
+        m.registry.register(
+            "model_loads",
+            "Times a model was loaded (at start, on request for lazy models, by the management API or a reload)",
+            m.loads.clone(),
+        );
+        m.registry.register(
+            "model_evictions",
+            "Times an idle lazy model was unloaded to keep within the memory budget",
+            m.evictions.clone(),
+        );
+        m.registry.register(
+            "model_memory_bytes",
+            "Estimated memory of a loaded model (its weight files times its replicas)",
+            m.model_bytes.clone(),
+        );
+        m.registry.register(
+            "memory_used_bytes",
+            "Estimated memory of every loaded model together, counted against --memory-budget",
+            m.memory_used.clone(),
+        );
+        m.registry.register(
+            "memory_budget_bytes",
+            "The --memory-budget (0: none)",
+            m.memory_budget.clone(),
+        );
         m
+    }
+
+    /// Counts a load of `model` and records its estimated memory.
+    pub(crate) fn loaded(&self, model: &str, bytes: u64) {
+        let l = NameLabels {
+            model: model.to_string(),
+        };
+        self.loads.get_or_create(&l).inc();
+        self.model_bytes.get_or_create(&l).set(bytes as i64);
+    }
+
+    /// Records that `model` was unloaded; `evicted` when the memory budget made room.
+    pub(crate) fn unloaded(&self, model: &str, evicted: bool) {
+        let l = NameLabels {
+            model: model.to_string(),
+        };
+        if evicted {
+            self.evictions.get_or_create(&l).inc();
+        }
+        self.model_bytes.get_or_create(&l).set(0);
+    }
+
+    /// Sets the memory gauges.
+    pub(crate) fn memory(&self, used: u64, budget: Option<u64>) {
+        self.memory_used.set(used as i64);
+        self.memory_budget.set(budget.unwrap_or(0) as i64);
     }
 
     /// Handles for one model version, cheap to use on the request path.

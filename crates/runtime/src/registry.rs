@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ferroserve_backend_onnx::{OnnxBackend, OnnxRuntime, SessionOptions};
 use ferroserve_core::{
@@ -12,10 +12,10 @@ use ferroserve_core::{
 use ferroserve_tasks::{Files, Task, TaskInput, TaskKind, TaskOutput};
 use serde::Serialize;
 
+use crate::catalog::{Catalog, Origin};
 use crate::config::{BackendKind, Devices, ModelConfig};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::pool::CpuPool;
-use crate::repository::{self, ModelSource};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::validate;
 
@@ -36,6 +36,10 @@ pub struct RuntimeOptions {
     pub max_queue_size: usize,
     /// Threads that decode images and tokenise text for tasks. Default: the machine's cores.
     pub task_threads: Option<usize>,
+    /// Bytes of model weights (estimated from their files, times replicas) that may be loaded
+    /// at once. Loading past it first unloads the least recently used idle lazy model; a load
+    /// that cannot fit fails. Default: none.
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for RuntimeOptions {
@@ -43,6 +47,7 @@ impl Default for RuntimeOptions {
         Self {
             max_queue_size: 1024,
             task_threads: None,
+            memory_budget: None,
         }
     }
 }
@@ -142,8 +147,8 @@ impl ModelConfigInfo {
 
 /// One loaded model version: its configuration (signature included) and the scheduler that
 /// feeds its replicas.
-struct Version {
-    number: u64,
+pub(crate) struct Version {
+    pub(crate) number: u64,
     scheduler: Scheduler,
     metrics: ModelMetrics,
     /// As clients see it: with a task, `signature` is the task's (images or text in).
@@ -153,6 +158,46 @@ struct Version {
     task_rows: usize,
     /// How to load one more replica.
     recipe: Recipe,
+    /// Estimated memory of one replica: its weight files.
+    pub(crate) replica_bytes: u64,
+    /// When it finished loading, and how long that took.
+    pub(crate) loaded_at: std::time::SystemTime,
+    pub(crate) load_ms: u64,
+    /// Milliseconds since the Unix epoch of the last request that reached it.
+    pub(crate) last_used: AtomicU64,
+}
+
+impl Version {
+    /// Marks it used now (for least-recently-used eviction).
+    fn touch(&self) {
+        self.last_used.store(epoch_ms(), Ordering::Relaxed);
+    }
+
+    /// Estimated memory: the weight files times the replicas loaded.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.replica_bytes * self.scheduler.replicas() as u64
+    }
+
+    /// Replicas loaded.
+    pub(crate) fn replicas(&self) -> usize {
+        self.scheduler.replicas()
+    }
+
+    /// `(requests queued, requests computing)`.
+    pub(crate) fn load(&self) -> (usize, usize) {
+        self.scheduler.load()
+    }
+
+    pub(crate) fn config(&self) -> &ModelConfigInfo {
+        &self.config
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What loading a replica of a version takes.
@@ -162,22 +207,52 @@ struct Recipe {
     threads: usize,
 }
 
-enum VersionState {
+pub(crate) enum VersionState {
     Ready(Arc<Version>),
     Unavailable(String),
 }
 
-enum ModelEntry {
+/// Whether a model is loaded.
+pub(crate) enum EntryState {
+    /// Loaded, each version ready or failed.
     Loaded(BTreeMap<u64, VersionState>),
+    /// Cannot serve: its folder is unusable, it failed to load, or it was unloaded.
     Unavailable(String),
+    /// A lazy model not loaded yet, or unloaded to make room: the next request loads it.
+    Unloaded,
+}
+
+/// A model the runtime knows: its state, where it came from, and how it is served.
+pub(crate) struct ModelEntry {
+    pub(crate) state: EntryState,
+    pub(crate) origin: Origin,
+    /// `load: lazy` in its config.
+    pub(crate) lazy: bool,
+    /// The version requests without one go to; the highest ready one when unset or not ready.
+    pub(crate) default: Option<u64>,
+    /// The last load or reload that failed, and why.
+    pub(crate) last_error: Option<String>,
 }
 
 impl ModelEntry {
     /// The versions that loaded, ascending.
-    fn ready(&self) -> impl DoubleEndedIterator<Item = &Arc<Version>> {
+    pub(crate) fn ready(&self) -> impl DoubleEndedIterator<Item = &Arc<Version>> {
+        self.state.ready()
+    }
+
+    /// The version requests without a version number go to.
+    fn default_version(&self) -> Option<&Arc<Version>> {
+        let chosen = self.default.and_then(|d| self.ready().find(|v| v.number == d));
+        chosen.or_else(|| self.ready().next_back())
+    }
+}
+
+impl EntryState {
+    /// The versions that loaded, ascending.
+    pub(crate) fn ready(&self) -> impl DoubleEndedIterator<Item = &Arc<Version>> {
         let versions = match self {
-            ModelEntry::Loaded(v) => Some(v),
-            ModelEntry::Unavailable(_) => None,
+            EntryState::Loaded(v) => Some(v),
+            EntryState::Unavailable(_) | EntryState::Unloaded => None,
         };
         versions
             .into_iter()
@@ -196,12 +271,17 @@ impl ModelEntry {
 /// blocking thread so the async frontends never stall on compute.
 pub struct Runtime {
     onnx: OnnxRuntime,
-    options: RuntimeOptions,
-    models: RwLock<BTreeMap<String, ModelEntry>>,
-    ready: AtomicBool,
-    metrics: Metrics,
-    /// The repository `load_repository` read, for loading and unloading single models later.
-    root: RwLock<Option<std::path::PathBuf>>,
+    pub(crate) options: RuntimeOptions,
+    pub(crate) models: RwLock<BTreeMap<String, ModelEntry>>,
+    pub(crate) ready: AtomicBool,
+    pub(crate) metrics: Metrics,
+    /// Where models come from, for loading single models later and for polls.
+    pub(crate) catalog: Mutex<Catalog>,
+    /// One lock per model name, held while that model loads, so concurrent first requests to a
+    /// lazy model load it once, and a reload never races another.
+    pub(crate) model_locks: Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
+    /// Held while a load checks the memory budget and loads, so two loads cannot both fit.
+    pub(crate) budget_lock: Mutex<()>,
     /// Runs task pre- and post-processing.
     cpu: CpuPool,
 }
@@ -217,7 +297,9 @@ impl Runtime {
             models: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
             metrics: Metrics::new(),
-            root: RwLock::new(None),
+            catalog: Mutex::new(Catalog::new()),
+            model_locks: Mutex::new(std::collections::HashMap::new()),
+            budget_lock: Mutex::new(()),
             cpu: CpuPool::new(
                 options.task_threads.unwrap_or(cores),
                 options.max_queue_size,
@@ -225,153 +307,7 @@ impl Runtime {
         })
     }
 
-    /// Loads every model under `root`. A model that fails is recorded as unavailable with its
-    /// reason, and the others still serve; only an unreadable `root` is an error.
-    pub fn load_repository(&self, root: &Path) -> std::io::Result<()> {
-        *self.root.write().unwrap_or_else(|p| p.into_inner()) = Some(root.to_path_buf());
-        for source in repository::scan(root)? {
-            let entry = self.load_entry(&source, Overrides::default());
-            self.write_models().insert(source.name, entry);
-        }
-        self.ready.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    /// Loads (or reloads) the model folder `name` of the repository (Triton's repository
-    /// extension). Requests already running on the old copy finish on it; new ones go to the new
-    /// copy. Blocks while the model loads. Only names of folders in the repository are accepted,
-    /// never paths.
-    pub fn load(&self, name: &str) -> Result<()> {
-        let root = self
-            .root
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| Error::Unavailable("no model repository is loaded".into()))?;
-        let plain = !name.is_empty()
-            && !name.starts_with('.')
-            && Path::new(name).components().count() == 1
-            && !name.contains(['/', '\\']);
-        if !plain {
-            return Err(Error::invalid(format!(
-                "'{name}' is not a model folder name"
-            )));
-        }
-        let dir = root.join(name);
-        if !dir.is_dir() {
-            return Err(Error::NotFound(format!(
-                "no model folder '{name}' in the repository {}",
-                root.display()
-            )));
-        }
-        self.install(name, &dir, Overrides::default())
-    }
-
-    /// Loads the model folder `dir` (any path) under `name`, replacing a model of that name, with
-    /// `overrides` taking the place of its `model.yaml`'s settings. For Deployments and Flows,
-    /// whose YAML names model folders; clients never reach this with a path.
-    pub fn load_folder(&self, name: &str, dir: &Path, overrides: Overrides) -> Result<()> {
-        if !dir.is_dir() {
-            return Err(Error::NotFound(format!(
-                "no model folder at {}",
-                dir.display()
-            )));
-        }
-        self.install(name, dir, overrides)
-    }
-
-    /// Marks the server ready when models were loaded one by one rather than from a repository.
-    pub fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-    }
-
-    fn install(&self, name: &str, dir: &Path, overrides: Overrides) -> Result<()> {
-        let entry = self.load_entry(
-            &ModelSource {
-                name: name.to_string(),
-                dir: dir.to_path_buf(),
-            },
-            overrides,
-        );
-        let failure = match &entry {
-            ModelEntry::Unavailable(reason) => Some(reason.clone()),
-            ModelEntry::Loaded(versions) => versions.values().find_map(|v| match v {
-                VersionState::Unavailable(r) => Some(r.clone()),
-                VersionState::Ready(_) => None,
-            }),
-        };
-        let old = self.write_models().insert(name.to_string(), entry);
-        retire(old);
-        match failure {
-            None => Ok(()),
-            Some(reason) => Err(Error::invalid(format!(
-                "model '{name}' failed to load: {reason}"
-            ))),
-        }
-    }
-
-    /// Unloads model `name`: it stops taking requests, finishes those already queued, and is
-    /// listed as unavailable ("unloaded") until loaded again. Blocks until its replicas stop.
-    pub fn unload(&self, name: &str) -> Result<()> {
-        let old = {
-            let mut models = self.write_models();
-            if !models.contains_key(name) {
-                return Err(Error::NotFound(format!("unknown model '{name}'")));
-            }
-            models.insert(name.to_string(), ModelEntry::Unavailable("unloaded".into()))
-        };
-        retire(old);
-        Ok(())
-    }
-
-    fn load_entry(&self, source: &ModelSource, overrides: Overrides) -> ModelEntry {
-        let layout = match source.layout() {
-            Ok(mut l) => {
-                if let Some(n) = overrides.replicas {
-                    l.config.replicas = n;
-                }
-                if let Some(d) = overrides.devices {
-                    l.config.devices = d;
-                }
-                l
-            }
-            Err(e) => {
-                tracing::error!(model = %source.name, error = %e, "model unavailable");
-                return ModelEntry::Unavailable(e.to_string());
-            }
-        };
-        let versions = layout
-            .versions
-            .iter()
-            .map(|(&number, file)| {
-                let started = std::time::Instant::now();
-                let state = match self.load_version(&source.name, number, file, &source.dir, &layout.config) {
-                    Ok(v) => {
-                        tracing::info!(
-                            model = %source.name,
-                            version = number,
-                            file = %file.display(),
-                            inputs = %describe(&v.config.signature.inputs),
-                            outputs = %describe(&v.config.signature.outputs),
-                            replicas = layout.config.replicas,
-                            max_batch_size = layout.config.batch_limit(),
-                            load_ms = started.elapsed().as_millis() as u64,
-                            "model ready"
-                        );
-                        VersionState::Ready(Arc::new(v))
-                    }
-                    Err(reason) => {
-                        tracing::error!(model = %source.name, version = number, error = %reason, "model version unavailable");
-                        VersionState::Unavailable(reason)
-                    }
-                };
-                (number, state)
-            })
-            .collect();
-        ModelEntry::Loaded(versions)
-    }
-
-    fn load_version(
+    pub(crate) fn load_version(
         &self,
         model: &str,
         number: u64,
@@ -379,6 +315,7 @@ impl Runtime {
         model_dir: &Path,
         config: &ModelConfig,
     ) -> std::result::Result<Version, String> {
+        let started = std::time::Instant::now();
         let devices = replica_devices(config)?;
         let placement = devices.clone();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -476,7 +413,11 @@ impl Runtime {
             config: info,
             task,
             task_rows,
+            replica_bytes: crate::repository::weights_bytes(&recipe.file, model_dir),
             recipe,
+            loaded_at: std::time::SystemTime::now(),
+            load_ms: started.elapsed().as_millis() as u64,
+            last_used: AtomicU64::new(epoch_ms()),
         })
     }
 
@@ -507,7 +448,17 @@ impl Runtime {
     /// batch they are running, so no request fails. At 0, requests wait in the bounded queue for
     /// the next replica. Blocks while replicas load; returns the replicas now serving.
     pub fn scale(&self, model: &str, replicas: usize) -> Result<usize> {
-        let v = self.resolve(model, None)?;
+        self.scale_version(model, None, replicas)
+    }
+
+    /// [`Runtime::scale`] for one version (or the default one).
+    pub fn scale_version(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        replicas: usize,
+    ) -> Result<usize> {
+        let v = self.resolve(model, version)?;
         let current = v.scheduler.replicas();
         if replicas < current {
             v.scheduler.retire(current - replicas);
@@ -527,7 +478,7 @@ impl Runtime {
 
     /// `model`'s default version's load: `(requests queued, requests computing, replicas)`.
     pub fn load_of(&self, model: &str) -> Result<(usize, usize, usize)> {
-        let v = self.resolve(model, None)?;
+        let v = self.peek(model, None)?;
         let (queued, running) = v.scheduler.load();
         Ok((queued, running, v.scheduler.replicas()))
     }
@@ -541,7 +492,7 @@ impl Runtime {
     /// Whether `model` (at `version`, or its default version) can serve. Unknown models and
     /// versions are [`Error::NotFound`].
     pub fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool> {
-        match self.resolve(model, version) {
+        match self.peek(model, version) {
             Ok(_) => Ok(true),
             Err(Error::Unavailable(_)) => Ok(false),
             Err(e) => Err(e),
@@ -577,7 +528,7 @@ impl Runtime {
         version: Option<&str>,
     ) -> Result<Vec<crate::metrics::ModelStatistics>> {
         if let (Some(m), Some(_)) = (model, version) {
-            let v = self.resolve(m, version)?;
+            let v = self.peek(m, version)?;
             return Ok(vec![v.metrics.stats.read(m, v.number)]);
         }
         if let Some(m) = model {
@@ -601,14 +552,20 @@ impl Runtime {
         let models = self.read_models();
         let mut rows = Vec::new();
         for (name, entry) in models.iter() {
-            match entry {
-                ModelEntry::Unavailable(reason) => rows.push(IndexEntry {
+            match &entry.state {
+                EntryState::Unavailable(reason) => rows.push(IndexEntry {
                     name: name.clone(),
                     version: None,
                     state: ModelState::Unavailable,
                     reason: Some(reason.clone()),
                 }),
-                ModelEntry::Loaded(versions) => {
+                EntryState::Unloaded => rows.push(IndexEntry {
+                    name: name.clone(),
+                    version: None,
+                    state: ModelState::Unavailable,
+                    reason: Some("lazy: loads on its first request".into()),
+                }),
+                EntryState::Loaded(versions) => {
                     for (number, state) in versions {
                         let (state, reason) = match state {
                             VersionState::Ready(_) => (ModelState::Ready, None),
@@ -760,21 +717,57 @@ impl Runtime {
         stop(&versions);
     }
 
-    fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<Version>> {
-        let models = self.read_models();
-        let entry = models
-            .get(model)
-            .ok_or_else(|| Error::NotFound(format!("unknown model '{model}'")))?;
-        let versions = match entry {
-            ModelEntry::Unavailable(reason) => {
-                return Err(Error::Unavailable(format!(
-                    "model '{model}' is not available: {reason}"
-                )))
+    /// The version a request for `model` at `version` goes to, loading a lazy model first.
+    pub(crate) fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<Version>> {
+        match self.find_version(model, version) {
+            Err(Lazy) => {
+                crate::lifecycle::blocking(|| self.load_lazy(model))?;
+                self.find_version(model, version)
+                    .unwrap_or_else(|Lazy| Err(Error::Unavailable(format!("model '{model}' was unloaded while it loaded; retry"))))
             }
-            ModelEntry::Loaded(versions) => versions,
+            Ok(found) => found,
+        }
+    }
+
+    /// [`Runtime::resolve`] without loading: a lazy model not loaded is unavailable.
+    fn peek(&self, model: &str, version: Option<&str>) -> Result<Arc<Version>> {
+        self.find_version(model, version).unwrap_or_else(|Lazy| {
+            Err(Error::Unavailable(format!(
+                "model '{model}' is lazy and loads on its first request"
+            )))
+        })
+    }
+
+    fn find_version(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> std::result::Result<Result<Arc<Version>>, Lazy> {
+        let models = self.read_models();
+        let Some(entry) = models.get(model) else {
+            return Ok(Err(Error::NotFound(format!("unknown model '{model}'"))));
         };
+        let versions = match &entry.state {
+            EntryState::Unavailable(reason) => {
+                return Ok(Err(Error::Unavailable(format!(
+                    "model '{model}' is not available: {reason}"
+                ))))
+            }
+            EntryState::Unloaded => return Err(Lazy),
+            EntryState::Loaded(versions) => versions,
+        };
+        Ok(self.pick(model, entry, versions, version))
+    }
+
+    fn pick(
+        &self,
+        model: &str,
+        entry: &ModelEntry,
+        versions: &BTreeMap<u64, VersionState>,
+        version: Option<&str>,
+    ) -> Result<Arc<Version>> {
         let Some(v) = version else {
-            return entry.ready().next_back().cloned().ok_or_else(|| {
+            return entry.default_version().cloned().ok_or_else(|| {
                 Error::Unavailable(format!("model '{model}' has no version that loaded"))
             });
         };
@@ -804,19 +797,27 @@ impl Runtime {
             .unwrap_or_default()
     }
 
-    fn read_models(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
+    pub(crate) fn read_models(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
         // A panic while holding the lock leaves the map itself intact; keep serving.
         self.models.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_models(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
+    pub(crate) fn write_models(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
         self.models.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
+/// The model is lazy and not loaded.
+struct Lazy;
+
 /// Awaits one client request on `v`, recording its latency and outcome.
 async fn observed<T>(v: &Version, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     let started = std::time::Instant::now();
+    v.touch();
     v.metrics.stats.touch();
     let result = work.await;
     let elapsed = started.elapsed();
@@ -831,11 +832,19 @@ async fn observed<T>(v: &Version, work: impl std::future::Future<Output = Result
     result
 }
 
-/// Stops the schedulers of a replaced model entry and waits for their queued work.
-fn retire(entry: Option<ModelEntry>) {
-    if let Some(entry) = entry {
-        stop(&entry.ready().cloned().collect::<Vec<_>>());
+/// Stops the versions of a replaced or removed model once no request holds them any more (so
+/// a request that found the old copy just before the swap still finishes on it), then waits
+/// for their queued work.
+pub(crate) fn retire(state: EntryState) {
+    let versions: Vec<Arc<Version>> = state.ready().cloned().collect();
+    drop(state);
+    for v in &versions {
+        // The map no longer holds it; every other holder is a request in flight.
+        while Arc::strong_count(v) > 1 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
+    stop(&versions);
 }
 
 /// Closes the versions' queues, then waits for their replicas to finish what was queued.
@@ -940,12 +949,4 @@ fn check_batching(
         }
     }
     Ok(())
-}
-
-fn describe(specs: &[ferroserve_core::TensorSpec]) -> String {
-    specs
-        .iter()
-        .map(|s| format!("{}:{}{:?}", s.name, s.datatype, s.shape))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

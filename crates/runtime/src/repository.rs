@@ -47,6 +47,14 @@ pub enum LayoutError {
         /// The model folder.
         dir: PathBuf,
     },
+    /// `version_policy` picks none of the versions there are.
+    #[error("version_policy in {dir} serves none of its versions {found:?}")]
+    NoVersionServed {
+        /// Versions found.
+        found: Vec<u64>,
+        /// The model folder.
+        dir: PathBuf,
+    },
     /// The folder could not be listed.
     #[error("cannot read {dir}: {reason}")]
     Io {
@@ -114,8 +122,72 @@ impl ModelSource {
                 dir: self.dir.clone(),
             });
         }
+        let served = config.version_policy.select(versions.keys().copied());
+        if served.is_empty() {
+            return Err(LayoutError::NoVersionServed {
+                found: versions.keys().copied().collect(),
+                dir: self.dir.clone(),
+            });
+        }
+        versions.retain(|v, _| served.contains(v));
         Ok(ModelLayout { config, versions })
     }
+}
+
+/// A summary of every file under `dir` (paths, sizes, modification times; links followed): it
+/// changes when a file is added, removed or rewritten, which is what a repository poll looks for.
+pub fn fingerprint(dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut entries = Vec::new();
+    while let Some(d) = stack.pop() {
+        let Ok(list) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in list.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                entries.push((path, meta.len(), mtime));
+            }
+        }
+    }
+    entries.sort();
+    entries.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Bytes of the weights a version loads: every file in the version's folder (recursively, for
+/// checkpoint folders), or just the model file when it sits directly in the model folder.
+pub fn weights_bytes(file: &Path, model_dir: &Path) -> u64 {
+    let Some(parent) = file.parent() else {
+        return 0;
+    };
+    if parent == model_dir {
+        return std::fs::metadata(file).map_or(0, |m| m.len());
+    }
+    let mut total = 0;
+    let mut stack = vec![parent.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match std::fs::metadata(entry.path()) {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 #[cfg(test)]
@@ -149,6 +221,31 @@ mod tests {
             models[2].layout(),
             Err(LayoutError::NoModelFile { .. })
         ));
+    }
+
+    #[test]
+    fn version_policy_picks_versions() {
+        let root = tempfile::tempdir().unwrap();
+        for v in [1, 2, 5] {
+            touch(&root.path().join(format!("m/{v}/model.onnx")));
+        }
+        let versions = |yaml: &str| {
+            std::fs::write(root.path().join("m/model.yaml"), yaml).unwrap();
+            scan(root.path()).unwrap()[0]
+                .layout()
+                .map(|l| l.versions.keys().copied().collect::<Vec<_>>())
+        };
+        assert_eq!(versions("").unwrap(), [1, 2, 5]);
+        assert_eq!(versions("version_policy: all\n").unwrap(), [1, 2, 5]);
+        assert_eq!(versions("version_policy: {latest: 1}\n").unwrap(), [5]);
+        assert_eq!(versions("version_policy: {latest: 2}\n").unwrap(), [2, 5]);
+        assert_eq!(versions("version_policy: {specific: [1, 5, 7]}\n").unwrap(), [1, 5]);
+        assert!(matches!(
+            versions("version_policy: {specific: [7]}\n"),
+            Err(LayoutError::NoVersionServed { .. })
+        ));
+        assert!(versions("version_policy: {latest: 0}\n").is_err());
+        assert!(versions("version_policy: newest\n").is_err());
     }
 
     #[test]

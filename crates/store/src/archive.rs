@@ -19,6 +19,12 @@ use crate::{StoreError, ARCHIVE_EXTENSION};
 /// Name of a model's config file inside its folder.
 const CONFIG_FILE: &str = "model.yaml";
 
+/// Tasks served from checkpoint folders by the candle backend.
+const GENERATIVE_TASKS: [&str; 2] = ["summarization", "text-to-image"];
+
+/// Checks a `model.yaml`'s text, answering what is wrong with it.
+pub type ConfigCheck = fn(&str) -> Result<(), String>;
+
 /// What `ferroserve archive` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ArchiveFormat {
@@ -50,6 +56,9 @@ pub struct ArchiveSpec {
     pub format: ArchiveFormat,
     /// Replace an existing archive of that name.
     pub force: bool,
+    /// Checks the archive's `model.yaml` text before anything is written (the server's own
+    /// parser, so a typo is found when archiving rather than when serving).
+    pub validate: Option<ConfigCheck>,
 }
 
 /// Where a file of the archive comes from.
@@ -63,6 +72,10 @@ pub fn create(spec: &ArchiveSpec) -> Result<PathBuf, StoreError> {
     check_name(&spec.model_name)?;
     let (version, mut files) = collect(spec)?;
     let config = model_yaml(spec, &files)?;
+    if let (Some(check), Some(yaml)) = (spec.validate, &config) {
+        let text = String::from_utf8_lossy(yaml);
+        check(&text).map_err(|e| StoreError::Invalid(format!("the archive's model.yaml: {e}")))?;
+    }
     match config {
         Some(bytes) => {
             files.insert(CONFIG_FILE.to_string(), Source::Bytes(bytes));
@@ -271,6 +284,10 @@ fn model_yaml(
     };
     if let Some(task) = &spec.task {
         map.insert("task".into(), task.clone().into());
+        // Generative tasks run on Hugging Face checkpoints, which only candle serves.
+        if GENERATIVE_TASKS.contains(&task.as_str()) && !map.contains_key("backend") {
+            map.insert("backend".into(), "candle".into());
+        }
     }
     if single_file {
         let name = file_name(&spec.model_path)?;

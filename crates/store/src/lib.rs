@@ -8,6 +8,7 @@
 //!   paths, `..`, links, device files and archives over a size limit, and verifying every file
 //!   against the manifest before anything is served from it.
 //! - [`Store`]: a model store folder, and the archives `--models` picks from it.
+//! - [`fetch`]: downloading an archive from an allow-listed URL (the caller checks the list).
 //!
 //! ```no_run
 //! use ferroserve_store::{archive, ArchiveFormat, ArchiveSpec, Limits, Store};
@@ -33,6 +34,7 @@
 
 pub mod archive;
 mod error;
+pub mod fetch;
 mod manifest;
 mod store;
 pub mod unpack;
@@ -40,7 +42,7 @@ pub mod unpack;
 pub use archive::{ArchiveFormat, ArchiveSpec};
 pub use error::StoreError;
 pub use manifest::{FileEntry, Manifest, MANIFEST_PATH};
-pub use store::{Selection, Store, StoredModel};
+pub use store::{Selected, Selection, Store, StoredModel};
 pub use unpack::{Limits, Unpacked};
 
 /// File extension of ferroserve model archives.

@@ -72,6 +72,12 @@ impl StoredModel {
     }
 }
 
+/// An archive verified earlier: its size and mtime then, and where it unpacked.
+type Seen = (u64, Option<SystemTime>, Unpacked);
+
+/// What [`Store::select`] found: each model's name, and the model or why it cannot serve.
+pub type Selected = Vec<(String, Result<StoredModel, StoreError>)>;
+
 /// A model store folder: archives (`NAME.far`) and `no-archive` folders.
 pub struct Store {
     dir: PathBuf,
@@ -79,7 +85,7 @@ pub struct Store {
     limits: Limits,
     /// Archives already verified, by path, with the size and mtime they had: polling the store
     /// re-hashes only what changed.
-    seen: Mutex<HashMap<PathBuf, (u64, Option<SystemTime>, Unpacked)>>,
+    seen: Mutex<HashMap<PathBuf, Seen>>,
 }
 
 impl Store {
@@ -161,7 +167,7 @@ impl Store {
     pub fn select(
         &self,
         selection: &Selection,
-    ) -> Result<Vec<(String, Result<StoredModel, StoreError>)>, StoreError> {
+    ) -> Result<Selected, StoreError> {
         let mut by_name: BTreeMap<String, Vec<Result<Unpacked, StoreError>>> = BTreeMap::new();
         match selection {
             Selection::All => {

@@ -155,7 +155,7 @@ fn extract(archive: &Path, target: &Path, limits: &Limits) -> Result<(), StoreEr
             entry: raw.clone(),
             reason: reason.to_string(),
         };
-        let rel = safe_relative(&raw).map_err(|r| refuse(r))?;
+        let rel = safe_relative(&raw).map_err(&refuse)?;
         let kind = entry.header().entry_type();
         let path = target.join(&rel);
         match kind {

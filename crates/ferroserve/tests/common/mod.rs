@@ -107,6 +107,8 @@ impl Server {
             "0",
             "--grpc-port",
             "0",
+            "--management-port",
+            "0",
             "--model-repository",
             &repo_path,
         ];

@@ -40,16 +40,20 @@ pub mod documents_proto {
 }
 
 /// Settings of the gRPC frontend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct GrpcOptions {
     /// Largest message accepted or sent, in bytes.
     pub max_message_bytes: usize,
+    /// When set, the repository extension's load and unload need the `authorization` metadata
+    /// `Bearer TOKEN`.
+    pub management_token: Option<ferroserve_core::Token>,
 }
 
 impl Default for GrpcOptions {
     fn default() -> Self {
         Self {
             max_message_bytes: 64 * 1024 * 1024,
+            management_token: None,
         }
     }
 }
@@ -94,7 +98,7 @@ pub async fn serve_with(
             .await;
     });
     let inference = proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(
-        InferenceService::new(runtime),
+        InferenceService::new(runtime).with_token(options.management_token.clone()),
     )
     .max_decoding_message_size(options.max_message_bytes)
     .max_encoding_message_size(options.max_message_bytes);

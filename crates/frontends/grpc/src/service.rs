@@ -21,12 +21,40 @@ const STREAM_IN_FLIGHT: usize = 64;
 #[derive(Clone)]
 pub struct InferenceService {
     runtime: Arc<Runtime>,
+    token: Option<ferroserve_core::Token>,
 }
 
 impl InferenceService {
     /// Serves `runtime`.
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime }
+        Self {
+            runtime,
+            token: None,
+        }
+    }
+
+    /// Requires `token` (`authorization: Bearer TOKEN` metadata) for repository load and unload.
+    pub fn with_token(mut self, token: Option<ferroserve_core::Token>) -> Self {
+        self.token = token;
+        self
+    }
+
+    fn check_token<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if token.matches_header(presented) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "repository load and unload need the server's management token: send authorization: Bearer TOKEN",
+            ))
+        }
     }
 }
 
@@ -38,6 +66,8 @@ pub fn status(e: Error) -> Status {
         Error::Unavailable(m) | Error::Overloaded(m) => Status::unavailable(m),
         Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
         Error::TooLarge(m) => Status::resource_exhausted(m),
+        Error::AlreadyExists(m) => Status::already_exists(m),
+        Error::PermissionDenied(m) => Status::permission_denied(m),
         Error::Internal(m) => Status::internal(m),
     }
 }
@@ -279,6 +309,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        self.check_token(&req)?;
         let r = req.into_inner();
         let inline = r.parameters.keys().any(|k| inline_model(k));
         self.repository(Runtime::load, r.model_name, inline).await?;
@@ -289,6 +320,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.check_token(&req)?;
         let r = req.into_inner();
         // `unload_dependents` means nothing without ensembles; nothing else is defined.
         let inline = r.parameters.keys().any(|k| inline_model(k));

@@ -23,6 +23,8 @@ pub fn status(e: &Error) -> StatusCode {
         Error::Unavailable(_) | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
         Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::AlreadyExists(_) => StatusCode::CONFLICT,
+        Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -21,6 +21,7 @@ mod body;
 mod documents;
 mod error;
 mod generate;
+mod management;
 mod openai;
 mod torchserve;
 pub mod v2;
@@ -42,18 +43,23 @@ use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{status, ApiError};
+pub use management::management_router;
 
 /// Settings of the HTTP frontend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HttpOptions {
     /// Largest request body accepted, in bytes (after decompression); larger ones get 413.
     pub max_request_bytes: usize,
+    /// The management token: when set, the management API and the repository extension's
+    /// load and unload (on any listener) need `Authorization: Bearer TOKEN`.
+    pub management_token: Option<ferroserve_core::Token>,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
         Self {
             max_request_bytes: 64 * 1024 * 1024,
+            management_token: None,
         }
     }
 }
@@ -216,14 +222,14 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-async fn not_found(uri: Uri) -> (StatusCode, Json<serde_json::Value>) {
+pub(crate) async fn not_found(uri: Uri) -> (StatusCode, Json<serde_json::Value>) {
     (
         StatusCode::NOT_FOUND,
         Json(serde_json::json!({ "error": format!("no route for {}", uri.path()) })),
     )
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> (StatusCode, Json<serde_json::Value>) {
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> (StatusCode, Json<serde_json::Value>) {
     (
         StatusCode::METHOD_NOT_ALLOWED,
         Json(serde_json::json!({ "error": format!("{method} is not allowed on {}", uri.path()) })),

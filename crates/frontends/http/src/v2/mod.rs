@@ -284,6 +284,9 @@ async fn repository_op(
     body: Body,
     op: fn(&Runtime, &str) -> ferroserve_core::Result<()>,
 ) -> Result<Response, ApiError> {
+    if let Some(refusal) = s.token_refusal(&headers) {
+        return Ok(refusal);
+    }
     let body = s.read_body(&headers, body).await?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let v: serde_json::Value = serde_json::from_slice(&body)

@@ -1,0 +1,227 @@
+//! Where models come from: the model repository, the model store's archives, and models
+//! registered through the management API; and the policy on what a registration may name.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use ferroserve_core::{Error, Result};
+use ferroserve_store::{Limits, Selection, Store};
+
+use crate::registry::Overrides;
+use crate::repository;
+
+/// What the management API may register models from, beside files in the model store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessPolicy {
+    /// Local folders under which model folders and archives may be registered by path.
+    pub allowed_paths: Vec<PathBuf>,
+    /// URL prefixes archives may be downloaded from. Empty: no URL is ever fetched.
+    pub allowed_urls: Vec<String>,
+}
+
+/// Where a loaded model came from, and how to tell that it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    /// The model folder.
+    pub dir: PathBuf,
+    /// Changes when the model's files change (a repository folder) or its archives do.
+    pub fingerprint: String,
+    /// What a person would call its source: the folder or the archives.
+    pub url: String,
+    /// Who manages it.
+    pub kind: OriginKind,
+    /// Settings taking the place of `model.yaml`'s.
+    pub overrides: Overrides,
+}
+
+/// Who manages a model's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OriginKind {
+    /// A repository folder or a store archive: polling adds, swaps and removes it.
+    Scanned,
+    /// Registered through the management API, or named by a Deployment: stays until
+    /// unregistered.
+    Pinned,
+}
+
+/// The sources of models a runtime knows.
+pub(crate) struct Catalog {
+    pub repository: Option<PathBuf>,
+    pub store: Option<(Store, Selection)>,
+    /// Unpacks archives registered by path.
+    pub cache: PathBuf,
+    pub limits: Limits,
+    pub policy: AccessPolicy,
+    /// Unregistered through the management API: polls leave them out until loaded again.
+    pub suppressed: BTreeSet<String>,
+}
+
+impl Catalog {
+    pub fn new() -> Self {
+        Catalog {
+            repository: None,
+            store: None,
+            cache: std::env::temp_dir().join("ferroserve-cache"),
+            limits: Limits::default(),
+            policy: AccessPolicy::default(),
+            suppressed: BTreeSet::new(),
+        }
+    }
+
+    /// Every model of the repository and the store, by name; a model that cannot be read
+    /// carries its reason. The repository wins a name both have.
+    pub fn scan(&self) -> std::io::Result<BTreeMap<String, std::result::Result<Origin, String>>> {
+        let mut out = BTreeMap::new();
+        if let Some(root) = &self.repository {
+            for source in repository::scan(root)? {
+                let origin = Origin {
+                    fingerprint: repository::fingerprint(&source.dir),
+                    url: source.dir.display().to_string(),
+                    dir: source.dir,
+                    kind: OriginKind::Scanned,
+                    overrides: Overrides::default(),
+                };
+                out.insert(source.name, Ok(origin));
+            }
+        }
+        if let Some((store, selection)) = &self.store {
+            let models = store.select(selection).map_err(std::io::Error::other)?;
+            for (name, model) in models {
+                if out.contains_key(&name) {
+                    tracing::warn!(model = %name, store = %store.dir().display(), "the repository has a model of this name; the store's is not served");
+                    continue;
+                }
+                let origin = model.map_err(|e| e.to_string()).map(|m| Origin {
+                    fingerprint: m.fingerprint(),
+                    url: m
+                        .archives
+                        .iter()
+                        .map(|a| a.file.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    dir: m.dir,
+                    kind: OriginKind::Scanned,
+                    overrides: Overrides::default(),
+                });
+                out.insert(name, origin);
+            }
+        }
+        out.retain(|name, _| !self.suppressed.contains(name));
+        Ok(out)
+    }
+
+    /// The model `name` of the repository or the store, for Triton's load.
+    pub fn find(&self, name: &str) -> Result<Origin> {
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && Path::new(name).components().count() == 1
+            && !name.contains(['/', '\\']);
+        if !plain {
+            return Err(Error::invalid(format!("'{name}' is not a model name")));
+        }
+        let scanned = self
+            .scan()
+            .map_err(|e| Error::Unavailable(format!("cannot read the model sources: {e}")))?;
+        match scanned.get(name) {
+            Some(Ok(origin)) => Ok(origin.clone()),
+            Some(Err(reason)) => Err(Error::invalid(format!("model '{name}': {reason}"))),
+            None => Err(Error::NotFound(format!(
+                "no model '{name}' in {}",
+                self.describe_sources()
+            ))),
+        }
+    }
+
+    /// Where a registration's `url` points, checked against the policy: a file in the model
+    /// store, a local path under an allowed folder, or a URL under an allowed prefix. Returns
+    /// the model's own name (from the archive's manifest, or the folder's name) and its origin.
+    pub fn locate(&self, url: &str) -> Result<(String, Origin)> {
+        if url.contains("://") {
+            return self.fetch(url);
+        }
+        if let Some((store, _)) = &self.store {
+            if !url.contains(['/', '\\']) && store.dir().join(url).exists() {
+                let u = store.open(url).map_err(|e| Error::invalid(e.to_string()))?;
+                return Ok((u.manifest.model_name.clone(), pinned(u.dir.clone(), &u.sha256, url)));
+            }
+        }
+        let path = Path::new(url);
+        if !path.is_absolute() {
+            return Err(Error::NotFound(format!(
+                "'{url}' is not a file in the model store; give a file name in it, or an absolute path under --allowed-paths"
+            )));
+        }
+        let real = path
+            .canonicalize()
+            .map_err(|e| Error::NotFound(format!("{url}: {e}")))?;
+        let allowed = self.policy.allowed_paths.iter().any(|a| {
+            a.canonicalize()
+                .is_ok_and(|a| real.starts_with(&a))
+        });
+        if !allowed {
+            return Err(Error::PermissionDenied(format!(
+                "{url} is not under an allowed path; the server registers models from the model store or from folders given with --allowed-paths"
+            )));
+        }
+        self.open_local(&real, url)
+    }
+
+    /// A model folder or archive on this machine.
+    fn open_local(&self, real: &Path, url: &str) -> Result<(String, Origin)> {
+        let archive = real.is_file() || real.join(ferroserve_store::MANIFEST_PATH).is_file();
+        if archive {
+            let u = ferroserve_store::unpack::unpack(real, &self.cache, &self.limits)
+                .map_err(|e| Error::invalid(e.to_string()))?;
+            return Ok((u.manifest.model_name.clone(), pinned(u.dir.clone(), &u.sha256, url)));
+        }
+        let name = real
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let fingerprint = repository::fingerprint(real);
+        Ok((name, pinned(real.to_path_buf(), &fingerprint, url)))
+    }
+
+    /// Downloads an archive from an allow-listed URL into the cache.
+    fn fetch(&self, url: &str) -> Result<(String, Origin)> {
+        let allowed = self
+            .policy
+            .allowed_urls
+            .iter()
+            .any(|prefix| url.starts_with(prefix.as_str()));
+        if !allowed {
+            return Err(Error::PermissionDenied(format!(
+                "the server does not fetch models from URLs unless their prefix is allow-listed (--allowed-urls); {url} is not"
+            )));
+        }
+        let file = ferroserve_store::fetch::download(url, &self.cache.join("downloads"), &self.limits)
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        self.open_local(&file, url)
+    }
+
+    fn describe_sources(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(r) = &self.repository {
+            parts.push(format!("the model repository {}", r.display()));
+        }
+        if let Some((s, _)) = &self.store {
+            parts.push(format!("the model store {} (as --models selects)", s.dir().display()));
+        }
+        if parts.is_empty() {
+            "any source (no repository or store is configured)".to_string()
+        } else {
+            parts.join(" or ")
+        }
+    }
+}
+
+fn pinned(dir: PathBuf, fingerprint: &str, url: &str) -> Origin {
+    Origin {
+        dir,
+        fingerprint: fingerprint.to_string(),
+        url: url.to_string(),
+        kind: OriginKind::Pinned,
+        overrides: Overrides::default(),
+    }
+}

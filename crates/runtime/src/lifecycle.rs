@@ -1,0 +1,503 @@
+//! Loading, swapping and unloading models: at start, through the repository and management
+//! APIs, on a lazy model's first request, when a poll finds the sources changed, and when the
+//! memory budget needs room.
+//!
+//! Every change replaces a model's entry in one step under the map's write lock, after the new
+//! copy has loaded; the old copy stops only once no request holds it ([`retire`]), so a swap
+//! fails no request.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ferroserve_core::{Error, Result};
+use ferroserve_store::{Limits, Selection, Store};
+
+use crate::catalog::{AccessPolicy, Origin, OriginKind};
+use crate::config::LoadPolicy;
+use crate::registry::{retire, EntryState, ModelEntry, Overrides, Runtime, VersionState};
+use crate::repository::{self, ModelLayout, ModelSource};
+
+/// Runs blocking work (a model load) from async code without stalling the async threads.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// What a poll changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PollReport {
+    /// Models loaded for the first time.
+    pub added: Vec<String>,
+    /// Models whose files or archives changed, swapped for the new copy.
+    pub changed: Vec<String>,
+    /// Models no longer in any source, unloaded.
+    pub removed: Vec<String>,
+}
+
+impl Runtime {
+    /// Serves models from the model store's archives `selection` picks too (call before
+    /// [`Runtime::load_all`]); `cache` is where archives are unpacked.
+    pub fn use_store(&self, store: Store, selection: Selection, cache: &Path, limits: Limits) {
+        let mut catalog = self.lock_catalog();
+        catalog.store = Some((store, selection));
+        catalog.cache = cache.to_path_buf();
+        catalog.limits = limits;
+    }
+
+    /// Sets what the management API may register models from.
+    pub fn set_access_policy(&self, policy: AccessPolicy) {
+        self.lock_catalog().policy = policy;
+    }
+
+    /// Loads every model under `root`. A model that fails is recorded as unavailable with its
+    /// reason, and the others still serve; only an unreadable `root` is an error.
+    pub fn load_repository(&self, root: &Path) -> std::io::Result<()> {
+        self.lock_catalog().repository = Some(root.to_path_buf());
+        self.load_all()
+    }
+
+    /// Loads every model of the repository and the store (lazy ones are listed and wait for
+    /// their first request), then marks the server ready.
+    pub fn load_all(&self) -> std::io::Result<()> {
+        let scanned = self.lock_catalog().scan()?;
+        for (name, origin) in scanned {
+            match origin {
+                Ok(origin) => {
+                    let _ = self.install(&name, origin, false);
+                }
+                Err(reason) => self.fail(&name, reason),
+            }
+        }
+        self.mark_ready();
+        Ok(())
+    }
+
+    /// Loads (or reloads) the model `name` of the repository or the store (Triton's repository
+    /// extension), even a lazy one. Requests already running on the old copy finish on it; new
+    /// ones go to the new copy. Blocks while the model loads. Only names are accepted, never
+    /// paths.
+    pub fn load(&self, name: &str) -> Result<()> {
+        let origin = {
+            let mut catalog = self.lock_catalog();
+            let origin = catalog.find(name)?;
+            catalog.suppressed.remove(name);
+            origin
+        };
+        self.install(name, origin, true)
+    }
+
+    /// Loads the model folder `dir` (any path) under `name`, replacing a model of that name, with
+    /// `overrides` taking the place of its `model.yaml`'s settings. For Deployments and Flows,
+    /// whose YAML names model folders; clients never reach this with a path.
+    pub fn load_folder(&self, name: &str, dir: &Path, overrides: Overrides) -> Result<()> {
+        if !dir.is_dir() {
+            return Err(Error::NotFound(format!(
+                "no model folder at {}",
+                dir.display()
+            )));
+        }
+        let origin = Origin {
+            dir: dir.to_path_buf(),
+            fingerprint: String::new(),
+            url: dir.display().to_string(),
+            kind: OriginKind::Pinned,
+            overrides,
+        };
+        self.install(name, origin, true)
+    }
+
+    /// Marks the server ready when models were loaded one by one rather than from a repository.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Unloads model `name`: it stops taking requests, finishes those in flight, and is listed
+    /// as unavailable ("unloaded") until loaded again. Blocks until its replicas stop.
+    pub fn unload(&self, name: &str) -> Result<()> {
+        let lock = self.model_lock(name);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = {
+            let mut models = self.write_models();
+            let entry = models
+                .get_mut(name)
+                .ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
+            std::mem::replace(&mut entry.state, EntryState::Unavailable("unloaded".into()))
+        };
+        self.metrics.unloaded(name, false);
+        retire(old);
+        self.update_memory();
+        Ok(())
+    }
+
+    /// Removes model `name` (or only its `version`) from the server: requests in flight finish,
+    /// new ones get 404. A poll does not bring a removed model back; [`Runtime::load`] or a
+    /// registration does.
+    pub fn remove(&self, name: &str, version: Option<&str>) -> Result<()> {
+        let lock = self.model_lock(name);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = {
+            let mut models = self.write_models();
+            let entry = models
+                .get_mut(name)
+                .ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
+            match version {
+                None => models.remove(name).map(|e| e.state),
+                Some(v) => {
+                    let EntryState::Loaded(versions) = &mut entry.state else {
+                        return Err(Error::Unavailable(format!(
+                            "model '{name}' is not loaded; remove the whole model instead"
+                        )));
+                    };
+                    let number = v.parse::<u64>().ok().filter(|n| versions.contains_key(n));
+                    let Some(number) = number else {
+                        return Err(Error::NotFound(format!(
+                            "unknown version '{v}' of model '{name}'"
+                        )));
+                    };
+                    let removed = versions.remove(&number);
+                    if entry.default == Some(number) {
+                        entry.default = None;
+                    }
+                    if versions.is_empty() {
+                        models.remove(name);
+                    }
+                    removed.map(|state| EntryState::Loaded(BTreeMap::from([(number, state)])))
+                }
+            }
+        };
+        if version.is_none() {
+            self.lock_catalog().suppressed.insert(name.to_string());
+            self.metrics.unloaded(name, false);
+        }
+        if let Some(old) = old {
+            retire(old);
+        }
+        self.update_memory();
+        Ok(())
+    }
+
+    /// Re-reads the repository and the store: new models load, changed ones are swapped for
+    /// the new copy (the old one keeps serving if the new one fails to load), and models no
+    /// longer there are removed after their requests in flight finish. Models registered
+    /// through the management API or named by a Deployment are left alone.
+    pub fn poll(&self) -> std::io::Result<PollReport> {
+        let scanned = self.lock_catalog().scan()?;
+        let known: BTreeMap<String, (String, OriginKind)> = self
+            .read_models()
+            .iter()
+            .map(|(n, e)| (n.clone(), (e.origin.fingerprint.clone(), e.origin.kind)))
+            .collect();
+        let mut report = PollReport::default();
+        for (name, origin) in scanned.iter() {
+            let known = known.get(name);
+            if known.is_some_and(|(_, kind)| *kind == OriginKind::Pinned) {
+                continue;
+            }
+            match (origin, known) {
+                (Ok(o), None) => {
+                    tracing::info!(model = %name, source = %o.url, "new model found");
+                    let _ = self.install(name, o.clone(), false);
+                    report.added.push(name.clone());
+                }
+                (Ok(o), Some((fingerprint, _))) if *fingerprint != o.fingerprint => {
+                    tracing::info!(model = %name, source = %o.url, "model changed; swapping it");
+                    let _ = self.install(name, o.clone(), false);
+                    report.changed.push(name.clone());
+                }
+                (Ok(_), Some(_)) => {}
+                (Err(reason), None) => self.fail(name, reason.clone()),
+                (Err(reason), Some(_)) => {
+                    tracing::error!(model = %name, error = %reason, "model source changed and cannot be used; the loaded copy keeps serving");
+                    if let Some(e) = self.write_models().get_mut(name) {
+                        e.last_error = Some(reason.clone());
+                    }
+                }
+            }
+        }
+        for (name, (_, kind)) in known {
+            if kind == OriginKind::Scanned && !scanned.contains_key(&name) {
+                tracing::info!(model = %name, "model removed from its source; unloading it");
+                let lock = self.model_lock(&name);
+                let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let old = self.write_models().remove(&name);
+                self.metrics.unloaded(&name, false);
+                if let Some(old) = old {
+                    retire(old.state);
+                }
+                report.removed.push(name);
+            }
+        }
+        self.update_memory();
+        Ok(report)
+    }
+
+    /// Loads `origin` as model `name`, replacing the entry of that name once the new copy is
+    /// ready. A lazy model is only listed, unless `now`. When the new copy has no version that
+    /// loads and an old copy serves, the old one stays and the error is recorded.
+    pub(crate) fn install(&self, name: &str, origin: Origin, now: bool) -> Result<()> {
+        let lock = self.model_lock(name);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.install_locked(name, origin, now)
+    }
+
+    fn install_locked(&self, name: &str, origin: Origin, now: bool) -> Result<()> {
+        let source = ModelSource {
+            name: name.to_string(),
+            dir: origin.dir.clone(),
+        };
+        let layout = source.layout().map(|mut l| {
+            if let Some(n) = origin.overrides.replicas {
+                l.config.replicas = n;
+            }
+            if let Some(d) = origin.overrides.devices.clone() {
+                l.config.devices = d;
+            }
+            l
+        });
+        let layout = match layout {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(model = %name, error = %e, "model unavailable");
+                return self.place(name, origin, EntryState::Unavailable(e.to_string()), false);
+            }
+        };
+        let lazy = layout.config.load == LoadPolicy::Lazy;
+        if lazy && !now {
+            tracing::info!(model = %name, "lazy model listed; it loads on its first request");
+            return self.place(name, origin, EntryState::Unloaded, true);
+        }
+        let state = {
+            let _budget = self.budget_lock.lock().unwrap_or_else(|p| p.into_inner());
+            match self.make_room(name, estimate(&layout, &origin.dir)) {
+                Ok(()) => self.load_versions(name, &origin.dir, &layout),
+                Err(e) => EntryState::Unavailable(e.to_string()),
+            }
+        };
+        self.place(name, origin, state, lazy)
+    }
+
+    /// Puts `state` in place for `name` and retires what it replaces.
+    fn place(&self, name: &str, origin: Origin, state: EntryState, lazy: bool) -> Result<()> {
+        let failure = failure_of(&state);
+        let old = {
+            let mut models = self.write_models();
+            let old_serves = models
+                .get(name)
+                .is_some_and(|e| e.ready().next().is_some());
+            let new_serves = state.ready().next().is_some();
+            let loading_something = !matches!(state, EntryState::Unloaded);
+            if old_serves && !new_serves && loading_something {
+                // Keep what serves; say why the new copy is not used.
+                let reason = failure.clone().unwrap_or_default();
+                if let Some(e) = models.get_mut(name) {
+                    e.last_error = Some(reason.clone());
+                }
+                tracing::error!(model = %name, error = %reason, "new copy failed to load; the old one keeps serving");
+                return Err(Error::invalid(format!(
+                    "model '{name}' failed to load: {reason}"
+                )));
+            }
+            let default = models.get(name).and_then(|e| e.default);
+            if let Some(reason) = &failure {
+                self.metrics.unloaded(name, false);
+                tracing::debug!(model = %name, %reason, "model stored as failed");
+            } else if new_serves {
+                let bytes = state.ready().map(|v| v.bytes()).sum();
+                self.metrics.loaded(name, bytes);
+            }
+            let entry = ModelEntry {
+                state,
+                origin,
+                lazy,
+                default,
+                last_error: failure.clone(),
+            };
+            models.insert(name.to_string(), entry).map(|e| e.state)
+        };
+        if let Some(old) = old {
+            retire(old);
+        }
+        self.update_memory();
+        match failure {
+            None => Ok(()),
+            Some(reason) => Err(Error::invalid(format!(
+                "model '{name}' failed to load: {reason}"
+            ))),
+        }
+    }
+
+    /// Records `name` as unusable (its source could not be read).
+    fn fail(&self, name: &str, reason: String) {
+        tracing::error!(model = %name, error = %reason, "model unavailable");
+        let origin = Origin {
+            dir: Default::default(),
+            fingerprint: String::new(),
+            url: String::new(),
+            kind: OriginKind::Scanned,
+            overrides: Overrides::default(),
+        };
+        let _ = self.place(name, origin, EntryState::Unavailable(reason), false);
+    }
+
+    /// Loads a lazy model on its first request (once, however many requests wait for it).
+    pub(crate) fn load_lazy(&self, name: &str) -> Result<()> {
+        let lock = self.model_lock(name);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let origin = match self.read_models().get(name) {
+            Some(e) if matches!(e.state, EntryState::Unloaded) => e.origin.clone(),
+            // Loaded (or removed) by someone else while this request waited.
+            _ => return Ok(()),
+        };
+        tracing::info!(model = %name, "loading lazy model for a request");
+        self.install_locked(name, origin, true)
+    }
+
+    /// Loads every version of `layout`.
+    fn load_versions(&self, name: &str, dir: &Path, layout: &ModelLayout) -> EntryState {
+        let versions = layout
+            .versions
+            .iter()
+            .map(|(&number, file)| {
+                let state = match self.load_version(name, number, file, dir, &layout.config) {
+                    Ok(v) => {
+                        tracing::info!(
+                            model = %name,
+                            version = number,
+                            file = %file.display(),
+                            inputs = %describe(&v.config().signature.inputs),
+                            outputs = %describe(&v.config().signature.outputs),
+                            replicas = layout.config.replicas,
+                            max_batch_size = layout.config.batch_limit(),
+                            load_ms = v.load_ms,
+                            "model ready"
+                        );
+                        VersionState::Ready(Arc::new(v))
+                    }
+                    Err(reason) => {
+                        tracing::error!(model = %name, version = number, error = %reason, "model version unavailable");
+                        VersionState::Unavailable(reason)
+                    }
+                };
+                (number, state)
+            })
+            .collect();
+        EntryState::Loaded(versions)
+    }
+
+    /// Makes room for `needed` bytes under the memory budget by unloading the least recently
+    /// used idle lazy models (never `loading` itself, never one a request holds).
+    fn make_room(&self, loading: &str, needed: u64) -> Result<()> {
+        let Some(budget) = self.options.memory_budget else {
+            return Ok(());
+        };
+        if needed > budget {
+            return Err(Error::Unavailable(format!(
+                "model '{loading}' needs about {needed} bytes, more than the whole memory budget ({budget} bytes, --memory-budget)"
+            )));
+        }
+        loop {
+            let evicted = {
+                let mut models = self.write_models();
+                let used: u64 = models
+                    .iter()
+                    .filter(|(n, _)| n.as_str() != loading)
+                    .flat_map(|(_, e)| e.ready())
+                    .map(|v| v.bytes())
+                    .sum();
+                if used + needed <= budget {
+                    return Ok(());
+                }
+                // Under the write lock no request can pick a version up, so a version only the
+                // map holds is idle, and stays so until it is gone.
+                let victim = models
+                    .iter()
+                    .filter(|(n, e)| {
+                        n.as_str() != loading
+                            && e.lazy
+                            && e.ready().next().is_some()
+                            && e.ready().all(|v| Arc::strong_count(v) == 1)
+                    })
+                    .min_by_key(|(_, e)| {
+                        e.ready()
+                            .map(|v| v.last_used.load(std::sync::atomic::Ordering::Relaxed))
+                            .max()
+                    })
+                    .map(|(n, _)| n.clone());
+                let Some(victim) = victim else {
+                    return Err(Error::Unavailable(format!(
+                        "model '{loading}' needs about {needed} bytes and {used} of the {budget}-byte memory budget are held by models that are busy or not lazy; retry later"
+                    )));
+                };
+                let entry = models.get_mut(&victim).ok_or_else(|| {
+                    Error::Internal(format!("model '{victim}' vanished while evicting"))
+                })?;
+                let old = std::mem::replace(&mut entry.state, EntryState::Unloaded);
+                (victim, old)
+            };
+            let (victim, old) = evicted;
+            tracing::info!(model = %victim, for_model = %loading, "evicting idle lazy model to keep within the memory budget");
+            self.metrics.unloaded(&victim, true);
+            retire(old);
+            self.update_memory();
+        }
+    }
+
+    /// Updates the memory gauges.
+    pub(crate) fn update_memory(&self) {
+        let used = self
+            .read_models()
+            .values()
+            .flat_map(ModelEntry::ready)
+            .map(|v| v.bytes())
+            .sum();
+        self.metrics.memory(used, self.options.memory_budget);
+    }
+
+    pub(crate) fn model_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        self.model_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn lock_catalog(&self) -> std::sync::MutexGuard<'_, crate::catalog::Catalog> {
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The memory a layout's versions will take: their weight files times the replicas.
+fn estimate(layout: &ModelLayout, dir: &Path) -> u64 {
+    layout
+        .versions
+        .values()
+        .map(|file| repository::weights_bytes(file, dir))
+        .sum::<u64>()
+        * layout.config.replicas as u64
+}
+
+/// Why a new entry does not fully serve, if it does not.
+fn failure_of(state: &EntryState) -> Option<String> {
+    match state {
+        EntryState::Unavailable(reason) => Some(reason.clone()),
+        EntryState::Loaded(versions) => versions.iter().find_map(|(n, v)| match v {
+            VersionState::Unavailable(r) => Some(format!("version {n}: {r}")),
+            VersionState::Ready(_) => None,
+        }),
+        EntryState::Unloaded => None,
+    }
+}
+
+fn describe(specs: &[ferroserve_core::TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| format!("{}:{}{:?}", s.name, s.datatype, s.shape))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,321 @@
+//! The management operations behind TorchServe's management API and Triton's repository
+//! extension: register, describe, list, scale, set the default version.
+
+use serde::Serialize;
+
+use ferroserve_core::{Error, Result};
+
+use crate::config::DynamicBatching;
+use crate::registry::{EntryState, ModelState, Runtime, VersionState};
+
+/// A model as `GET /models/{model}` describes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelDescription {
+    /// Name.
+    pub name: String,
+    /// `READY` (a version serves), `UNAVAILABLE` (failed or unloaded) or `NOT_LOADED` (lazy,
+    /// loads on its first request).
+    pub state: &'static str,
+    /// Where it came from: its folder, its archives, or the registration's URL.
+    pub source: String,
+    /// `eager` or `lazy`.
+    pub load: &'static str,
+    /// The version requests without one go to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_version: Option<String>,
+    /// Estimated memory of its loaded versions (weight files times replicas).
+    pub memory_bytes: u64,
+    /// Why the last load or reload failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Its versions.
+    pub versions: Vec<VersionDescription>,
+}
+
+/// One version of a described model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionDescription {
+    /// Version number.
+    pub version: String,
+    /// Ready or not.
+    pub state: ModelState,
+    /// Why it is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Replicas loaded.
+    pub replicas: usize,
+    /// Where they run.
+    pub devices: Vec<String>,
+    /// Estimated memory (weight files times replicas).
+    pub memory_bytes: u64,
+    /// When it loaded (RFC 3339, UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded_at: Option<String>,
+    /// How long loading took.
+    pub load_ms: u64,
+    /// Requests waiting in its queue now.
+    pub queued: usize,
+    /// Requests being computed now.
+    pub in_flight: usize,
+    /// Rows per batch when the server batches it, else 0.
+    pub max_batch_size: usize,
+    /// Its dynamic batching settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_batching: Option<DynamicBatching>,
+    /// Backend platform.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub platform: String,
+    /// Built-in task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<&'static str>,
+}
+
+/// One page of `GET /models` (TorchServe's field names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelList {
+    /// The models of this page, by name.
+    pub models: Vec<ModelListItem>,
+    /// Pass it as `next_page_token` for the next page; absent on the last.
+    #[serde(rename = "nextPageToken", skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+/// One model in a [`ModelList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelListItem {
+    /// Name.
+    #[serde(rename = "modelName")]
+    pub model_name: String,
+    /// Where it came from.
+    #[serde(rename = "modelUrl")]
+    pub model_url: String,
+}
+
+/// A change of replicas (TorchServe's `min_worker` / `max_worker`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScaleRequest {
+    /// Replicas to run (TorchServe scales to `min_worker`).
+    pub min: Option<usize>,
+    /// Most replicas: the current count is lowered to it when `min` is not given.
+    pub max: Option<usize>,
+}
+
+/// Most models one page lists.
+const MAX_PAGE: usize = 1000;
+
+impl Runtime {
+    /// Registers a model from `url`: a file in the model store, a local path under the allowed
+    /// paths, or a URL under an allow-listed prefix (see [`crate::AccessPolicy`]). `name`
+    /// defaults to the archive's model name (or the folder's name). A lazy model is only listed.
+    /// Returns the name it was registered under. Blocks while it loads.
+    pub fn register(&self, url: &str, name: Option<&str>, replicas: Option<usize>) -> Result<String> {
+        let (own_name, mut origin) = self.lock_catalog().locate(url)?;
+        let name = name.map_or(own_name, str::to_string);
+        check_name(&name)?;
+        if replicas == Some(0) {
+            return Err(Error::invalid("initial_workers must be at least 1"));
+        }
+        if self.read_models().contains_key(&name) {
+            return Err(Error::AlreadyExists(format!(
+                "model '{name}' is registered already; unregister it first, or register under another model_name"
+            )));
+        }
+        origin.overrides.replicas = replicas;
+        self.lock_catalog().suppressed.remove(&name);
+        match self.install(&name, origin, false) {
+            Ok(()) => Ok(name),
+            Err(e) => {
+                // A registration that does not load leaves nothing behind.
+                let _ = self.remove(&name, None);
+                self.lock_catalog().suppressed.remove(&name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Describes `model`: state, versions, replicas, devices, memory, batching, load time and
+    /// the last error.
+    pub fn describe(&self, model: &str) -> Result<ModelDescription> {
+        let models = self.read_models();
+        let entry = models
+            .get(model)
+            .ok_or_else(|| Error::NotFound(format!("unknown model '{model}'")))?;
+        let mut versions = Vec::new();
+        let mut reason_all = None;
+        match &entry.state {
+            EntryState::Loaded(map) => {
+                for (number, state) in map {
+                    versions.push(match state {
+                        VersionState::Ready(v) => {
+                            let (queued, in_flight) = v.load();
+                            let config = v.config();
+                            VersionDescription {
+                                version: number.to_string(),
+                                state: ModelState::Ready,
+                                reason: None,
+                                replicas: v.replicas(),
+                                devices: config.devices.iter().map(|d| d.to_string()).collect(),
+                                memory_bytes: v.bytes(),
+                                loaded_at: Some(
+                                    humantime::format_rfc3339_seconds(v.loaded_at).to_string(),
+                                ),
+                                load_ms: v.load_ms,
+                                queued,
+                                in_flight,
+                                max_batch_size: config.max_batch_size,
+                                dynamic_batching: config.dynamic_batching.clone(),
+                                platform: config.platform.clone(),
+                                task: config.task.map(|t| t.as_str()),
+                            }
+                        }
+                        VersionState::Unavailable(r) => VersionDescription {
+                            version: number.to_string(),
+                            state: ModelState::Unavailable,
+                            reason: Some(r.clone()),
+                            replicas: 0,
+                            devices: Vec::new(),
+                            memory_bytes: 0,
+                            loaded_at: None,
+                            load_ms: 0,
+                            queued: 0,
+                            in_flight: 0,
+                            max_batch_size: 0,
+                            dynamic_batching: None,
+                            platform: String::new(),
+                            task: None,
+                        },
+                    });
+                }
+            }
+            EntryState::Unavailable(r) => reason_all = Some(r.clone()),
+            EntryState::Unloaded => {}
+        }
+        let state = match &entry.state {
+            EntryState::Unloaded => "NOT_LOADED",
+            _ if entry.ready().next().is_some() => "READY",
+            _ => "UNAVAILABLE",
+        };
+        let description = ModelDescription {
+            name: model.to_string(),
+            state,
+            source: entry.origin.url.clone(),
+            load: if entry.lazy { "lazy" } else { "eager" },
+            default_version: self_default(entry),
+            memory_bytes: entry.ready().map(|v| v.bytes()).sum(),
+            last_error: entry.last_error.clone().or(reason_all),
+            versions,
+        };
+        Ok(description)
+    }
+
+    /// One page of the models, by name: at most `limit` (default 100) from `next_page_token`
+    /// (an offset, as TorchServe's).
+    pub fn list(&self, limit: Option<usize>, next_page_token: Option<&str>) -> Result<ModelList> {
+        let limit = limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(Error::invalid(format!(
+                "limit must be between 1 and {MAX_PAGE}, got {limit}"
+            )));
+        }
+        let start = match next_page_token {
+            None => 0,
+            Some(t) => t.parse::<usize>().map_err(|_| {
+                Error::invalid(format!("next_page_token '{t}' is not one this server gave"))
+            })?,
+        };
+        let models = self.read_models();
+        let items: Vec<ModelListItem> = models
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|(name, e)| ModelListItem {
+                model_name: name.clone(),
+                model_url: e.origin.url.clone(),
+            })
+            .collect();
+        let next = start + items.len();
+        Ok(ModelList {
+            models: items,
+            next_page_token: (next < models.len()).then(|| next.to_string()),
+        })
+    }
+
+    /// Makes `version` the one requests without a version go to.
+    pub fn set_default(&self, model: &str, version: &str) -> Result<()> {
+        let mut models = self.write_models();
+        let entry = models
+            .get_mut(model)
+            .ok_or_else(|| Error::NotFound(format!("unknown model '{model}'")))?;
+        let number = version
+            .parse::<u64>()
+            .ok()
+            .filter(|n| entry.ready().any(|v| v.number == *n))
+            .ok_or_else(|| {
+                let ready: Vec<String> = entry.ready().map(|v| v.number.to_string()).collect();
+                Error::NotFound(format!(
+                    "model '{model}' has no ready version '{version}' (ready: {})",
+                    ready.join(", ")
+                ))
+            })?;
+        entry.default = Some(number);
+        Ok(())
+    }
+
+    /// Changes the replicas of `model` at `version` (or its default version) as TorchServe's
+    /// `PUT /models/{m}?min_worker=&max_worker=` does: to `min` when given, else down to `max`.
+    /// Returns the replicas now serving.
+    pub fn rescale(&self, model: &str, version: Option<&str>, request: ScaleRequest) -> Result<usize> {
+        if let (Some(min), Some(max)) = (request.min, request.max) {
+            if max < min {
+                return Err(Error::invalid(format!(
+                    "max_worker ({max}) is below min_worker ({min})"
+                )));
+            }
+        }
+        let (_, _, current) = match version {
+            None => self.load_of(model)?,
+            Some(_) => (0, 0, self.resolve(model, version)?.replicas()),
+        };
+        let target = match (request.min, request.max) {
+            (Some(min), _) => min,
+            (None, Some(max)) => current.min(max),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "give min_worker (replicas to run) or max_worker",
+                ))
+            }
+        };
+        if target == 0 {
+            return Err(Error::invalid(
+                "min_worker must be at least 1; unregister the model to stop serving it",
+            ));
+        }
+        let replicas = self.scale_version(model, version, target)?;
+        self.update_memory();
+        Ok(replicas)
+    }
+}
+
+fn self_default(entry: &crate::registry::ModelEntry) -> Option<String> {
+    let chosen = entry
+        .default
+        .filter(|d| entry.ready().any(|v| v.number == *d));
+    chosen
+        .or_else(|| entry.ready().next_back().map(|v| v.number))
+        .map(|n| n.to_string())
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "model name '{name}' must be letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}
