@@ -60,7 +60,12 @@ pub struct ServeArgs {
 
     /// Archives of the model store to serve: `all`, or NAME=FILE (repeatable, or
     /// comma-separated; several FILEs under one NAME are its versions).
-    #[arg(long, value_name = "all|NAME=FILE", value_delimiter = ',', requires = "model_store")]
+    #[arg(
+        long,
+        value_name = "all|NAME=FILE",
+        value_delimiter = ',',
+        requires = "model_store"
+    )]
     pub models: Vec<String>,
 
     /// Where archives are unpacked, in folders named by their sha256. Default:
@@ -85,7 +90,13 @@ pub struct ServeArgs {
     /// Token the management API requires (`Authorization: Bearer TOKEN`); also required for the
     /// repository extension's load and unload on the inference ports. Prefer the file or the
     /// environment variable over the command line, which other users can read.
-    #[arg(long, env = "FERROSERVE_MANAGEMENT_TOKEN", value_name = "TOKEN", hide_env_values = true, conflicts_with = "management_token_file")]
+    #[arg(
+        long,
+        env = "FERROSERVE_MANAGEMENT_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        conflicts_with = "management_token_file"
+    )]
     pub management_token: Option<String>,
 
     /// File holding the management token.
@@ -237,7 +248,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "Ki" | "KiB" => 1 << 10,
         "Mi" | "MiB" => 1 << 20,
         "Gi" | "GiB" => 1 << 30,
-        other => return Err(format!("unknown unit '{other}' in '{s}' (K, M, G, Ki, Mi, Gi)")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}' (K, M, G, Ki, Mi, Gi)"
+            ))
+        }
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("'{s}' is too large"))

@@ -56,9 +56,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!("model store {} is not a directory", dir.display());
         }
         let selection = ferroserve_store::Selection::parse(&args.models)?;
-        let cache = args.store_cache.clone().unwrap_or_else(|| {
-            ferroserve_backend_onnx::default_home().join("cache")
-        });
+        let cache = args
+            .store_cache
+            .clone()
+            .unwrap_or_else(|| ferroserve_backend_onnx::default_home().join("cache"));
         let limits = ferroserve_store::Limits {
             max_archive_bytes: args.max_archive_bytes,
             max_unpacked_bytes: args.max_archive_bytes.saturating_mul(2),

@@ -142,7 +142,10 @@ impl Catalog {
         if let Some((store, _)) = &self.store {
             if !url.contains(['/', '\\']) && store.dir().join(url).exists() {
                 let u = store.open(url).map_err(|e| Error::invalid(e.to_string()))?;
-                return Ok((u.manifest.model_name.clone(), pinned(u.dir.clone(), &u.sha256, url)));
+                return Ok((
+                    u.manifest.model_name.clone(),
+                    pinned(u.dir.clone(), &u.sha256, url),
+                ));
             }
         }
         let path = Path::new(url);
@@ -154,10 +157,11 @@ impl Catalog {
         let real = path
             .canonicalize()
             .map_err(|e| Error::NotFound(format!("{url}: {e}")))?;
-        let allowed = self.policy.allowed_paths.iter().any(|a| {
-            a.canonicalize()
-                .is_ok_and(|a| real.starts_with(&a))
-        });
+        let allowed = self
+            .policy
+            .allowed_paths
+            .iter()
+            .any(|a| a.canonicalize().is_ok_and(|a| real.starts_with(&a)));
         if !allowed {
             return Err(Error::PermissionDenied(format!(
                 "{url} is not under an allowed path; the server registers models from the model store or from folders given with --allowed-paths"
@@ -172,7 +176,10 @@ impl Catalog {
         if archive {
             let u = ferroserve_store::unpack::unpack(real, &self.cache, &self.limits)
                 .map_err(|e| Error::invalid(e.to_string()))?;
-            return Ok((u.manifest.model_name.clone(), pinned(u.dir.clone(), &u.sha256, url)));
+            return Ok((
+                u.manifest.model_name.clone(),
+                pinned(u.dir.clone(), &u.sha256, url),
+            ));
         }
         let name = real
             .file_name()
@@ -195,8 +202,9 @@ impl Catalog {
                 "the server does not fetch models from URLs unless their prefix is allow-listed (--allowed-urls); {url} is not"
             )));
         }
-        let file = ferroserve_store::fetch::download(url, &self.cache.join("downloads"), &self.limits)
-            .map_err(|e| Error::invalid(e.to_string()))?;
+        let file =
+            ferroserve_store::fetch::download(url, &self.cache.join("downloads"), &self.limits)
+                .map_err(|e| Error::invalid(e.to_string()))?;
         self.open_local(&file, url)
     }
 
@@ -206,7 +214,10 @@ impl Catalog {
             parts.push(format!("the model repository {}", r.display()));
         }
         if let Some((s, _)) = &self.store {
-            parts.push(format!("the model store {} (as --models selects)", s.dir().display()));
+            parts.push(format!(
+                "the model store {} (as --models selects)",
+                s.dir().display()
+            ));
         }
         if parts.is_empty() {
             "any source (no repository or store is configured)".to_string()

@@ -286,9 +286,7 @@ impl Runtime {
         let failure = failure_of(&state);
         let old = {
             let mut models = self.write_models();
-            let old_serves = models
-                .get(name)
-                .is_some_and(|e| e.ready().next().is_some());
+            let old_serves = models.get(name).is_some_and(|e| e.ready().next().is_some());
             let new_serves = state.ready().next().is_some();
             let loading_something = !matches!(state, EntryState::Unloaded);
             if old_serves && !new_serves && loading_something {

@@ -100,6 +100,24 @@ pub struct ScaleRequest {
     pub max: Option<usize>,
 }
 
+impl ScaleRequest {
+    /// Refuses requests that cannot be carried out, before any work starts.
+    pub fn check(&self) -> Result<()> {
+        match (self.min, self.max) {
+            (None, None) => Err(Error::invalid(
+                "give min_worker (replicas to run) or max_worker",
+            )),
+            (Some(0), _) => Err(Error::invalid(
+                "min_worker must be at least 1; unregister the model to stop serving it",
+            )),
+            (Some(min), Some(max)) if max < min => Err(Error::invalid(format!(
+                "max_worker ({max}) is below min_worker ({min})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Most models one page lists.
 const MAX_PAGE: usize = 1000;
 
@@ -108,7 +126,12 @@ impl Runtime {
     /// paths, or a URL under an allow-listed prefix (see [`crate::AccessPolicy`]). `name`
     /// defaults to the archive's model name (or the folder's name). A lazy model is only listed.
     /// Returns the name it was registered under. Blocks while it loads.
-    pub fn register(&self, url: &str, name: Option<&str>, replicas: Option<usize>) -> Result<String> {
+    pub fn register(
+        &self,
+        url: &str,
+        name: Option<&str>,
+        replicas: Option<usize>,
+    ) -> Result<String> {
         let (own_name, mut origin) = self.lock_catalog().locate(url)?;
         let name = name.map_or(own_name, str::to_string);
         check_name(&name)?;
@@ -264,30 +287,25 @@ impl Runtime {
     /// Changes the replicas of `model` at `version` (or its default version) as TorchServe's
     /// `PUT /models/{m}?min_worker=&max_worker=` does: to `min` when given, else down to `max`.
     /// Returns the replicas now serving.
-    pub fn rescale(&self, model: &str, version: Option<&str>, request: ScaleRequest) -> Result<usize> {
-        if let (Some(min), Some(max)) = (request.min, request.max) {
-            if max < min {
-                return Err(Error::invalid(format!(
-                    "max_worker ({max}) is below min_worker ({min})"
-                )));
-            }
-        }
-        let (_, _, current) = match version {
-            None => self.load_of(model)?,
-            Some(_) => (0, 0, self.resolve(model, version)?.replicas()),
+    pub fn rescale(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        request: ScaleRequest,
+    ) -> Result<usize> {
+        request.check()?;
+        let current = match version {
+            None => self.load_of(model)?.2,
+            Some(_) => self.resolve(model, version)?.replicas(),
         };
         let target = match (request.min, request.max) {
             (Some(min), _) => min,
             (None, Some(max)) => current.min(max),
-            (None, None) => {
-                return Err(Error::invalid(
-                    "give min_worker (replicas to run) or max_worker",
-                ))
-            }
+            (None, None) => current,
         };
         if target == 0 {
             return Err(Error::invalid(
-                "min_worker must be at least 1; unregister the model to stop serving it",
+                "max_worker must be at least 1; unregister the model to stop serving it",
             ));
         }
         let replicas = self.scale_version(model, version, target)?;

@@ -242,7 +242,9 @@ impl ModelEntry {
 
     /// The version requests without a version number go to.
     fn default_version(&self) -> Option<&Arc<Version>> {
-        let chosen = self.default.and_then(|d| self.ready().find(|v| v.number == d));
+        let chosen = self
+            .default
+            .and_then(|d| self.ready().find(|v| v.number == d));
         chosen.or_else(|| self.ready().next_back())
     }
 }
@@ -722,8 +724,11 @@ impl Runtime {
         match self.find_version(model, version) {
             Err(Lazy) => {
                 crate::lifecycle::blocking(|| self.load_lazy(model))?;
-                self.find_version(model, version)
-                    .unwrap_or_else(|Lazy| Err(Error::Unavailable(format!("model '{model}' was unloaded while it loaded; retry"))))
+                self.find_version(model, version).unwrap_or_else(|Lazy| {
+                    Err(Error::Unavailable(format!(
+                        "model '{model}' was unloaded while it loaded; retry"
+                    )))
+                })
             }
             Ok(found) => found,
         }

@@ -239,7 +239,10 @@ mod tests {
         assert_eq!(versions("version_policy: all\n").unwrap(), [1, 2, 5]);
         assert_eq!(versions("version_policy: {latest: 1}\n").unwrap(), [5]);
         assert_eq!(versions("version_policy: {latest: 2}\n").unwrap(), [2, 5]);
-        assert_eq!(versions("version_policy: {specific: [1, 5, 7]}\n").unwrap(), [1, 5]);
+        assert_eq!(
+            versions("version_policy: {specific: [1, 5, 7]}\n").unwrap(),
+            [1, 5]
+        );
         assert!(matches!(
             versions("version_policy: {specific: [7]}\n"),
             Err(LayoutError::NoVersionServed { .. })

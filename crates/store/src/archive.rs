@@ -134,9 +134,11 @@ pub fn create(spec: &ArchiveSpec) -> Result<PathBuf, StoreError> {
         remove(&out)?;
     }
     // Written beside the target and renamed, so a store never shows a half-written archive.
-    let partial = spec
-        .export_path
-        .join(format!(".{}.partial-{}", spec.model_name, std::process::id()));
+    let partial = spec.export_path.join(format!(
+        ".{}.partial-{}",
+        spec.model_name,
+        std::process::id()
+    ));
     let _ = remove(&partial);
     let written = match spec.format {
         ArchiveFormat::Far => write_far(&partial, &manifest_json, &files),
@@ -206,7 +208,10 @@ fn collect(
     let version;
     if meta.is_file() {
         version = spec.version.unwrap_or(1);
-        files.insert(format!("{version}/{}", file_name(path)?), Source::File(path.clone()));
+        files.insert(
+            format!("{version}/{}", file_name(path)?),
+            Source::File(path.clone()),
+        );
     } else {
         let versions = version_folders(path)?;
         if versions.is_empty() {
@@ -244,7 +249,10 @@ fn collect(
                 extra.display()
             )));
         }
-        if files.insert(target.clone(), Source::File(extra.clone())).is_some() {
+        if files
+            .insert(target.clone(), Source::File(extra.clone()))
+            .is_some()
+        {
             return Err(StoreError::Invalid(format!(
                 "extra file {} would replace {target}, which the model already has",
                 extra.display()
@@ -320,7 +328,11 @@ fn version_folders(dir: &Path) -> Result<Vec<u64>, StoreError> {
     let mut versions = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(StoreError::io(dir))? {
         let entry = entry.map_err(StoreError::io(dir))?;
-        if let Some(v) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(v) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             if entry.path().is_dir() {
                 versions.push(v);
             }
@@ -338,13 +350,24 @@ fn walk(dir: &Path) -> Result<Vec<String>, StoreError> {
     while let Some((path, rel)) = stack.pop() {
         for entry in std::fs::read_dir(&path).map_err(StoreError::io(&path))? {
             let entry = entry.map_err(StoreError::io(&path))?;
-            let name = entry.file_name().to_str().map(str::to_string).ok_or_else(|| {
-                StoreError::Invalid(format!("{} has a name that is not UTF-8", entry.path().display()))
-            })?;
+            let name = entry
+                .file_name()
+                .to_str()
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    StoreError::Invalid(format!(
+                        "{} has a name that is not UTF-8",
+                        entry.path().display()
+                    ))
+                })?;
             if name.starts_with('.') {
                 continue;
             }
-            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             let meta = std::fs::metadata(entry.path()).map_err(StoreError::io(entry.path()))?;
             if meta.is_dir() {
                 stack.push((entry.path(), child));
@@ -368,7 +391,8 @@ fn write_far(
     files: &std::collections::BTreeMap<String, Source>,
 ) -> Result<(), StoreError> {
     let file = std::fs::File::create(out).map_err(StoreError::io(out))?;
-    let encoder = zstd::Encoder::new(std::io::BufWriter::new(file), 3).map_err(StoreError::io(out))?;
+    let encoder =
+        zstd::Encoder::new(std::io::BufWriter::new(file), 3).map_err(StoreError::io(out))?;
     let mut tar = tar::Builder::new(encoder);
     let mut append = |path: &str, size: u64, reader: &mut dyn std::io::Read| {
         let mut header = tar::Header::new_gnu();

@@ -30,7 +30,9 @@ pub enum StoreError {
         reason: String,
     },
     /// A file does not match the archive's manifest.
-    #[error("archive {archive}: file '{file}' {reason}; the archive was changed after it was made")]
+    #[error(
+        "archive {archive}: file '{file}' {reason}; the archive was changed after it was made"
+    )]
     Tampered {
         /// The archive.
         archive: PathBuf,

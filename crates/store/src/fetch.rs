@@ -38,11 +38,16 @@ pub fn download(url: &str, dir: &Path, limits: &Limits) -> Result<PathBuf, Store
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         .collect();
     let key = hex::encode(sha2::Sha256::digest(url.as_bytes()));
-    let file = dir.join(format!("{}-{}", &key[..16], segment.trim_start_matches('.')));
+    let file = dir.join(format!(
+        "{}-{}",
+        &key[..16],
+        segment.trim_start_matches('.')
+    ));
     let partial = file.with_extension("partial");
     let mut out = std::fs::File::create(&partial).map_err(StoreError::io(&partial))?;
     let limit = limits.max_archive_bytes;
-    let n = std::io::copy(&mut response.take(limit + 1), &mut out).map_err(StoreError::io(&partial));
+    let n =
+        std::io::copy(&mut response.take(limit + 1), &mut out).map_err(StoreError::io(&partial));
     let n = match n {
         Ok(n) if n <= limit => n,
         other => {

@@ -164,10 +164,7 @@ impl Store {
 
     /// The models `selection` names, each unpacked and verified, by name. A model whose archive
     /// fails is returned with its error, so the others still serve.
-    pub fn select(
-        &self,
-        selection: &Selection,
-    ) -> Result<Selected, StoreError> {
+    pub fn select(&self, selection: &Selection) -> Result<Selected, StoreError> {
         let mut by_name: BTreeMap<String, Vec<Result<Unpacked, StoreError>>> = BTreeMap::new();
         match selection {
             Selection::All => {
@@ -176,10 +173,9 @@ impl Store {
                     let name = match &opened {
                         Ok(u) => u.manifest.model_name.clone(),
                         // Named after what the manifest says if it can be read, else the file.
-                        Err(_) => archive::inspect(&path).map_or_else(
-                            |_| stem(&path),
-                            |m| m.model_name,
-                        ),
+                        Err(_) => {
+                            archive::inspect(&path).map_or_else(|_| stem(&path), |m| m.model_name)
+                        }
                     };
                     by_name.entry(name).or_default().push(opened);
                 }
@@ -252,10 +248,12 @@ impl Store {
                 let file_name = entry.file_name();
                 let name = file_name.to_string_lossy();
                 // Each archive gives its version folder; the newest gives the model's config.
-                let take = name == version || (i == newest && name.parse::<u64>().is_err() && name != "FAR-INF");
+                let take = name == version
+                    || (i == newest && name.parse::<u64>().is_err() && name != "FAR-INF");
                 if take {
                     let link = tmp.join(&file_name);
-                    std::os::unix::fs::symlink(entry.path(), &link).map_err(StoreError::io(&link))?;
+                    std::os::unix::fs::symlink(entry.path(), &link)
+                        .map_err(StoreError::io(&link))?;
                 }
             }
         }
@@ -320,7 +318,10 @@ mod tests {
         assert_eq!(Selection::parse(&["all".into()]).unwrap(), Selection::All);
         assert_eq!(
             Selection::parse(&["a=x.far".into(), "b.far".into()]).unwrap(),
-            Selection::Named(vec![("a".into(), "x.far".into()), ("b".into(), "b.far".into())])
+            Selection::Named(vec![
+                ("a".into(), "x.far".into()),
+                ("b".into(), "b.far".into())
+            ])
         );
         assert!(Selection::parse(&["all".into(), "a=x.far".into()]).is_err());
         assert!(Selection::parse(&["=x.far".into()]).is_err());

@@ -191,7 +191,9 @@ fn extract(archive: &Path, target: &Path, limits: &Limits) -> Result<(), StoreEr
                 }
             }
             tar::EntryType::Symlink | tar::EntryType::Link => {
-                return Err(refuse("links are not allowed in archives (they could point outside the model folder)"));
+                return Err(refuse(
+                    "links are not allowed in archives (they could point outside the model folder)",
+                ));
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 return Err(refuse("device files and FIFOs are not allowed in archives"));
@@ -200,7 +202,9 @@ fn extract(archive: &Path, target: &Path, limits: &Limits) -> Result<(), StoreEr
             // anything else is not a file a model needs.
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
             other => {
-                return Err(refuse(&format!("entries of type {other:?} are not allowed")));
+                return Err(refuse(&format!(
+                    "entries of type {other:?} are not allowed"
+                )));
             }
         }
     }
@@ -282,7 +286,10 @@ mod tests {
         assert_eq!(a.manifest.model_name, "m");
         assert_eq!(a.manifest.model_version, 1);
         assert_eq!(a.manifest.task.as_deref(), Some("image-classification"));
-        assert_eq!(std::fs::read(a.dir.join("1/model.onnx")).unwrap(), b"weights");
+        assert_eq!(
+            std::fs::read(a.dir.join("1/model.onnx")).unwrap(),
+            b"weights"
+        );
         assert!(std::fs::read_to_string(a.dir.join("model.yaml"))
             .unwrap()
             .contains("task: image-classification"));
@@ -290,7 +297,10 @@ mod tests {
         // A changed cached copy is replaced from the archive.
         std::fs::write(a.dir.join("1/model.onnx"), b"changed").unwrap();
         let b = unpack(&far, &cache, &Limits::default()).unwrap();
-        assert_eq!(std::fs::read(b.dir.join("1/model.onnx")).unwrap(), b"weights");
+        assert_eq!(
+            std::fs::read(b.dir.join("1/model.onnx")).unwrap(),
+            b"weights"
+        );
         assert_eq!(crate::archive::inspect(&far).unwrap(), a.manifest);
     }
 
@@ -305,15 +315,27 @@ mod tests {
             &bad,
             &[
                 (MANIFEST_PATH, tar::EntryType::Regular, &json, None),
-                ("model.yaml", tar::EntryType::Regular, b"task: image-classification\n", None),
+                (
+                    "model.yaml",
+                    tar::EntryType::Regular,
+                    b"task: image-classification\n",
+                    None,
+                ),
                 ("labels.json", tar::EntryType::Regular, b"[\"a\"]", None),
                 ("1/model.onnx", tar::EntryType::Regular, b"weighTs", None),
             ],
         );
         let cache = tmp.path().join("cache");
         let e = unpack(&bad, &cache, &Limits::default()).unwrap_err();
-        assert!(matches!(&e, StoreError::Tampered { file, .. } if file == "1/model.onnx"), "{e}");
-        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0, "nothing left in the cache");
+        assert!(
+            matches!(&e, StoreError::Tampered { file, .. } if file == "1/model.onnx"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&cache).unwrap().count(),
+            0,
+            "nothing left in the cache"
+        );
     }
 
     #[test]
@@ -323,7 +345,12 @@ mod tests {
         let cases: [(&str, tar::EntryType, Option<&str>, &str); 5] = [
             ("../escape.txt", tar::EntryType::Regular, None, "'..'"),
             ("/tmp/abs.txt", tar::EntryType::Regular, None, "absolute"),
-            ("1/link", tar::EntryType::Symlink, Some("../../../escape.txt"), "links"),
+            (
+                "1/link",
+                tar::EntryType::Symlink,
+                Some("../../../escape.txt"),
+                "links",
+            ),
             ("1/hard", tar::EntryType::Link, Some("/etc/passwd"), "links"),
             ("1/dev", tar::EntryType::Char, None, "device"),
         ];
@@ -332,7 +359,8 @@ mod tests {
             raw_archive(&far, &[(name, kind, b"x", link)]);
             let e = unpack(&far, &cache, &Limits::default()).unwrap_err();
             assert!(
-                matches!(&e, StoreError::Unsafe { entry, .. } if entry == name) && e.to_string().contains(why),
+                matches!(&e, StoreError::Unsafe { entry, .. } if entry == name)
+                    && e.to_string().contains(why),
                 "{name}: {e}"
             );
             assert!(!tmp.path().join("escape.txt").exists());
@@ -349,14 +377,20 @@ mod tests {
             max_archive_bytes: 16,
             ..Limits::default()
         };
-        assert!(matches!(unpack(&far, &cache, &small), Err(StoreError::TooLarge { .. })));
+        assert!(matches!(
+            unpack(&far, &cache, &small),
+            Err(StoreError::TooLarge { .. })
+        ));
         // Unpacking stops at the limit on bytes written.
         let tight = Limits {
             max_unpacked_bytes: 100,
             ..Limits::default()
         };
         let big = tmp.path().join("big.far");
-        raw_archive(&big, &[("1/model.onnx", tar::EntryType::Regular, &[0u8; 4096], None)]);
+        raw_archive(
+            &big,
+            &[("1/model.onnx", tar::EntryType::Regular, &[0u8; 4096], None)],
+        );
         let e = unpack(&big, &cache, &tight).unwrap_err();
         assert!(matches!(e, StoreError::TooLarge { .. }), "{e}");
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);

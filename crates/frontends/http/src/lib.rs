@@ -229,7 +229,10 @@ pub(crate) async fn not_found(uri: Uri) -> (StatusCode, Json<serde_json::Value>)
     )
 }
 
-pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> (StatusCode, Json<serde_json::Value>) {
+pub(crate) async fn method_not_allowed(
+    method: Method,
+    uri: Uri,
+) -> (StatusCode, Json<serde_json::Value>) {
     (
         StatusCode::METHOD_NOT_ALLOWED,
         Json(serde_json::json!({ "error": format!("{method} is not allowed on {}", uri.path()) })),

@@ -39,7 +39,10 @@ pub fn management_router(runtime: Arc<Runtime>, options: HttpOptions) -> Router 
     });
     Router::new()
         .route("/models", get(list).post(register))
-        .route("/models/{model}", get(describe).put(scale).delete(unregister))
+        .route(
+            "/models/{model}",
+            get(describe).put(scale).delete(unregister),
+        )
         .route(
             "/models/{model}/{version}",
             get(describe).put(scale).delete(unregister),
@@ -160,7 +163,11 @@ async fn register(
 ) -> Result<Response, ApiError> {
     let get = query(&q, &["url", "model_name", "initial_workers", "synchronous"])?;
     let url = get("url")
-        .ok_or_else(|| Error::invalid("url is required: a file in the model store, or a path under --allowed-paths"))?
+        .ok_or_else(|| {
+            Error::invalid(
+                "url is required: a file in the model store, or a path under --allowed-paths",
+            )
+        })?
         .to_string();
     let name = get("model_name").map(str::to_string);
     let workers = number("initial_workers", get("initial_workers"))?;
@@ -169,7 +176,9 @@ async fn register(
     let work = move || runtime.register(&url, name.as_deref(), workers);
     if synchronous {
         let name = off_thread(work).await?;
-        return Ok(Json(json!({ "status": format!("Model \"{name}\" registered") })).into_response());
+        return Ok(
+            Json(json!({ "status": format!("Model \"{name}\" registered") })).into_response(),
+        );
     }
     tokio::task::spawn_blocking(move || {
         if let Err(e) = work() {
@@ -200,7 +209,11 @@ async fn describe(
         Some(v) => {
             d.versions.retain(|x| x.version == v);
             if d.versions.is_empty() {
-                return Err(Error::NotFound(format!("unknown version '{v}' of model '{}'", p.model)).into());
+                return Err(Error::NotFound(format!(
+                    "unknown version '{v}' of model '{}'",
+                    p.model
+                ))
+                .into());
             }
         }
     }
@@ -217,6 +230,7 @@ async fn scale(
         min: number("min_worker", get("min_worker"))?,
         max: number("max_worker", get("max_worker"))?,
     };
+    request.check()?;
     // TorchServe answers at once by default and scales in the background.
     let synchronous = flag("synchronous", get("synchronous"), false)?;
     let runtime = s.runtime.clone();
