@@ -283,3 +283,42 @@ fn health_reports_serving_and_deadlines_are_honoured() {
         assert_eq!(ran, Some(1.0), "only the long request ran");
     });
 }
+
+#[test]
+fn repository_load_and_unload_need_the_management_token_when_one_is_set() {
+    use ferroserve_grpc::proto::RepositoryModelUnloadRequest;
+    let server = Server::start(
+        Repo::with(&["simple"]),
+        &["--management-token", "grpc-secret"],
+    );
+    let url = server.grpc_url();
+    runtime().block_on(async {
+        let mut client = GrpcInferenceServiceClient::connect(url).await.unwrap();
+        let unload = |token: Option<&str>| {
+            let mut req = tonic::Request::new(RepositoryModelUnloadRequest {
+                model_name: "simple".into(),
+                ..Default::default()
+            });
+            if let Some(t) = token {
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            req
+        };
+        for token in [None, Some("wrong")] {
+            let status = client
+                .repository_model_unload(unload(token))
+                .await
+                .expect_err("refused");
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        }
+        // Still serving after the refused calls.
+        assert!(client.model_infer(simple()).await.is_ok());
+        client
+            .repository_model_unload(unload(Some("grpc-secret")))
+            .await
+            .unwrap();
+        let status = client.model_infer(simple()).await.expect_err("unloaded");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    });
+}

@@ -601,11 +601,7 @@ fn repository_load_and_unload_by_name() {
     assert_eq!(config["instance_group"][0]["count"], 2);
 
     for (path, status, needle) in [
-        (
-            "/v2/repository/models/nope/load",
-            404,
-            "no model folder 'nope'",
-        ),
+        ("/v2/repository/models/nope/load", 404, "no model 'nope'"),
         (
             "/v2/repository/models/nope/unload",
             404,
@@ -614,7 +610,7 @@ fn repository_load_and_unload_by_name() {
         (
             "/v2/repository/models/..%2Fetc/load",
             400,
-            "not a model folder name",
+            "not a model name",
         ),
     ] {
         let (s, body) = post(path);

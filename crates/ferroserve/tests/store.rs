@@ -34,27 +34,12 @@ fn path(p: &Path) -> &str {
 
 /// A server over `repo` (may be empty) and the store `store`, with extra flags.
 fn serve(repo: Repo, store: Option<&Path>, cache: &Path, extra: &[&str]) -> Server {
-    let repo_path = path(repo.path()).to_string();
-    let mut args = vec![
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--http-port",
-        "0",
-        "--grpc-port",
-        "0",
-        "--management-port",
-        "0",
-        "--model-repository",
-        &repo_path,
-        "--store-cache",
-        path(cache),
-    ];
+    let mut args = vec!["--store-cache", path(cache)];
     if let Some(s) = store {
         args.extend(["--model-store", path(s)]);
     }
     args.extend_from_slice(extra);
-    Server::spawn(ferroserve_binary(), &args, repo)
+    Server::start(repo, &args)
 }
 
 /// `http://127.0.0.1:PORT` of the management listener.
@@ -901,4 +886,64 @@ fn memory_budget_evicts_the_least_recently_used_idle_lazy_model() {
     let (_, d) = call("GET", &format!("{admin}/models/a"), None);
     assert_eq!(d["load"], "lazy");
     assert_eq!(d["memory_bytes"], size);
+}
+
+#[test]
+fn polling_the_store_serves_new_versions_and_archives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let staging = tmp.path().join("staging");
+    let simple = model_dir("simple").join("1/model.onnx");
+    for (name, version, dir) in [("adder", "1", &store), ("adder", "2", &staging)] {
+        archive(&[
+            "--model-name",
+            name,
+            "--version",
+            version,
+            "--model-file",
+            path(&simple),
+            "--export-path",
+            path(dir),
+        ]);
+    }
+    let server = serve(
+        Repo::with(&[]),
+        Some(&store),
+        &tmp.path().join("cache"),
+        &["--models", "all", "--poll-interval", "0.2"],
+    );
+    assert_eq!(
+        infer_simple(&server, "/v2/models/adder/infer"),
+        (200, "1".into())
+    );
+    // A second version of the model arrives as its own archive: both versions serve.
+    std::fs::rename(staging.join("adder.far"), store.join("adder-v2.far")).unwrap();
+    assert!(wait_for(Duration::from_secs(20), || {
+        infer_simple(&server, "/v2/models/adder/infer").1 == "2"
+    }));
+    assert_eq!(
+        infer_simple(&server, "/v2/models/adder/versions/1/infer"),
+        (200, "1".into())
+    );
+    // A new model's archive: served under its manifest's name.
+    archive(&[
+        "--model-name",
+        "other",
+        "--model-file",
+        path(&simple),
+        "--export-path",
+        path(&store),
+    ]);
+    assert!(wait_for(Duration::from_secs(20), || {
+        infer_simple(&server, "/v2/models/other/infer").0 == 200
+    }));
+    // Its archive removed: the model goes.
+    std::fs::remove_file(store.join("other.far")).unwrap();
+    assert!(wait_for(Duration::from_secs(20), || {
+        infer_simple(&server, "/v2/models/other/infer").0 == 404
+    }));
+    assert_eq!(
+        infer_simple(&server, "/v2/models/adder/infer"),
+        (200, "2".into())
+    );
 }

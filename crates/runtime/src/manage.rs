@@ -134,7 +134,7 @@ impl Runtime {
     ) -> Result<String> {
         let (own_name, mut origin) = self.lock_catalog().locate(url)?;
         let name = name.map_or(own_name, str::to_string);
-        check_name(&name)?;
+        ferroserve_store::check_model_name(&name).map_err(Error::invalid)?;
         if replicas == Some(0) {
             return Err(Error::invalid("initial_workers must be at least 1"));
         }
@@ -321,19 +321,4 @@ fn self_default(entry: &crate::registry::ModelEntry) -> Option<String> {
     chosen
         .or_else(|| entry.ready().next_back().map(|v| v.number))
         .map(|n| n.to_string())
-}
-
-fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "model name '{name}' must be letters, digits, '-', '_' or '.', not starting with '.'"
-        )))
-    }
 }

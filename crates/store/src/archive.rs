@@ -184,18 +184,7 @@ pub fn inspect(path: &Path) -> Result<Manifest, StoreError> {
 use std::io::Read as _;
 
 fn check_name(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "model name '{name}' must be letters, digits, '-', '_' or '.', not starting with '.'"
-        )))
-    }
+    crate::check_model_name(name).map_err(StoreError::Invalid)
 }
 
 /// The archive's files (path inside the model folder → source) and its version.

@@ -47,3 +47,20 @@ pub use unpack::{Limits, Unpacked};
 
 /// File extension of ferroserve model archives.
 pub const ARCHIVE_EXTENSION: &str = "far";
+
+/// Checks that `name` can name a model: letters, digits, `-`, `_` and `.`, not starting with `.`
+/// (it becomes a URL path segment and a file name).
+pub fn check_model_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "model name '{name}' must be letters, digits, '-', '_' or '.', not starting with '.'"
+        ))
+    }
+}

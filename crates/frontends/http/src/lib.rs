@@ -173,15 +173,7 @@ fn routes() -> Router<Arc<AppState>> {
             "/v2/models/{model}/versions/{version}/stats",
             get(v2::model_stats),
         )
-        .route("/v2/repository/index", post(v2::repository_index))
-        .route(
-            "/v2/repository/models/{model}/load",
-            post(v2::repository_load),
-        )
-        .route(
-            "/v2/repository/models/{model}/unload",
-            post(v2::repository_unload),
-        )
+        .merge(repository_routes())
         .route("/metrics", get(metrics))
         // TorchServe's inference routes share the port with V2 (see the README).
         .route("/ping", get(torchserve::ping))
@@ -197,6 +189,20 @@ fn routes() -> Router<Arc<AppState>> {
         .route("/v1/embeddings", post(openai::embeddings))
         // Generative models by name (`/summarize`, `/imagine`); see `generate`.
         .route("/{name}", get(generate::query))
+}
+
+/// Triton's repository extension, on the inference port and the management port alike.
+pub(crate) fn repository_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v2/repository/index", post(v2::repository_index))
+        .route(
+            "/v2/repository/models/{model}/load",
+            post(v2::repository_load),
+        )
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(v2::repository_unload),
+        )
 }
 
 /// A router with only `GET /metrics`, for a separate metrics port.

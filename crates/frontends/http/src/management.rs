@@ -21,14 +21,14 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use ferroserve_core::Error;
 use ferroserve_runtime::{Runtime, ScaleRequest};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::{v2, AppState, HttpOptions};
+use crate::{AppState, HttpOptions};
 
 /// The management router. Every route requires `options.management_token` when it is set.
 pub fn management_router(runtime: Arc<Runtime>, options: HttpOptions) -> Router {
@@ -48,15 +48,7 @@ pub fn management_router(runtime: Arc<Runtime>, options: HttpOptions) -> Router 
             get(describe).put(scale).delete(unregister),
         )
         .route("/models/{model}/{version}/set-default", put(set_default))
-        .route("/v2/repository/index", post(v2::repository_index))
-        .route(
-            "/v2/repository/models/{model}/load",
-            post(v2::repository_load),
-        )
-        .route(
-            "/v2/repository/models/{model}/unload",
-            post(v2::repository_unload),
-        )
+        .merge(crate::repository_routes())
         .fallback(crate::not_found)
         .method_not_allowed_fallback(crate::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
