@@ -947,3 +947,84 @@ fn polling_the_store_serves_new_versions_and_archives() {
         (200, "2".into())
     );
 }
+
+/// A one-file HTTP server on 127.0.0.1: `GET /models/adder.far` answers `body`, anything else
+/// 404. Returns its base URL.
+fn file_server(body: Vec<u8>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let found = request_line.starts_with("GET /models/adder.far ");
+            let (status, payload) = if found {
+                ("200 OK", body.clone())
+            } else {
+                ("404 Not Found", b"no".to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                payload.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&payload);
+        }
+    });
+    url
+}
+
+#[test]
+fn registering_from_an_allow_listed_url_downloads_and_verifies_the_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    archive(&[
+        "--model-name",
+        "adder",
+        "--model-file",
+        path(&model_dir("simple").join("1/model.onnx")),
+        "--export-path",
+        path(&out),
+    ]);
+    let base = file_server(std::fs::read(out.join("adder.far")).unwrap());
+    let allowed = format!("{base}/models/");
+    let server = serve(
+        Repo::with(&[]),
+        None,
+        &tmp.path().join("cache"),
+        &["--allowed-urls", &allowed],
+    );
+    let admin = management(&server);
+    // Under the prefix but not there: the download's failure, named.
+    let (status, body) = call(
+        "POST",
+        &format!("{admin}/models?url={base}/models/missing.far"),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("404"), "{body}");
+    // Outside the prefix: refused before any request is made.
+    let (status, _) = call(
+        "POST",
+        &format!("{admin}/models?url={base}/elsewhere/adder.far"),
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, body) = call(
+        "POST",
+        &format!("{admin}/models?url={base}/models/adder.far&model_name=remote"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        infer_simple(&server, "/v2/models/remote/infer"),
+        (200, "1".into())
+    );
+}

@@ -202,8 +202,13 @@ impl Catalog {
                 "the server does not fetch models from URLs unless their prefix is allow-listed (--allowed-urls); {url} is not"
             )));
         }
+        // On a thread of its own: the blocking HTTP client must not run inside an async
+        // runtime's context, which the caller's thread may have.
+        let (owned, dir, limits) = (url.to_string(), self.cache.join("downloads"), self.limits);
         let file =
-            ferroserve_store::fetch::download(url, &self.cache.join("downloads"), &self.limits)
+            std::thread::spawn(move || ferroserve_store::fetch::download(&owned, &dir, &limits))
+                .join()
+                .map_err(|_| Error::Internal(format!("downloading {url} panicked")))?
                 .map_err(|e| Error::invalid(e.to_string()))?;
         self.open_local(&file, url)
     }

@@ -168,22 +168,27 @@ pub fn fingerprint(dir: &Path) -> String {
 }
 
 /// Bytes of the weights a version loads: every file in the version's folder (recursively, for
-/// checkpoint folders), or just the model file when it sits directly in the model folder.
+/// checkpoint folders), or, for a model file directly in the model folder, every file of the
+/// model folder but its numeric version folders.
 pub fn weights_bytes(file: &Path, model_dir: &Path) -> u64 {
     let Some(parent) = file.parent() else {
         return 0;
     };
-    if parent == model_dir {
-        return std::fs::metadata(file).map_or(0, |m| m.len());
-    }
+    let bare = parent == model_dir;
     let mut total = 0;
     let mut stack = vec![parent.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let version_folder = bare
+                && d == parent
+                && entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u64>().is_ok());
             match std::fs::metadata(entry.path()) {
-                Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
+                Ok(m) if m.is_dir() && !version_folder => stack.push(entry.path()),
+                Ok(m) if m.is_file() => total += m.len(),
+                _ => {}
             }
         }
     }
