@@ -1,7 +1,7 @@
 //! Where a replica runs.
 
 /// Where a replica runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Device {
     /// The CPU.
     Cpu,

@@ -75,7 +75,7 @@ pub struct ServeArgs {
 
     /// Largest archive accepted, in bytes (suffixes K, M, G, Ki, Mi, Gi); an archive may unpack
     /// to twice that.
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "32Gi")]
+    #[arg(long, value_name = "BYTES", value_parser = ferroserve_runtime::parse_bytes, default_value = "32Gi")]
     pub max_archive_bytes: u64,
 
     /// Address of the management API. Anything but a loopback address needs a token.
@@ -171,10 +171,11 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub shutdown_grace: f64,
 
-    /// Estimated bytes of model weights loaded at once (suffixes K, M, G, Ki, Mi, Gi). Loading
-    /// past it first unloads the least recently used idle `load: lazy` model. Default: none.
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
-    pub memory_budget: Option<u64>,
+    /// Estimated bytes of model weights loaded at once on each device: BYTES for every device,
+    /// or DEVICE=BYTES,... (`cpu=8Gi,cuda:0=20Gi`); suffixes K, M, G, Ki, Mi, Gi. Loading past
+    /// it first unloads the least recently used idle `load: lazy` models there. Default: none.
+    #[arg(long, value_name = "BYTES|DEVICE=BYTES,...")]
+    pub memory_budget: Option<ferroserve_runtime::MemoryBudget>,
 }
 
 /// `ferroserve archive`.
@@ -229,33 +230,6 @@ pub enum ArchiveFormatArg {
     Far,
     /// A folder NAME/.
     NoArchive,
-}
-
-/// Parses a byte count: digits with an optional K, M, G (powers of 1000) or Ki, Mi, Gi (powers
-/// of 1024) suffix.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of bytes (e.g. 512Mi, 4G, 1000000)"))?;
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KB" => 1_000,
-        "M" | "MB" => 1_000_000,
-        "G" | "GB" => 1_000_000_000,
-        "Ki" | "KiB" => 1 << 10,
-        "Mi" | "MiB" => 1 << 20,
-        "Gi" | "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{s}' (K, M, G, Ki, Mi, Gi)"
-            ))
-        }
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// `ferroserve run`.

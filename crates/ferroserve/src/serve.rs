@@ -24,7 +24,7 @@ pub(crate) fn start_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<Runtime>> 
         RuntimeOptions {
             max_queue_size: args.max_queue_size.max(1),
             task_threads: args.task_threads.map(|n| n as usize),
-            memory_budget: args.memory_budget,
+            memory_budget: args.memory_budget.clone().unwrap_or_default(),
         },
     )
     .context("cannot start the task preprocessing threads")?;

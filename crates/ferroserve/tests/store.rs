@@ -830,7 +830,7 @@ fn memory_budget_evicts_the_least_recently_used_idle_lazy_model() {
         .unwrap()
         .len();
     // Room for two of the three.
-    let budget = (size * 5 / 2).to_string();
+    let budget = format!("cpu={},cuda:0=1G", size * 5 / 2);
     let server = serve(
         repo,
         None,
@@ -866,7 +866,13 @@ fn memory_budget_evicts_the_least_recently_used_idle_lazy_model() {
     );
     assert_eq!(count("ferroserve_model_loads_total", "a"), 2.0);
     assert_eq!(count("ferroserve_model_loads_total", "b"), 1.0);
-    let used = server.metric("ferroserve_memory_used_bytes", &[]).unwrap();
+    let used = server
+        .metric("ferroserve_memory_used_bytes", &[("device", "cpu")])
+        .unwrap();
+    assert_eq!(
+        server.metric("ferroserve_memory_budget_bytes", &[("device", "cpu")]),
+        Some((size * 5 / 2) as f64)
+    );
     assert_eq!(used, (2 * size) as f64);
 
     // A model with a request in flight is never evicted: a is busy and least recently used,

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod budget;
 mod catalog;
 pub mod config;
 mod lifecycle;
@@ -32,6 +33,7 @@ pub mod repository;
 mod scheduler;
 mod validate;
 
+pub use budget::{parse_bytes, MemoryBudget};
 pub use catalog::AccessPolicy;
 pub use lifecycle::PollReport;
 pub use manage::{ModelDescription, ModelList, ModelListItem, ScaleRequest, VersionDescription};

@@ -10,12 +10,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ferroserve_core::{Error, Result};
+use ferroserve_core::{Device, Error, Result};
 use ferroserve_store::{Limits, Selection, Store};
 
 use crate::catalog::{AccessPolicy, Origin, OriginKind};
 use crate::config::LoadPolicy;
-use crate::registry::{retire, EntryState, ModelEntry, Overrides, Runtime, VersionState};
+use crate::registry::{
+    replica_devices, retire, EntryState, ModelEntry, Overrides, Runtime, VersionState,
+};
 use crate::repository::{self, ModelLayout, ModelSource};
 
 /// Runs blocking work (a model load) from async code without stalling the async threads.
@@ -273,7 +275,7 @@ impl Runtime {
         }
         let state = {
             let _budget = self.budget_lock.lock().unwrap_or_else(|p| p.into_inner());
-            match self.make_room(name, estimate(&layout, &origin.dir)) {
+            match self.make_room(name, &estimate(&layout, &origin.dir)) {
                 Ok(()) => self.load_versions(name, &origin.dir, &layout),
                 Err(e) => EntryState::Unavailable(e.to_string()),
             }
@@ -387,29 +389,42 @@ impl Runtime {
         EntryState::Loaded(versions)
     }
 
-    /// Makes room for `needed` bytes under the memory budget by unloading the least recently
-    /// used idle lazy models (never `loading` itself, never one a request holds).
-    fn make_room(&self, loading: &str, needed: u64) -> Result<()> {
-        let Some(budget) = self.options.memory_budget else {
-            return Ok(());
-        };
-        if needed > budget {
-            return Err(Error::Unavailable(format!(
-                "model '{loading}' needs about {needed} bytes, more than the whole memory budget ({budget} bytes, --memory-budget)"
-            )));
+    /// Makes room for `needed` bytes (by device) under the memory budget by unloading the
+    /// least recently used idle lazy models holding memory on a device that is short (never
+    /// `loading` itself, never one a request holds).
+    fn make_room(&self, loading: &str, needed: &BTreeMap<Device, u64>) -> Result<()> {
+        let budget = &self.options.memory_budget;
+        for (&device, &n) in needed {
+            if let Some(limit) = budget.limit(device).filter(|&l| n > l) {
+                return Err(Error::Unavailable(format!(
+                    "model '{loading}' needs about {n} bytes on {device}, more than its whole memory budget ({limit} bytes, --memory-budget)"
+                )));
+            }
         }
         loop {
             let evicted = {
                 let mut models = self.write_models();
-                let used: u64 = models
-                    .iter()
-                    .filter(|(n, _)| n.as_str() != loading)
-                    .flat_map(|(_, e)| e.ready())
-                    .map(|v| v.bytes())
-                    .sum();
-                if used + needed <= budget {
-                    return Ok(());
+                let mut used: BTreeMap<Device, u64> = BTreeMap::new();
+                for (_, e) in models.iter().filter(|(n, _)| n.as_str() != loading) {
+                    for v in e.ready() {
+                        for (d, b) in v.device_bytes() {
+                            *used.entry(d).or_insert(0) += b;
+                        }
+                    }
                 }
+                let short: Vec<(Device, u64, u64)> = needed
+                    .iter()
+                    .filter_map(|(&d, &n)| {
+                        let held = used.get(&d).copied().unwrap_or(0);
+                        budget
+                            .limit(d)
+                            .filter(|&limit| held + n > limit)
+                            .map(|limit| (d, held, limit))
+                    })
+                    .collect();
+                let Some(&(device, held, limit)) = short.first() else {
+                    return Ok(());
+                };
                 // Under the write lock no request can pick a version up, so a version only the
                 // map holds is idle, and stays so until it is gone.
                 let victim = models
@@ -417,7 +432,7 @@ impl Runtime {
                     .filter(|(n, e)| {
                         n.as_str() != loading
                             && e.lazy
-                            && e.ready().next().is_some()
+                            && e.ready().any(|v| v.device_bytes().contains_key(&device))
                             && e.ready().all(|v| Arc::strong_count(v) == 1)
                     })
                     .min_by_key(|(_, e)| {
@@ -428,7 +443,8 @@ impl Runtime {
                     .map(|(n, _)| n.clone());
                 let Some(victim) = victim else {
                     return Err(Error::Unavailable(format!(
-                        "model '{loading}' needs about {needed} bytes and {used} of the {budget}-byte memory budget are held by models that are busy or not lazy; retry later"
+                        "model '{loading}' needs about {} bytes on {device}, and {held} of its {limit}-byte memory budget are held by models that are busy or not lazy; retry later",
+                        needed.get(&device).copied().unwrap_or(0)
                     )));
                 };
                 let entry = models.get_mut(&victim).ok_or_else(|| {
@@ -447,13 +463,20 @@ impl Runtime {
 
     /// Updates the memory gauges.
     pub(crate) fn update_memory(&self) {
-        let used = self
-            .read_models()
-            .values()
-            .flat_map(ModelEntry::ready)
-            .map(|v| v.bytes())
-            .sum();
-        self.metrics.memory(used, self.options.memory_budget);
+        let mut used: BTreeMap<Device, u64> = BTreeMap::new();
+        for v in self.read_models().values().flat_map(ModelEntry::ready) {
+            for (d, b) in v.device_bytes() {
+                *used.entry(d).or_insert(0) += b;
+            }
+        }
+        let budget = &self.options.memory_budget;
+        used.entry(Device::Cpu).or_insert(0);
+        for d in budget.devices.keys() {
+            used.entry(*d).or_insert(0);
+        }
+        for (d, bytes) in used {
+            self.metrics.memory(d, bytes, budget.limit(d));
+        }
     }
 
     pub(crate) fn model_lock(&self, name: &str) -> Arc<Mutex<()>> {
@@ -470,16 +493,21 @@ impl Runtime {
     }
 }
 
-/// The memory a layout's versions will take: their weight files times the replicas.
-fn estimate(layout: &ModelLayout, dir: &Path) -> u64 {
-    layout
+/// The memory a layout's versions will take, by device: their weight files times the replicas
+/// placed there.
+fn estimate(layout: &ModelLayout, dir: &Path) -> BTreeMap<Device, u64> {
+    let per_replica: u64 = layout
         .versions
         .values()
         .map(|file| repository::weights_bytes(file, dir))
-        .sum::<u64>()
-        * layout.config.replicas as u64
+        .sum();
+    let mut out = BTreeMap::new();
+    // A placement that cannot be made fails the load itself, with its own reason.
+    for d in replica_devices(&layout.config).unwrap_or_default() {
+        *out.entry(d).or_insert(0) += per_replica;
+    }
+    out
 }
-
 /// Why a new entry does not fully serve, if it does not.
 fn failure_of(state: &EntryState) -> Option<String> {
     match state {

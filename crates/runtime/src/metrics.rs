@@ -33,6 +33,11 @@ struct NameLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabels {
+    device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeploymentLabels {
     deployment: String,
 }
@@ -66,8 +71,8 @@ pub struct Metrics {
     loads: Family<NameLabels, Counter>,
     evictions: Family<NameLabels, Counter>,
     model_bytes: Family<NameLabels, Gauge>,
-    memory_used: Gauge,
-    memory_budget: Gauge,
+    memory_used: Family<DeviceLabels, Gauge>,
+    memory_budget: Family<DeviceLabels, Gauge>,
     /// Serialises scrapes, so the CPU counter's catch-up below is not done twice.
     scrape: Mutex<()>,
 }
@@ -97,8 +102,8 @@ impl Metrics {
             loads: Family::default(),
             evictions: Family::default(),
             model_bytes: Family::default(),
-            memory_used: Gauge::default(),
-            memory_budget: Gauge::default(),
+            memory_used: Family::default(),
+            memory_budget: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::with_prefix("ferroserve"),
         };
@@ -176,12 +181,12 @@ impl Metrics {
         );
         m.registry.register(
             "memory_used_bytes",
-            "Estimated memory of every loaded model together, counted against --memory-budget",
+            "Estimated memory of the loaded models on a device, counted against --memory-budget",
             m.memory_used.clone(),
         );
         m.registry.register(
             "memory_budget_bytes",
-            "The --memory-budget (0: none)",
+            "The --memory-budget of a device (0: none)",
             m.memory_budget.clone(),
         );
         m
@@ -207,10 +212,15 @@ impl Metrics {
         self.model_bytes.get_or_create(&l).set(0);
     }
 
-    /// Sets the memory gauges.
-    pub(crate) fn memory(&self, used: u64, budget: Option<u64>) {
-        self.memory_used.set(used as i64);
-        self.memory_budget.set(budget.unwrap_or(0) as i64);
+    /// Sets the memory gauges of `device`.
+    pub(crate) fn memory(&self, device: ferroserve_core::Device, used: u64, budget: Option<u64>) {
+        let l = DeviceLabels {
+            device: device.to_string(),
+        };
+        self.memory_used.get_or_create(&l).set(used as i64);
+        self.memory_budget
+            .get_or_create(&l)
+            .set(budget.unwrap_or(0) as i64);
     }
 
     /// Handles for one model version, cheap to use on the request path.

@@ -28,7 +28,7 @@ pub const ONNX_PLATFORM: &str = "onnxruntime_onnx";
 pub const CANDLE_PLATFORM: &str = "candle";
 
 /// Settings that apply to every model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeOptions {
     /// Requests that may wait in one model version's queue, unless its `model.yaml` says
     /// otherwise; more are refused at once with [`Error::Overloaded`]. Also bounds the jobs
@@ -37,9 +37,9 @@ pub struct RuntimeOptions {
     /// Threads that decode images and tokenise text for tasks. Default: the machine's cores.
     pub task_threads: Option<usize>,
     /// Bytes of model weights (estimated from their files, times replicas) that may be loaded
-    /// at once. Loading past it first unloads the least recently used idle lazy model; a load
-    /// that cannot fit fails. Default: none.
-    pub memory_budget: Option<u64>,
+    /// at once on each device. Loading past it first unloads the least recently used idle lazy
+    /// models holding memory there; a load that cannot fit fails. Default: none.
+    pub memory_budget: crate::MemoryBudget,
 }
 
 impl Default for RuntimeOptions {
@@ -47,7 +47,7 @@ impl Default for RuntimeOptions {
         Self {
             max_queue_size: 1024,
             task_threads: None,
-            memory_budget: None,
+            memory_budget: crate::MemoryBudget::default(),
         }
     }
 }
@@ -178,6 +178,25 @@ impl Version {
         self.replica_bytes * self.scheduler.replicas() as u64
     }
 
+    /// [`Version::bytes`] by the device the replicas run on.
+    pub(crate) fn device_bytes(&self) -> BTreeMap<Device, u64> {
+        let mut config = self.recipe.config.clone();
+        config.replicas = self.scheduler.replicas();
+        let mut out = BTreeMap::new();
+        if config.replicas == 0 {
+            return out;
+        }
+        // The placement scaling gave them (a GPU list that cannot be read any more counts as
+        // where the first replica runs).
+        let devices = replica_devices(&config).unwrap_or_else(|_| {
+            vec![self.config.devices.first().copied().unwrap_or(Device::Cpu); config.replicas]
+        });
+        for d in devices {
+            *out.entry(d).or_insert(0) += self.replica_bytes;
+        }
+        out
+    }
+
     /// Replicas loaded.
     pub(crate) fn replicas(&self) -> usize {
         self.scheduler.replicas()
@@ -293,6 +312,10 @@ impl Runtime {
     /// the preprocessing threads cannot be started.
     pub fn new(onnx: OnnxRuntime, options: RuntimeOptions) -> std::io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu = CpuPool::new(
+            options.task_threads.unwrap_or(cores),
+            options.max_queue_size,
+        )?;
         Ok(Self {
             onnx,
             options,
@@ -302,10 +325,7 @@ impl Runtime {
             catalog: Mutex::new(Catalog::new()),
             model_locks: Mutex::new(std::collections::HashMap::new()),
             budget_lock: Mutex::new(()),
-            cpu: CpuPool::new(
-                options.task_threads.unwrap_or(cores),
-                options.max_queue_size,
-            )?,
+            cpu,
         })
     }
 
@@ -863,7 +883,7 @@ fn stop(versions: &[Arc<Version>]) {
 }
 
 /// The device of each replica.
-fn replica_devices(config: &ModelConfig) -> std::result::Result<Vec<Device>, String> {
+pub(crate) fn replica_devices(config: &ModelConfig) -> std::result::Result<Vec<Device>, String> {
     let n = config.replicas;
     match &config.devices {
         Devices::List(list) => Ok((0..n).map(|i| list[i % list.len()]).collect()),
