@@ -44,16 +44,22 @@ fn serve(repo: Repo, store: Option<&Path>, cache: &Path, extra: &[&str]) -> Serv
 
 /// `http://127.0.0.1:PORT` of the management listener.
 fn management(server: &Server) -> String {
-    let log = server.log.lock().unwrap();
-    let line = log
-        .lines()
-        .find(|l| l.contains("management API listening on http://"))
-        .unwrap_or_else(|| panic!("no management listener in the log:\n{log}"));
-    let at = line.find("http://").unwrap();
-    line[at..]
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != '"')
-        .collect()
+    server.listener_url("management API")
+}
+
+/// Archives Triton's `simple` model file as `name` into `dir`, with more `archive` flags.
+fn archive_simple(name: &str, dir: &Path, extra: &[&str]) -> String {
+    let file = model_dir("simple").join("1/model.onnx");
+    let mut args = vec![
+        "--model-name",
+        name,
+        "--model-file",
+        path(&file),
+        "--export-path",
+        path(dir),
+    ];
+    args.extend_from_slice(extra);
+    archive(&args)
 }
 
 /// Sends `method url` with an optional bearer token; returns status and JSON.
@@ -131,16 +137,7 @@ fn archive_round_trip_serves_the_same_answers_as_the_folder() {
         path(&store),
     ]);
     assert!(out.contains("efficientnet-lite0.far"), "{out}");
-    archive(&[
-        "--model-name",
-        "adder",
-        "--version",
-        "3",
-        "--model-file",
-        path(&model_dir("simple").join("1/model.onnx")),
-        "--export-path",
-        path(&store),
-    ]);
+    archive_simple("adder", &store, &["--version", "3"]);
     // Writing over an archive needs --force.
     let again = Command::new(ferroserve_binary())
         .args(["archive", "--model-name", "adder", "--model-file"])
@@ -214,24 +211,8 @@ fn archive_round_trip_serves_the_same_answers_as_the_folder() {
 fn a_tampered_archive_is_refused_with_the_file_named() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    archive(&[
-        "--model-name",
-        "adder",
-        "--model-file",
-        path(&model_dir("simple").join("1/model.onnx")),
-        "--export-path",
-        path(&store),
-        "--archive-format",
-        "no-archive",
-    ]);
-    archive(&[
-        "--model-name",
-        "intact",
-        "--model-file",
-        path(&model_dir("simple").join("1/model.onnx")),
-        "--export-path",
-        path(&store),
-    ]);
+    archive_simple("adder", &store, &["--archive-format", "no-archive"]);
+    archive_simple("intact", &store, &[]);
     let weights = store.join("adder/1/model.onnx");
     let mut bytes = std::fs::read(&weights).unwrap();
     let last = bytes.len() - 1;
@@ -360,24 +341,22 @@ fn unsafe_archives_are_refused_without_writing_outside_the_cache() {
 fn management_api_registers_scales_describes_and_unregisters() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    archive(&[
-        "--model-name",
+    archive_simple(
         "adder",
-        "--model-file",
-        path(&model_dir("simple").join("1/model.onnx")),
-        "--export-path",
-        path(&store),
-        "--config",
-        path(&{
-            let c = tmp.path().join("adder.yaml");
-            std::fs::write(
-                &c,
-                "max_batch_size: 8\ndynamic_batching: {max_queue_delay_us: 100}\n",
-            )
-            .unwrap();
-            c
-        }),
-    ]);
+        &store,
+        &[
+            "--config",
+            path(&{
+                let c = tmp.path().join("adder.yaml");
+                std::fs::write(
+                    &c,
+                    "max_batch_size: 8\ndynamic_batching: {max_queue_delay_us: 100}\n",
+                )
+                .unwrap();
+                c
+            }),
+        ],
+    );
     let allowed = tmp.path().join("allowed");
     std::fs::create_dir_all(allowed.join("local/1")).unwrap();
     std::fs::copy(
@@ -899,18 +878,8 @@ fn polling_the_store_serves_new_versions_and_archives() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let staging = tmp.path().join("staging");
-    let simple = model_dir("simple").join("1/model.onnx");
     for (name, version, dir) in [("adder", "1", &store), ("adder", "2", &staging)] {
-        archive(&[
-            "--model-name",
-            name,
-            "--version",
-            version,
-            "--model-file",
-            path(&simple),
-            "--export-path",
-            path(dir),
-        ]);
+        archive_simple(name, dir, &["--version", version]);
     }
     let server = serve(
         Repo::with(&[]),
@@ -932,14 +901,7 @@ fn polling_the_store_serves_new_versions_and_archives() {
         (200, "1".into())
     );
     // A new model's archive: served under its manifest's name.
-    archive(&[
-        "--model-name",
-        "other",
-        "--model-file",
-        path(&simple),
-        "--export-path",
-        path(&store),
-    ]);
+    archive_simple("other", &store, &[]);
     assert!(wait_for(Duration::from_secs(20), || {
         infer_simple(&server, "/v2/models/other/infer").0 == 200
     }));
@@ -991,14 +953,7 @@ fn file_server(body: Vec<u8>) -> String {
 fn registering_from_an_allow_listed_url_downloads_and_verifies_the_archive() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    archive(&[
-        "--model-name",
-        "adder",
-        "--model-file",
-        path(&model_dir("simple").join("1/model.onnx")),
-        "--export-path",
-        path(&out),
-    ]);
+    archive_simple("adder", &out, &[]);
     let base = file_server(std::fs::read(out.join("adder.far")).unwrap());
     let allowed = format!("{base}/models/");
     let server = serve(

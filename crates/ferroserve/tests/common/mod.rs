@@ -240,12 +240,18 @@ impl Server {
 
     /// `http://host:port` of the gRPC listener (logged before the server reports ready).
     pub fn grpc_url(&self) -> String {
+        self.listener_url("gRPC")
+    }
+
+    /// `http://host:port` of the listener the log names `what` (`gRPC`, `management API`).
+    pub fn listener_url(&self, what: &str) -> String {
         let log = self.log.lock().unwrap();
+        let needle = format!("{what} listening on http://");
         let line = log
             .lines()
-            .find(|l| l.contains("gRPC listening on http://"))
-            .unwrap_or_else(|| panic!("no gRPC listener in the log:\n{log}"));
-        let at = line.find("http://").unwrap();
+            .find(|l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("no {what} listener in the log:\n{log}"));
+        let at = line.find(&needle).unwrap() + needle.len() - "http://".len();
         line[at..]
             .chars()
             .take_while(|c| !c.is_whitespace() && *c != '"')
