@@ -1,3 +1,7 @@
+/// Why a listener other machines can reach refuses repository load and unload when the server
+/// has no management token.
+pub const REMOTE_CHANGES_NEED_TOKEN: &str = "loading and unloading models on a listener other machines can reach needs the server's management token (--management-token); without one, use the management API on 127.0.0.1";
+
 /// A secret that management requests must present (`Authorization: Bearer TOKEN`).
 ///
 /// Compared in constant time, so how long a wrong guess takes says nothing about how close it

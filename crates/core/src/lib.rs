@@ -15,7 +15,7 @@ mod infer;
 mod model;
 mod tensor;
 
-pub use auth::Token;
+pub use auth::{Token, REMOTE_CHANGES_NEED_TOKEN};
 pub use backend::{Backend, RunContext};
 pub use device::Device;
 pub use dtype::{DataType, UnknownDataType};

@@ -58,6 +58,7 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
                     HttpOptions {
                         max_request_bytes: args.runtime.max_request_bytes,
                         management_token: None,
+                        repository_changes_without_token: args.host.is_loopback(),
                     },
                 );
                 servers.push(tokio::spawn(ferroserve_http::serve(
@@ -76,6 +77,7 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
                 let options = ferroserve_grpc::GrpcOptions {
                     max_message_bytes: args.runtime.max_request_bytes,
                     management_token: None,
+                    repository_changes_without_token: args.host.is_loopback(),
                 };
                 servers.push(tokio::spawn(async move {
                     ferroserve_grpc::serve_with(listener, runtime, Some(flow), options, stop)

@@ -51,25 +51,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let runtime = start_runtime(&args.runtime)?;
+    let cache = args
+        .store_cache
+        .clone()
+        .unwrap_or_else(|| ferroserve_backend_onnx::default_home().join("cache"));
+    let limits = ferroserve_store::Limits {
+        max_archive_bytes: args.max_archive_bytes,
+        max_unpacked_bytes: args.max_archive_bytes.saturating_mul(2),
+        ..Default::default()
+    };
+    runtime.set_archive_cache(&cache, limits);
     if let Some(dir) = &args.model_store {
         if !dir.is_dir() {
             anyhow::bail!("model store {} is not a directory", dir.display());
         }
         let selection = ferroserve_store::Selection::parse(&args.models)?;
-        let cache = args
-            .store_cache
-            .clone()
-            .unwrap_or_else(|| ferroserve_backend_onnx::default_home().join("cache"));
-        let limits = ferroserve_store::Limits {
-            max_archive_bytes: args.max_archive_bytes,
-            max_unpacked_bytes: args.max_archive_bytes.saturating_mul(2),
-            ..Default::default()
-        };
         runtime.use_store(
-            ferroserve_store::Store::new(dir.clone(), cache.clone(), limits),
+            ferroserve_store::Store::new(dir.clone(), cache, limits),
             selection,
-            &cache,
-            limits,
         );
     }
     runtime.set_access_policy(AccessPolicy {
@@ -121,6 +120,7 @@ async fn serve(
         HttpOptions {
             max_request_bytes: args.runtime.max_request_bytes,
             management_token: token.clone(),
+            repository_changes_without_token: args.host.is_loopback(),
         },
     );
     let mut servers = vec![tokio::spawn(ferroserve_http::serve(
@@ -132,6 +132,7 @@ async fn serve(
     let grpc_options = ferroserve_grpc::GrpcOptions {
         max_message_bytes: args.grpc_max_message_bytes,
         management_token: token.clone(),
+        repository_changes_without_token: args.host.is_loopback(),
     };
     let grpc_runtime = runtime.clone();
     let grpc_stop = until_stopped(stopped.clone());
@@ -161,6 +162,7 @@ async fn serve(
             HttpOptions {
                 max_request_bytes: args.runtime.max_request_bytes,
                 management_token: token,
+                repository_changes_without_token: true,
             },
         ),
         until_stopped(stopped.clone()),

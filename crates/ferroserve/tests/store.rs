@@ -493,6 +493,12 @@ fn management_api_registers_scales_describes_and_unregisters() {
         None,
     );
     assert_eq!(status, 400);
+    let (status, body) = call(
+        "PUT",
+        &format!("{admin}/models/adder?min_worker=100000000000&synchronous=true"),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
 
     // Describe: state, versions, replicas, devices, memory, batching, load time.
     let (status, d) = call("GET", &format!("{admin}/models/adder"), None);

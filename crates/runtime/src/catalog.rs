@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ferroserve_core::{Error, Result};
 use ferroserve_store::{Limits, Selection, Store};
@@ -47,7 +48,7 @@ pub(crate) enum OriginKind {
 /// The sources of models a runtime knows.
 pub(crate) struct Catalog {
     pub repository: Option<PathBuf>,
-    pub store: Option<(Store, Selection)>,
+    pub store: Option<(Arc<Store>, Selection)>,
     /// Unpacks archives registered by path.
     pub cache: PathBuf,
     pub limits: Limits,
@@ -61,7 +62,8 @@ impl Catalog {
         Catalog {
             repository: None,
             store: None,
-            cache: std::env::temp_dir().join("ferroserve-cache"),
+            // Never a shared temporary folder: what is in the cache is served.
+            cache: ferroserve_backend_onnx::default_home().join("cache"),
             limits: Limits::default(),
             policy: AccessPolicy::default(),
             suppressed: BTreeSet::new(),
@@ -132,85 +134,15 @@ impl Catalog {
         }
     }
 
-    /// Where a registration's `url` points, checked against the policy: a file in the model
-    /// store, a local path under an allowed folder, or a URL under an allowed prefix. Returns
-    /// the model's own name (from the archive's manifest, or the folder's name) and its origin.
-    pub fn locate(&self, url: &str) -> Result<(String, Origin)> {
-        if url.contains("://") {
-            return self.fetch(url);
+    /// What [`Locator::locate`] needs, taken out so downloads and unpacking run without the
+    /// catalog's lock.
+    pub fn locator(&self) -> Locator {
+        Locator {
+            store: self.store.as_ref().map(|(s, _)| s.clone()),
+            cache: self.cache.clone(),
+            limits: self.limits,
+            policy: self.policy.clone(),
         }
-        if let Some((store, _)) = &self.store {
-            if !url.contains(['/', '\\']) && store.dir().join(url).exists() {
-                let u = store.open(url).map_err(|e| Error::invalid(e.to_string()))?;
-                return Ok((
-                    u.manifest.model_name.clone(),
-                    pinned(u.dir.clone(), &u.sha256, url),
-                ));
-            }
-        }
-        let path = Path::new(url);
-        if !path.is_absolute() {
-            return Err(Error::NotFound(format!(
-                "'{url}' is not a file in the model store; give a file name in it, or an absolute path under --allowed-paths"
-            )));
-        }
-        let real = path
-            .canonicalize()
-            .map_err(|e| Error::NotFound(format!("{url}: {e}")))?;
-        let allowed = self
-            .policy
-            .allowed_paths
-            .iter()
-            .any(|a| a.canonicalize().is_ok_and(|a| real.starts_with(&a)));
-        if !allowed {
-            return Err(Error::PermissionDenied(format!(
-                "{url} is not under an allowed path; the server registers models from the model store or from folders given with --allowed-paths"
-            )));
-        }
-        self.open_local(&real, url)
-    }
-
-    /// A model folder or archive on this machine.
-    fn open_local(&self, real: &Path, url: &str) -> Result<(String, Origin)> {
-        let archive = real.is_file() || real.join(ferroserve_store::MANIFEST_PATH).is_file();
-        if archive {
-            let u = ferroserve_store::unpack::unpack(real, &self.cache, &self.limits)
-                .map_err(|e| Error::invalid(e.to_string()))?;
-            return Ok((
-                u.manifest.model_name.clone(),
-                pinned(u.dir.clone(), &u.sha256, url),
-            ));
-        }
-        let name = real
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let fingerprint = repository::fingerprint(real);
-        Ok((name, pinned(real.to_path_buf(), &fingerprint, url)))
-    }
-
-    /// Downloads an archive from an allow-listed URL into the cache.
-    fn fetch(&self, url: &str) -> Result<(String, Origin)> {
-        let allowed = self
-            .policy
-            .allowed_urls
-            .iter()
-            .any(|prefix| url.starts_with(prefix.as_str()));
-        if !allowed {
-            return Err(Error::PermissionDenied(format!(
-                "the server does not fetch models from URLs unless their prefix is allow-listed (--allowed-urls); {url} is not"
-            )));
-        }
-        // On a thread of its own: the blocking HTTP client must not run inside an async
-        // runtime's context, which the caller's thread may have.
-        let (owned, dir, limits) = (url.to_string(), self.cache.join("downloads"), self.limits);
-        let file =
-            std::thread::spawn(move || ferroserve_store::fetch::download(&owned, &dir, &limits))
-                .join()
-                .map_err(|_| Error::Internal(format!("downloading {url} panicked")))?
-                .map_err(|e| Error::invalid(e.to_string()))?;
-        self.open_local(&file, url)
     }
 
     fn describe_sources(&self) -> String {
@@ -239,5 +171,164 @@ fn pinned(dir: PathBuf, fingerprint: &str, url: &str) -> Origin {
         url: url.to_string(),
         kind: OriginKind::Pinned,
         overrides: Overrides::default(),
+    }
+}
+
+/// Finds what a registration names, under the access policy.
+pub(crate) struct Locator {
+    store: Option<Arc<Store>>,
+    cache: PathBuf,
+    limits: Limits,
+    policy: AccessPolicy,
+}
+
+impl Locator {
+    /// Where a registration's `url` points, checked against the policy: a file in the model
+    /// store, a local path under an allowed folder, or a URL under an allowed prefix. Returns
+    /// the model's own name (from the archive's manifest, or the folder's name) and its origin.
+    pub fn locate(&self, url: &str) -> Result<(String, Origin)> {
+        if url.contains("://") {
+            return self.fetch(url);
+        }
+        if let Some(store) = &self.store {
+            if !url.contains(['/', '\\']) && store.dir().join(url).exists() {
+                let u = store.open(url).map_err(|e| Error::invalid(e.to_string()))?;
+                return Ok((
+                    u.manifest.model_name.clone(),
+                    pinned(u.dir.clone(), &u.sha256, url),
+                ));
+            }
+        }
+        let path = Path::new(url);
+        let refused = || {
+            Error::PermissionDenied(format!(
+                "{url} is not under an allowed path; the server registers models from the model store or from folders given with --allowed-paths"
+            ))
+        };
+        if !path.is_absolute() {
+            return Err(Error::NotFound(format!(
+                "'{url}' is not a file in the model store; give a file name in it, or an absolute path under --allowed-paths"
+            )));
+        }
+        // Checked as written first, so paths elsewhere are refused without touching the file
+        // system (and without telling whether they exist); then as resolved, so `..` and links
+        // cannot lead out.
+        let lexical = path
+            .components()
+            .all(|c| c != std::path::Component::ParentDir);
+        let under = |p: &Path| {
+            self.policy
+                .allowed_paths
+                .iter()
+                .any(|a| p.starts_with(a) || a.canonicalize().is_ok_and(|a| p.starts_with(&a)))
+        };
+        if !lexical || !under(path) {
+            return Err(refused());
+        }
+        let real = path
+            .canonicalize()
+            .map_err(|e| Error::NotFound(format!("{url}: {e}")))?;
+        if !under(&real) {
+            return Err(refused());
+        }
+        self.open_local(&real, url)
+    }
+
+    /// A model folder or archive on this machine.
+    fn open_local(&self, real: &Path, url: &str) -> Result<(String, Origin)> {
+        let archive = real.is_file() || real.join(ferroserve_store::MANIFEST_PATH).is_file();
+        if archive {
+            let u = ferroserve_store::unpack::unpack(real, &self.cache, &self.limits)
+                .map_err(|e| Error::invalid(e.to_string()))?;
+            return Ok((
+                u.manifest.model_name.clone(),
+                pinned(u.dir.clone(), &u.sha256, url),
+            ));
+        }
+        let name = real
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let fingerprint = repository::fingerprint(real);
+        Ok((name, pinned(real.to_path_buf(), &fingerprint, url)))
+    }
+
+    /// Downloads an archive from an allow-listed URL into the cache.
+    fn fetch(&self, url: &str) -> Result<(String, Origin)> {
+        if !self
+            .policy
+            .allowed_urls
+            .iter()
+            .any(|prefix| url_allowed(prefix, url))
+        {
+            return Err(Error::PermissionDenied(format!(
+                "the server does not fetch models from URLs unless their prefix is allow-listed (--allowed-urls); {url} is not"
+            )));
+        }
+        // On a thread of its own: the blocking HTTP client must not run inside an async
+        // runtime's context, which the caller's thread may have.
+        let (owned, dir, limits) = (url.to_string(), self.cache.join("downloads"), self.limits);
+        let file =
+            std::thread::spawn(move || ferroserve_store::fetch::download(&owned, &dir, &limits))
+                .join()
+                .map_err(|_| Error::Internal(format!("downloading {url} panicked")))?
+                .map_err(|e| Error::invalid(e.to_string()))?;
+        self.open_local(&file, url)
+    }
+}
+
+/// Whether `url` is under the allow-listed `prefix`: the same scheme, host and port, no user
+/// name or password, and a normalised path under the prefix's path (whole segments), so
+/// `http://models.example.com.evil.net/`, `http://models.example.com@evil.net/` and
+/// `/models/../private` do not pass for `http://models.example.com/models/`.
+fn url_allowed(prefix: &str, url: &str) -> bool {
+    use reqwest::Url;
+    let (Ok(p), Ok(u)) = (Url::parse(prefix), Url::parse(url)) else {
+        return false;
+    };
+    if !u.username().is_empty() || u.password().is_some() {
+        return false;
+    }
+    if p.scheme() != u.scheme()
+        || p.host_str() != u.host_str()
+        || p.port_or_known_default() != u.port_or_known_default()
+    {
+        return false;
+    }
+    let segments = |x: &Url| -> Vec<String> {
+        x.path_segments()
+            .map(|s| s.filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let (ps, us) = (segments(&p), segments(&u));
+    us.len() > ps.len() && us[..ps.len()] == ps[..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_allowed;
+
+    #[test]
+    fn url_allow_list_compares_parts_not_text() {
+        let p = "http://models.example.com/models/";
+        assert!(url_allowed(p, "http://models.example.com/models/a.far"));
+        assert!(url_allowed(
+            p,
+            "http://models.example.com:80/models/x/a.far"
+        ));
+        for bad in [
+            "http://models.example.com.evil.net/models/a.far",
+            "http://models.example.com@evil.net/models/a.far",
+            "http://user@models.example.com/models/a.far",
+            "http://models.example.com/models/../private/a.far",
+            "http://models.example.com/models/%2e%2e/private/a.far",
+            "http://models.example.com/modelsX/a.far",
+            "https://models.example.com/models/a.far",
+            "http://models.example.com:8080/models/a.far",
+            "http://models.example.com/models/",
+        ] {
+            assert!(!url_allowed(p, bad), "{bad}");
+        }
     }
 }

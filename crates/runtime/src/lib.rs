@@ -36,7 +36,9 @@ mod validate;
 pub use budget::{parse_bytes, MemoryBudget};
 pub use catalog::AccessPolicy;
 pub use lifecycle::PollReport;
-pub use manage::{ModelDescription, ModelList, ModelListItem, ScaleRequest, VersionDescription};
+pub use manage::{
+    ModelDescription, ModelList, ModelListItem, ScaleRequest, VersionDescription, MAX_REPLICAS,
+};
 pub use registry::{
     IndexEntry, ModelConfigInfo, ModelMetadata, ModelState, Overrides, Runtime, RuntimeOptions,
     TaskAnswer, CANDLE_PLATFORM, ONNX_PLATFORM,

@@ -43,10 +43,16 @@ pub struct PollReport {
 
 impl Runtime {
     /// Serves models from the model store's archives `selection` picks too (call before
-    /// [`Runtime::load_all`]); `cache` is where archives are unpacked.
-    pub fn use_store(&self, store: Store, selection: Selection, cache: &Path, limits: Limits) {
+    /// [`Runtime::load_all`]).
+    pub fn use_store(&self, store: Store, selection: Selection) {
+        self.lock_catalog().store = Some((Arc::new(store), selection));
+    }
+
+    /// Where archives registered by path or URL are unpacked (default
+    /// `$FERROSERVE_HOME/cache`; never a shared temporary folder, since what is there is served),
+    /// and their limits.
+    pub fn set_archive_cache(&self, cache: &Path, limits: Limits) {
         let mut catalog = self.lock_catalog();
-        catalog.store = Some((store, selection));
         catalog.cache = cache.to_path_buf();
         catalog.limits = limits;
     }
@@ -86,9 +92,13 @@ impl Runtime {
     pub fn load(&self, name: &str) -> Result<()> {
         let origin = {
             let mut catalog = self.lock_catalog();
-            let origin = catalog.find(name)?;
-            catalog.suppressed.remove(name);
-            origin
+            // An explicit load brings back a model unregistered through the management API.
+            let was_suppressed = catalog.suppressed.remove(name);
+            let found = catalog.find(name);
+            if found.is_err() && was_suppressed {
+                catalog.suppressed.insert(name.to_string());
+            }
+            found?
         };
         self.install(name, origin, true)
     }
@@ -121,6 +131,7 @@ impl Runtime {
     /// Unloads model `name`: it stops taking requests, finishes those in flight, and is listed
     /// as unavailable ("unloaded") until loaded again. Blocks until its replicas stop.
     pub fn unload(&self, name: &str) -> Result<()> {
+        self.known(name)?;
         let lock = self.model_lock(name);
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = {
@@ -140,6 +151,7 @@ impl Runtime {
     /// new ones get 404. A poll does not bring a removed model back; [`Runtime::load`] or a
     /// registration does.
     pub fn remove(&self, name: &str, version: Option<&str>) -> Result<()> {
+        self.known(name)?;
         let lock = self.model_lock(name);
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = {
@@ -247,6 +259,29 @@ impl Runtime {
         self.install_locked(name, origin, now)
     }
 
+    /// Installs `origin` as the new model `name`, refusing a name in use; a model that does not
+    /// load leaves nothing behind. One step under the model's lock, so two registrations of
+    /// one name cannot both pass the check.
+    pub(crate) fn install_new(&self, name: &str, origin: Origin) -> Result<()> {
+        let lock = self.model_lock(name);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.read_models().contains_key(name) {
+            return Err(Error::AlreadyExists(format!(
+                "model '{name}' is registered already; unregister it first, or register under another model_name"
+            )));
+        }
+        self.lock_catalog().suppressed.remove(name);
+        let result = self.install_locked(name, origin, false);
+        if result.is_err() {
+            let placed = self.write_models().remove(name);
+            if let Some(entry) = placed {
+                retire(entry.state);
+            }
+            self.update_memory();
+        }
+        result
+    }
+
     fn install_locked(&self, name: &str, origin: Origin, now: bool) -> Result<()> {
         let source = ModelSource {
             name: name.to_string(),
@@ -274,9 +309,13 @@ impl Runtime {
             return self.place(name, origin, EntryState::Unloaded, true);
         }
         let state = {
-            let _budget = self.budget_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let budgeted = self.options.memory_budget.is_set();
+            let _budget =
+                budgeted.then(|| self.budget_lock.lock().unwrap_or_else(|p| p.into_inner()));
             match self.make_room(name, &estimate(&layout, &origin.dir)) {
                 Ok(()) => self.load_versions(name, &origin.dir, &layout),
+                // A lazy model that cannot fit now stays listed, to load when room is made.
+                Err(e) if lazy => return Err(e),
                 Err(e) => EntryState::Unavailable(e.to_string()),
             }
         };
@@ -476,6 +515,16 @@ impl Runtime {
         }
         for (d, bytes) in used {
             self.metrics.memory(d, bytes, budget.limit(d));
+        }
+    }
+
+    /// `NotFound` for a name no model has (checked before a lock is made for the name, so
+    /// requests naming made-up models do not grow the lock map).
+    fn known(&self, name: &str) -> Result<()> {
+        if self.read_models().contains_key(name) {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!("unknown model '{name}'")))
         }
     }
 

@@ -113,9 +113,21 @@ impl ScaleRequest {
             (Some(min), Some(max)) if max < min => Err(Error::invalid(format!(
                 "max_worker ({max}) is below min_worker ({min})"
             ))),
+            (Some(n), _) if n > MAX_REPLICAS => Err(Error::invalid(format!(
+                "min_worker must be at most {MAX_REPLICAS}"
+            ))),
             _ => Ok(()),
         }
     }
+}
+
+/// Most replicas a management request may ask for.
+pub const MAX_REPLICAS: usize = 64;
+
+fn taken(name: &str) -> Error {
+    Error::AlreadyExists(format!(
+        "model '{name}' is registered already; unregister it first, or register under another model_name"
+    ))
 }
 
 /// Most models one page lists.
@@ -132,28 +144,29 @@ impl Runtime {
         name: Option<&str>,
         replicas: Option<usize>,
     ) -> Result<String> {
-        let (own_name, mut origin) = self.lock_catalog().locate(url)?;
+        if let Some(n) = name {
+            ferroserve_store::check_model_name(n).map_err(Error::invalid)?;
+        }
+        match replicas {
+            Some(0) => return Err(Error::invalid("initial_workers must be at least 1")),
+            Some(n) if n > MAX_REPLICAS => {
+                return Err(Error::invalid(format!(
+                    "initial_workers must be at most {MAX_REPLICAS}"
+                )))
+            }
+            _ => {}
+        }
+        if name.is_some_and(|n| self.read_models().contains_key(n)) {
+            return Err(taken(name.unwrap_or_default()));
+        }
+        // Downloading and unpacking run without the catalog's lock.
+        let locator = self.lock_catalog().locator();
+        let (own_name, mut origin) = locator.locate(url)?;
         let name = name.map_or(own_name, str::to_string);
         ferroserve_store::check_model_name(&name).map_err(Error::invalid)?;
-        if replicas == Some(0) {
-            return Err(Error::invalid("initial_workers must be at least 1"));
-        }
-        if self.read_models().contains_key(&name) {
-            return Err(Error::AlreadyExists(format!(
-                "model '{name}' is registered already; unregister it first, or register under another model_name"
-            )));
-        }
         origin.overrides.replicas = replicas;
-        self.lock_catalog().suppressed.remove(&name);
-        match self.install(&name, origin, false) {
-            Ok(()) => Ok(name),
-            Err(e) => {
-                // A registration that does not load leaves nothing behind.
-                let _ = self.remove(&name, None);
-                self.lock_catalog().suppressed.remove(&name);
-                Err(e)
-            }
-        }
+        self.install_new(&name, origin)?;
+        Ok(name)
     }
 
     /// Describes `model`: state, versions, replicas, devices, memory, batching, load time and

@@ -481,6 +481,10 @@ impl Runtime {
         replicas: usize,
     ) -> Result<usize> {
         let v = self.resolve(model, version)?;
+        // One change at a time per model, so two concurrent requests cannot both retire (or
+        // add) from the same count.
+        let lock = self.model_lock(model);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
         let current = v.scheduler.replicas();
         if replicas < current {
             v.scheduler.retire(current - replicas);
@@ -743,11 +747,14 @@ impl Runtime {
     pub(crate) fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<Version>> {
         match self.find_version(model, version) {
             Err(Lazy) => {
-                crate::lifecycle::blocking(|| self.load_lazy(model))?;
+                // Whatever the load's outcome, the request is answered from the state it left:
+                // a version that loaded serves even if another failed.
+                let loaded = crate::lifecycle::blocking(|| self.load_lazy(model));
                 self.find_version(model, version).unwrap_or_else(|Lazy| {
-                    Err(Error::Unavailable(format!(
-                        "model '{model}' was unloaded while it loaded; retry"
-                    )))
+                    Err(Error::Unavailable(match loaded {
+                        Err(e) => e.to_string(),
+                        Ok(()) => format!("model '{model}' was unloaded while it loaded; retry"),
+                    }))
                 })
             }
             Ok(found) => found,

@@ -131,7 +131,11 @@ pub fn create(spec: &ArchiveSpec) -> Result<PathBuf, StoreError> {
                 out.display()
             )));
         }
-        remove(&out)?;
+        // An archive file is replaced by the rename below in one step, so a store being polled
+        // never sees it missing; a folder cannot be, and goes first.
+        if spec.format == ArchiveFormat::NoArchive {
+            remove(&out)?;
+        }
     }
     // Written beside the target and renamed, so a store never shows a half-written archive.
     let partial = spec.export_path.join(format!(
@@ -157,6 +161,11 @@ pub fn inspect(path: &Path) -> Result<Manifest, StoreError> {
     if path.is_dir() {
         return Manifest::read(path, path);
     }
+    Manifest::parse(&manifest_bytes(path)?, path)
+}
+
+/// The manifest's bytes as an archive file holds them.
+pub(crate) fn manifest_bytes(path: &Path) -> Result<Vec<u8>, StoreError> {
     let file = std::fs::File::open(path).map_err(StoreError::io(path))?;
     let decoder = zstd::Decoder::new(file).map_err(StoreError::io(path))?;
     let mut tar = tar::Archive::new(decoder);
@@ -172,7 +181,7 @@ pub fn inspect(path: &Path) -> Result<Manifest, StoreError> {
                 .take(crate::unpack::MAX_MANIFEST_BYTES)
                 .read_to_end(&mut bytes)
                 .map_err(not_archive)?;
-            return Manifest::parse(&bytes, path);
+            return Ok(bytes);
         }
     }
     Err(StoreError::Manifest {

@@ -46,8 +46,8 @@ pub fn download(url: &str, dir: &Path, limits: &Limits) -> Result<PathBuf, Store
     let partial = file.with_extension("partial");
     let mut out = std::fs::File::create(&partial).map_err(StoreError::io(&partial))?;
     let limit = limits.max_archive_bytes;
-    let n =
-        std::io::copy(&mut response.take(limit + 1), &mut out).map_err(StoreError::io(&partial));
+    let n = std::io::copy(&mut response.take(limit.saturating_add(1)), &mut out)
+        .map_err(StoreError::io(&partial));
     let n = match n {
         Ok(n) if n <= limit => n,
         other => {

@@ -49,7 +49,7 @@ impl Manifest {
     /// Reads and checks the manifest of an unpacked archive or `no-archive` folder.
     pub fn read(dir: &Path, archive: &Path) -> Result<Manifest, StoreError> {
         let path = dir.join(MANIFEST_PATH);
-        let bytes = std::fs::read(&path).map_err(|e| StoreError::Manifest {
+        let bytes = read_bounded(&path).map_err(|e| StoreError::Manifest {
             archive: archive.to_path_buf(),
             reason: format!("no readable {MANIFEST_PATH} ({e}); is it a ferroserve archive?"),
         })?;
@@ -63,6 +63,20 @@ impl Manifest {
                 archive: archive.to_path_buf(),
                 reason: format!("{MANIFEST_PATH} is not a valid manifest: {e}"),
             })?;
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &manifest.files {
+            let safe =
+                crate::unpack::safe_relative(&f.path).map_err(|why| StoreError::Manifest {
+                    archive: archive.to_path_buf(),
+                    reason: format!("the manifest lists '{}': {why}", f.path),
+                })?;
+            if !seen.insert(safe) || f.path == MANIFEST_PATH {
+                return Err(StoreError::Manifest {
+                    archive: archive.to_path_buf(),
+                    reason: format!("the manifest lists '{}' twice", f.path),
+                });
+            }
+        }
         if manifest.format != FORMAT_VERSION {
             return Err(StoreError::Manifest {
                 archive: archive.to_path_buf(),
@@ -118,6 +132,22 @@ impl Manifest {
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
+}
+
+/// A manifest file's bytes, refusing one over the size any real manifest has.
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let file = std::fs::File::open(path).map_err(StoreError::io(path))?;
+    let mut bytes = Vec::new();
+    file.take(crate::unpack::MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(StoreError::io(path))?;
+    if bytes.len() as u64 > crate::unpack::MAX_MANIFEST_BYTES {
+        return Err(StoreError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("the manifest is larger than 16 MiB"),
+        });
+    }
+    Ok(bytes)
 }
 
 /// SHA-256 of a file's contents, lowercase hex.

@@ -192,9 +192,9 @@ impl Store {
         Ok(by_name
             .into_iter()
             .map(|(name, opened)| {
-                let model = opened
-                    .into_iter()
-                    .collect::<Result<Vec<_>, _>>()
+                let model = crate::check_model_name(&name)
+                    .map_err(StoreError::Invalid)
+                    .and_then(|()| opened.into_iter().collect::<Result<Vec<_>, _>>())
                     .and_then(|archives| self.assemble(&name, archives));
                 (name, model)
             })

@@ -80,7 +80,7 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
     std::fs::create_dir_all(cache).map_err(StoreError::io(cache))?;
     let dir = cache.join(&sha256);
     if dir.is_dir() {
-        match Manifest::read(&dir, archive).and_then(|m| m.verify(&dir, archive).map(|()| m)) {
+        match cached(&dir, archive) {
             Ok(manifest) => {
                 return Ok(Unpacked {
                     file: archive.to_path_buf(),
@@ -117,10 +117,12 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
     };
     if let Err(e) = std::fs::rename(&tmp, &dir) {
         let _ = std::fs::remove_dir_all(&tmp);
-        // Another process unpacked the same archive at the same time: theirs is as good.
+        // Another process unpacked the same archive at the same time: theirs is as good, once
+        // checked like any cached copy.
         if !dir.is_dir() {
             return Err(StoreError::io(&dir)(e));
         }
+        cached(&dir, archive)?;
     }
     Ok(Unpacked {
         file: archive.to_path_buf(),
@@ -128,6 +130,25 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
         dir,
         manifest,
     })
+}
+
+/// The manifest of the cached copy `dir` of `archive`, once the copy is checked: its manifest
+/// must be the archive's own, byte for byte (a folder someone else put in the cache under the
+/// archive's checksum is not trusted for holding a manifest that matches itself), and its files
+/// must match it.
+fn cached(dir: &Path, archive: &Path) -> Result<Manifest, StoreError> {
+    let own = crate::archive::manifest_bytes(archive)?;
+    let copy = crate::manifest::read_bounded(&dir.join(MANIFEST_PATH))?;
+    if own != copy {
+        return Err(StoreError::Tampered {
+            archive: archive.to_path_buf(),
+            file: MANIFEST_PATH.into(),
+            reason: "in the cache differs from the archive's".into(),
+        });
+    }
+    let manifest = Manifest::parse(&own, archive)?;
+    manifest.verify(dir, archive)?;
+    Ok(manifest)
 }
 
 /// Writes the archive's entries under `target` (which must not exist), checking each.
@@ -176,8 +197,8 @@ fn extract(archive: &Path, target: &Path, limits: &Limits) -> Result<(), StoreEr
                     })?;
                 // Counted as written, not as the header claims, and stopped one byte past the
                 // limit so a lying header cannot fill the disk.
-                let room = limits.max_unpacked_bytes - written;
-                let n = std::io::copy(&mut (&mut entry).take(room + 1), &mut out)
+                let room = limits.max_unpacked_bytes.saturating_sub(written);
+                let n = std::io::copy(&mut (&mut entry).take(room.saturating_add(1)), &mut out)
                     .map_err(StoreError::io(&path))?;
                 written += n;
                 if n > room {
@@ -212,7 +233,7 @@ fn extract(archive: &Path, target: &Path, limits: &Limits) -> Result<(), StoreEr
 }
 
 /// The entry's path if it is relative and stays inside the target folder.
-fn safe_relative(raw: &str) -> Result<PathBuf, &'static str> {
+pub(crate) fn safe_relative(raw: &str) -> Result<PathBuf, &'static str> {
     let path = Path::new(raw);
     let mut out = PathBuf::new();
     for c in path.components() {
@@ -302,6 +323,45 @@ mod tests {
             b"weights"
         );
         assert_eq!(crate::archive::inspect(&far).unwrap(), a.manifest);
+    }
+
+    #[test]
+    fn a_forged_cached_copy_is_not_trusted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let far = far(tmp.path());
+        let cache = tmp.path().join("cache");
+        let a = unpack(&far, &cache, &Limits::default()).unwrap();
+        // Someone replaces the cached copy with other weights and a manifest that matches them.
+        std::fs::write(a.dir.join("1/model.onnx"), b"forged").unwrap();
+        let mut forged = a.manifest.clone();
+        for f in &mut forged.files {
+            if f.path == "1/model.onnx" {
+                f.size = 6;
+                f.sha256 = sha256_file(&a.dir.join("1/model.onnx")).unwrap();
+            }
+        }
+        std::fs::write(
+            a.dir.join(MANIFEST_PATH),
+            serde_json::to_vec(&forged).unwrap(),
+        )
+        .unwrap();
+        let b = unpack(&far, &cache, &Limits::default()).unwrap();
+        assert_eq!(
+            std::fs::read(b.dir.join("1/model.onnx")).unwrap(),
+            b"weights"
+        );
+        assert_eq!(b.manifest, a.manifest);
+    }
+
+    #[test]
+    fn a_manifest_naming_paths_outside_is_refused() {
+        let mut m = crate::archive::inspect(&far(tempfile::tempdir().unwrap().path())).unwrap();
+        for bad in ["../etc/passwd", "/etc/passwd"] {
+            m.files[0].path = bad.into();
+            let e =
+                Manifest::parse(&serde_json::to_vec(&m).unwrap(), Path::new("x.far")).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
     }
 
     #[test]

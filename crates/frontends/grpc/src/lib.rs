@@ -47,6 +47,9 @@ pub struct GrpcOptions {
     /// When set, the repository extension's load and unload need the `authorization` metadata
     /// `Bearer TOKEN`.
     pub management_token: Option<ferroserve_core::Token>,
+    /// Whether load and unload are served without a token (see the HTTP frontend's option of
+    /// the same name). Default: true.
+    pub repository_changes_without_token: bool,
 }
 
 impl Default for GrpcOptions {
@@ -54,6 +57,7 @@ impl Default for GrpcOptions {
         Self {
             max_message_bytes: 64 * 1024 * 1024,
             management_token: None,
+            repository_changes_without_token: true,
         }
     }
 }
@@ -98,7 +102,10 @@ pub async fn serve_with(
             .await;
     });
     let inference = proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(
-        InferenceService::new(runtime).with_token(options.management_token.clone()),
+        InferenceService::new(runtime).with_token(
+            options.management_token.clone(),
+            options.repository_changes_without_token,
+        ),
     )
     .max_decoding_message_size(options.max_message_bytes)
     .max_encoding_message_size(options.max_message_bytes);

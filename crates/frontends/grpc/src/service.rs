@@ -22,6 +22,7 @@ const STREAM_IN_FLIGHT: usize = 64;
 pub struct InferenceService {
     runtime: Arc<Runtime>,
     token: Option<ferroserve_core::Token>,
+    open: bool,
 }
 
 impl InferenceService {
@@ -30,18 +31,27 @@ impl InferenceService {
         Self {
             runtime,
             token: None,
+            open: true,
         }
     }
 
-    /// Requires `token` (`authorization: Bearer TOKEN` metadata) for repository load and unload.
-    pub fn with_token(mut self, token: Option<ferroserve_core::Token>) -> Self {
+    /// Requires `token` (`authorization: Bearer TOKEN` metadata) for repository load and unload;
+    /// without a token, `open` says whether they are served at all.
+    pub fn with_token(mut self, token: Option<ferroserve_core::Token>, open: bool) -> Self {
         self.token = token;
+        self.open = open;
         self
     }
 
     fn check_token<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let Some(token) = &self.token else {
-            return Ok(());
+            return if self.open {
+                Ok(())
+            } else {
+                Err(Status::permission_denied(
+                    ferroserve_core::REMOTE_CHANGES_NEED_TOKEN,
+                ))
+            };
         };
         let presented = req
             .metadata()

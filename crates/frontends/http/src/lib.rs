@@ -53,6 +53,10 @@ pub struct HttpOptions {
     /// The management token: when set, the management API and the repository extension's
     /// load and unload (on any listener) need `Authorization: Bearer TOKEN`.
     pub management_token: Option<ferroserve_core::Token>,
+    /// Whether the repository extension's load and unload are served without a token. The
+    /// server turns it off when this listener is reachable from other machines and there is
+    /// no token. Default: true.
+    pub repository_changes_without_token: bool,
 }
 
 impl Default for HttpOptions {
@@ -60,6 +64,7 @@ impl Default for HttpOptions {
         Self {
             max_request_bytes: 64 * 1024 * 1024,
             management_token: None,
+            repository_changes_without_token: true,
         }
     }
 }

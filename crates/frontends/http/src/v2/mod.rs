@@ -287,6 +287,11 @@ async fn repository_op(
     if let Some(refusal) = s.token_refusal(&headers) {
         return Ok(refusal);
     }
+    if s.options.management_token.is_none() && !s.options.repository_changes_without_token {
+        return Err(
+            Error::PermissionDenied(ferroserve_core::REMOTE_CHANGES_NEED_TOKEN.into()).into(),
+        );
+    }
     let body = s.read_body(&headers, body).await?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let v: serde_json::Value = serde_json::from_slice(&body)
