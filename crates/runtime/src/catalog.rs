@@ -76,14 +76,7 @@ impl Catalog {
         let mut out = BTreeMap::new();
         if let Some(root) = &self.repository {
             for source in repository::scan(root)? {
-                let origin = Origin {
-                    fingerprint: repository::fingerprint(&source.dir),
-                    url: source.dir.display().to_string(),
-                    dir: source.dir,
-                    kind: OriginKind::Scanned,
-                    overrides: Overrides::default(),
-                };
-                out.insert(source.name, Ok(origin));
+                out.insert(source.name, Ok(scanned_folder(source.dir)));
             }
         }
         if let Some((store, selection)) = &self.store {
@@ -120,6 +113,12 @@ impl Catalog {
             && !name.contains(['/', '\\']);
         if !plain {
             return Err(Error::invalid(format!("'{name}' is not a model name")));
+        }
+        // The repository's folder of that name wins, as in a scan; only the store is listed.
+        if let Some(dir) = self.repository.as_ref().map(|r| r.join(name)) {
+            if dir.is_dir() && !self.suppressed.contains(name) {
+                return Ok(scanned_folder(dir));
+            }
         }
         let scanned = self
             .scan()
@@ -161,6 +160,17 @@ impl Catalog {
         } else {
             parts.join(" or ")
         }
+    }
+}
+
+/// A repository folder, which polls manage.
+fn scanned_folder(dir: PathBuf) -> Origin {
+    Origin {
+        fingerprint: repository::fingerprint(&dir),
+        url: dir.display().to_string(),
+        dir,
+        kind: OriginKind::Scanned,
+        overrides: Overrides::default(),
     }
 }
 

@@ -236,7 +236,7 @@ impl Runtime {
             state,
             source: entry.origin.url.clone(),
             load: if entry.lazy { "lazy" } else { "eager" },
-            default_version: self_default(entry),
+            default_version: entry.default_version().map(|v| v.number.to_string()),
             memory_bytes: entry.ready().map(|v| v.bytes()).sum(),
             last_error: entry.last_error.clone().or(reason_all),
             versions,
@@ -325,13 +325,4 @@ impl Runtime {
         self.update_memory();
         Ok(replicas)
     }
-}
-
-fn self_default(entry: &crate::registry::ModelEntry) -> Option<String> {
-    let chosen = entry
-        .default
-        .filter(|d| entry.ready().any(|v| v.number == *d));
-    chosen
-        .or_else(|| entry.ready().next_back().map(|v| v.number))
-        .map(|n| n.to_string())
 }

@@ -260,7 +260,7 @@ impl ModelEntry {
     }
 
     /// The version requests without a version number go to.
-    fn default_version(&self) -> Option<&Arc<Version>> {
+    pub(crate) fn default_version(&self) -> Option<&Arc<Version>> {
         let chosen = self
             .default
             .and_then(|d| self.ready().find(|v| v.number == d));

@@ -140,6 +140,19 @@ async fn off_thread<T: Send + 'static>(
         .map_err(ApiError)
 }
 
+/// Runs `work` off the async threads without waiting; a failure is logged, since the client has
+/// its 202 already (and sees the outcome through describe).
+fn in_background<T>(
+    work: impl FnOnce() -> ferroserve_core::Result<T> + Send + 'static,
+    what: &'static str,
+) {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = work() {
+            tracing::error!(error = %e, "{what} failed");
+        }
+    });
+}
+
 async fn list(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
@@ -172,11 +185,7 @@ async fn register(
             Json(json!({ "status": format!("Model \"{name}\" registered") })).into_response(),
         );
     }
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = work() {
-            tracing::error!(error = %e, "registration failed");
-        }
-    });
+    in_background(work, "registration");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "status": "Model registration started; GET /models/{name} shows its state" })),
@@ -234,11 +243,7 @@ async fn scale(
     }
     // Checked now so a bad request is a 4xx rather than a log line.
     s.runtime.load_of(&p.model).map_err(ApiError)?;
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = work() {
-            tracing::error!(error = %e, "scaling failed");
-        }
-    });
+    in_background(work, "scaling");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "status": "Processing replica updates..." })),
