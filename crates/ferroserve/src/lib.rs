@@ -43,6 +43,8 @@ pub use ferroserve_flow::{
 /// Parses the command line and runs the command, with `executors` available to
 /// `ferroserve run`'s YAML. Returns the process's exit code.
 pub fn main_with(executors: Executors) -> std::process::ExitCode {
+    // Environment variables, so before any thread starts.
+    ferroserve_backend_candle::configure_cpu_threads();
     let cli = cli::Cli::parse();
     logging::init(cli.log_format);
     let result = match cli.command {

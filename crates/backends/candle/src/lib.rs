@@ -24,6 +24,27 @@ use std::path::Path;
 pub use diffusion::DiffusionBackend;
 pub use seq2seq::Seq2SeqBackend;
 
+/// Sets candle's CPU threading for a server, where the environment does not already.
+///
+/// - `RAYON_NUM_THREADS` (the compute pool) to the cores this process may use: candle reads it
+///   on every matrix product and, without it, counts physical cores by parsing `/proc/cpuinfo`
+///   each time (7% of a Stable Diffusion step on a small model).
+/// - `CANDLE_NUM_THREADS` (candle's separate pool for large element-wise operations) to 1, which
+///   turns that pool off: its workers spin between operations and take a core from the compute
+///   pool (20 tiny-sd steps on 2 cores: 0.66–0.82 s with it, 0.50 s without).
+///
+/// Both are environment variables because that is how candle reads them, so call this first
+/// thing in `main`, before any thread starts.
+pub fn configure_cpu_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", cores.to_string());
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Errors while loading or running a candle model.
 #[derive(Debug, thiserror::Error)]
 pub enum CandleError {

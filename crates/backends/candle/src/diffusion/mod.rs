@@ -1,11 +1,14 @@
-//! Stable Diffusion text-to-image: the CLIP text encoder, candle-transformers' UNet and VAE, the
-//! Euler / DDIM / PNDM schedulers and the denoising loop.
+//! Stable Diffusion text-to-image: the CLIP text encoder, the UNet and the VAE decoder (our own,
+//! on CPU kernels made for them), the Euler / DDIM / PNDM schedulers and the denoising loop.
 
 mod backend;
 mod clip;
+mod kernels;
+mod layers;
 mod params;
 mod pipeline;
 mod scheduler;
+mod unet;
 
 pub use backend::{DiffusionBackend, IMAGE, INPUT_IDS, NEGATIVE_IDS, SEED};
 pub use clip::{ClipConfig, ClipTextEncoder};

@@ -4,16 +4,13 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::unet_2d::{
-    BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
-};
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::clip::ClipTextEncoder;
 use super::params::DiffusionDefaults;
 use super::scheduler::{Schedule, SchedulerKind};
+use super::unet::{BlockConfig, UNet, UNetConfig, VaeConfig, VaeDecoder};
 use crate::{files, CandleError};
 
 /// Largest height or width a request may ask for, in pixels.
@@ -144,7 +141,7 @@ fn per_block(v: &Value, blocks: usize, name: &str) -> Result<Vec<usize>, CandleE
 }
 
 impl UNetFile {
-    fn config(&self) -> Result<UNet2DConditionModelConfig, CandleError> {
+    fn config(&self) -> Result<UNetConfig, CandleError> {
         let unsupported = |what: &str| Err(CandleError::Unsupported(format!("unet {what}")));
         for (name, v) in [
             ("addition_embed_type", &self.addition_embed_type),
@@ -197,13 +194,21 @@ impl UNetFile {
                     self.down_block_types[i]
                 ));
             }
+            if heads[i] == 0 || !self.block_out_channels[i].is_multiple_of(heads[i]) {
+                return Err(CandleError::Invalid(format!(
+                    "unet block {i}: {} channels do not split into {} attention heads",
+                    self.block_out_channels[i], heads[i]
+                )));
+            }
             blocks.push(BlockConfig {
-                out_channels: self.block_out_channels[i],
-                use_cross_attn: cross.then_some(depth[i]),
-                attention_head_dim: heads[i],
+                channels: self.block_out_channels[i],
+                transformer_depth: cross.then_some(depth[i]),
+                heads: heads[i],
             });
         }
-        Ok(UNet2DConditionModelConfig {
+        Ok(UNetConfig {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
             center_input_sample: self.center_input_sample,
             flip_sin_to_cos: self.flip_sin_to_cos,
             freq_shift: self.freq_shift,
@@ -214,17 +219,14 @@ impl UNetFile {
             norm_num_groups: self.norm_num_groups,
             norm_eps: self.norm_eps,
             cross_attention_dim: self.cross_attention_dim,
-            sliced_attention_size: None,
             use_linear_projection: self.use_linear_projection,
         })
     }
 }
 
-/// The VAE's `config.json`.
+/// The VAE's `config.json` (the decoder's part: the encoder is not loaded).
 #[derive(Debug, Deserialize)]
 struct VaeFile {
-    #[serde(default = "three")]
-    in_channels: usize,
     #[serde(default = "three")]
     out_channels: usize,
     block_out_channels: Vec<usize>,
@@ -233,8 +235,6 @@ struct VaeFile {
     latent_channels: usize,
     #[serde(default = "thirty_two")]
     norm_num_groups: usize,
-    #[serde(default = "yes")]
-    use_quant_conv: bool,
     #[serde(default = "yes")]
     use_post_quant_conv: bool,
     #[serde(default = "sd_scaling")]
@@ -256,9 +256,9 @@ fn sd_scaling() -> f64 {
 /// A loaded Stable Diffusion pipeline.
 pub struct StableDiffusion {
     text_encoder: ClipTextEncoder,
-    unet: UNet2DConditionModel,
+    unet: UNet,
     latent_channels: usize,
-    vae: AutoEncoderKL,
+    vae: VaeDecoder,
     vae_scale: f64,
     vae_shift: f64,
     schedule: Schedule,
@@ -286,13 +286,7 @@ impl StableDiffusion {
         let unet_config = unet_file
             .config()
             .map_err(|e| CandleError::file(&unet_dir.join("config.json"), e))?;
-        let unet = UNet2DConditionModel::new(
-            weights(&unet_dir, device)?,
-            unet_file.in_channels,
-            unet_file.out_channels,
-            false,
-            unet_config,
-        )?;
+        let unet = UNet::load(weights(&unet_dir, device)?, unet_config)?;
         if unet_file.cross_attention_dim != text_encoder.config().hidden_size {
             return Err(CandleError::Invalid(format!(
                 "unet cross_attention_dim {} differs from the text encoder's hidden_size {}",
@@ -308,16 +302,14 @@ impl StableDiffusion {
                 v.latent_channels, unet_file.in_channels
             )));
         }
-        let vae = AutoEncoderKL::new(
+        let vae = VaeDecoder::load(
             weights(&vae_dir, device)?,
-            v.in_channels,
-            v.out_channels,
-            AutoEncoderKLConfig {
+            &VaeConfig {
+                latent_channels: v.latent_channels,
+                out_channels: v.out_channels,
                 block_out_channels: v.block_out_channels.clone(),
                 layers_per_block: v.layers_per_block,
-                latent_channels: v.latent_channels,
                 norm_num_groups: v.norm_num_groups,
-                use_quant_conv: v.use_quant_conv,
                 use_post_quant_conv: v.use_post_quant_conv,
             },
         )?;
@@ -471,7 +463,7 @@ impl StableDiffusion {
             }
         }
         let latents = ((latents / self.vae_scale)? + self.vae_shift)?;
-        let images = self.vae.decode(&latents)?;
+        let images = self.vae.forward(&latents)?;
         let images = ((images / 2.0)? + 0.5)?
             .clamp(0f32, 1f32)?
             .permute((0, 2, 3, 1))?;
