@@ -192,7 +192,10 @@ impl ConvShape {
                             let lo = p.saturating_sub(j).min(self.ow);
                             let hi = (self.w + p).saturating_sub(j).clamp(lo, self.ow);
                             dst[..lo].fill(0.0);
-                            dst[lo..hi].copy_from_slice(&src[lo + j - p..hi + j - p]);
+                            if hi > lo {
+                                // lo was not cut to ow here, so lo + j >= p.
+                                dst[lo..hi].copy_from_slice(&src[lo + j - p..hi + j - p]);
+                            }
                             dst[hi..].fill(0.0);
                         } else {
                             for (ox, d) in dst.iter_mut().enumerate() {
@@ -704,6 +707,8 @@ mod tests {
             (2, 3, 9, 9, 4, 3, 2, 0),
             (3, 6, 5, 4, 7, 1, 1, 0),
             (1, 2, 300, 300, 2, 3, 1, 1),
+            // A kernel wider than the image plus one side's padding.
+            (1, 2, 3, 3, 2, 7, 1, 2),
         ] {
             let x = Tensor::randn(0f32, 1.0, (b, c_in, h, w), &d).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), &d).unwrap();
