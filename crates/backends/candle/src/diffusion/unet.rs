@@ -60,6 +60,34 @@ struct Level<R> {
 }
 
 impl<R> Level<R> {
+    fn new() -> Self {
+        Self {
+            resnets: Vec::new(),
+            attentions: Vec::new(),
+            resample: None,
+        }
+    }
+
+    /// Loads ResNet block `j` (`c_in` to the level's channels) and, at a cross-attention level,
+    /// the transformer after it.
+    fn load_layer(
+        &mut self,
+        vb: &VarBuilder,
+        j: usize,
+        c_in: usize,
+        channels: usize,
+        resnet: ResnetConfig,
+        transformer: Option<TransformerConfig>,
+    ) -> Result<()> {
+        let r = vb.pp(format!("resnets.{j}"));
+        self.resnets.push(Resnet::load(r, c_in, channels, resnet)?);
+        if let Some(cfg) = transformer {
+            let a = vb.pp(format!("attentions.{j}"));
+            self.attentions.push(Transformer2D::load(a, channels, cfg)?);
+        }
+        Ok(())
+    }
+
     fn resnet_and_attention(
         &self,
         i: usize,
@@ -112,29 +140,20 @@ impl UNet {
             groups: config.norm_num_groups,
             linear_projection: config.use_linear_projection,
         };
+        let transformer_of = |block: &BlockConfig| {
+            block
+                .transformer_depth
+                .map(|depth| transformer(block, depth))
+        };
 
         let mut down = Vec::with_capacity(n);
         let mut c_prev = first;
         for (i, block) in config.blocks.iter().enumerate() {
             let vb = vb.pp(format!("down_blocks.{i}"));
-            let mut level = Level {
-                resnets: Vec::new(),
-                attentions: Vec::new(),
-                resample: None,
-            };
+            let mut level = Level::new();
             for j in 0..config.layers_per_block {
                 let c_in = if j == 0 { c_prev } else { block.channels };
-                let r = vb.pp(format!("resnets.{j}"));
-                level
-                    .resnets
-                    .push(Resnet::load(r, c_in, block.channels, resnet)?);
-                if let Some(depth) = block.transformer_depth {
-                    let a = vb.pp(format!("attentions.{j}"));
-                    let cfg = transformer(block, depth);
-                    level
-                        .attentions
-                        .push(Transformer2D::load(a, block.channels, cfg)?);
-                }
+                level.load_layer(&vb, j, c_in, block.channels, resnet, transformer_of(block))?;
             }
             if i + 1 < n {
                 let d = vb.pp("downsamplers.0");
@@ -182,11 +201,7 @@ impl UNet {
             // down, except the last, which comes from the level's own input.
             let c_skip_last = config.blocks[(n - 1 - i).saturating_sub(1)].channels;
             let vb = vb.pp(format!("up_blocks.{i}"));
-            let mut level = Level {
-                resnets: Vec::new(),
-                attentions: Vec::new(),
-                resample: None,
-            };
+            let mut level = Level::new();
             let layers = config.layers_per_block + 1;
             for j in 0..layers {
                 let skip = if j + 1 == layers {
@@ -195,17 +210,7 @@ impl UNet {
                     block.channels
                 };
                 let c_in = if j == 0 { c_prev } else { block.channels } + skip;
-                let r = vb.pp(format!("resnets.{j}"));
-                level
-                    .resnets
-                    .push(Resnet::load(r, c_in, block.channels, resnet)?);
-                if let Some(depth) = block.transformer_depth {
-                    let a = vb.pp(format!("attentions.{j}"));
-                    let cfg = transformer(block, depth);
-                    level
-                        .attentions
-                        .push(Transformer2D::load(a, block.channels, cfg)?);
-                }
+                level.load_layer(&vb, j, c_in, block.channels, resnet, transformer_of(block))?;
             }
             if i + 1 < n {
                 level.resample = Some(Upsample::load(vb.pp("upsamplers.0"), block.channels)?);
