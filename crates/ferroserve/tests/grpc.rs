@@ -265,7 +265,15 @@ fn health_reports_serving_and_deadlines_are_honoured() {
         // A long request holds the only replica; one queued behind it with a 100 ms deadline
         // fails with DEADLINE_EXCEEDED, and its work never runs.
         let long = tokio::spawn(async move { a.model_infer(slow(4000)).await });
-        while server.metric("ferroserve_inflight_requests", &[("model", "slow")]) != Some(1.0) {
+        // The metrics client is blocking reqwest, which refuses to run on a runtime's thread.
+        let metric = |name: &str| {
+            std::thread::scope(|s| {
+                s.spawn(|| server.metric(name, &[("model", "slow")]))
+                    .join()
+                    .unwrap()
+            })
+        };
+        while metric("ferroserve_inflight_requests") != Some(1.0) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut req = tonic::Request::new(slow(7));
@@ -279,7 +287,7 @@ fn health_reports_serving_and_deadlines_are_honoured() {
             "{status:?}"
         );
         assert!(long.await.unwrap().is_ok());
-        let ran = server.metric("ferroserve_batch_size_count", &[("model", "slow")]);
+        let ran = metric("ferroserve_batch_size_count");
         assert_eq!(ran, Some(1.0), "only the long request ran");
     });
 }
