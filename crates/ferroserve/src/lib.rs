@@ -42,6 +42,10 @@ pub use ferroserve_flow::{
 
 /// Parses the command line and runs the command, with `executors` available to
 /// `ferroserve run`'s YAML. Returns the process's exit code.
+///
+/// Call it first thing in `main`: it sets candle's threading environment variables
+/// ([`ferroserve_backend_candle::configure_cpu_threads`]), which is only sound before any other
+/// thread starts.
 pub fn main_with(executors: Executors) -> std::process::ExitCode {
     // Environment variables, so before any thread starts.
     ferroserve_backend_candle::configure_cpu_threads();

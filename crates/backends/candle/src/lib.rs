@@ -33,6 +33,10 @@ pub use seq2seq::Seq2SeqBackend;
 ///   turns that pool off: its workers spin between operations and take a core from the compute
 ///   pool (20 tiny-sd steps on 2 cores: 0.66–0.82 s with it, 0.50 s without).
 ///
+/// "Cores" is [`std::thread::available_parallelism`]: logical CPUs, within the process's CPU
+/// affinity and cgroup quota (candle's own default counts physical cores, which in a container
+/// may exceed the quota). Child processes inherit both variables.
+///
 /// Both are environment variables because that is how candle reads them, so call this first
 /// thing in `main`, before any thread starts.
 pub fn configure_cpu_threads() {

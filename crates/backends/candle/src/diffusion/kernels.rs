@@ -96,6 +96,10 @@ pub fn group_norm(
 
 /// `softmax(scale * x)` over the last dimension.
 pub fn softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
+    if scale.is_nan() || scale < 0.0 {
+        // The kernel scales the row's maximum, which is the scaled row's only for scale >= 0.
+        return softmax_last_dim(&(x * scale)?, 1.0);
+    }
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         x.contiguous()?.apply_op1_no_bwd(&Softmax {
             scale: scale as f32,
@@ -365,7 +369,10 @@ impl CustomOp3 for Conv2d {
                         gemm_threads,
                     )
                 }
-                PATCHES.set(col);
+                // A tile larger than the usual bound (one very wide row) is not kept.
+                if col.capacity() <= 4 * TILE_VALUES {
+                    PATCHES.set(col);
+                }
             };
             if side_by_side {
                 (0..tasks).into_par_iter().for_each(|task| run(task, 1));
@@ -621,13 +628,13 @@ vectorised! {
 
 /// `e^x` to about 2 ulp for the f32 range, without a library call so loops over it vectorise.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+fn exp(x_in: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits: the integer k and
     // 2^k come from bit operations, where a float-to-int cast would be a scalar, saturating one.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
+    let x = x_in.clamp(-87.0, 88.0);
     let shifted = x * std::f32::consts::LOG2_E + ROUND;
     let k = shifted - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
@@ -639,7 +646,14 @@ fn exp(x: f32) -> f32 {
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
-    p * f32::from_bits(k_bits.wrapping_add(127) << 23)
+    let y = p * f32::from_bits(k_bits.wrapping_add(127) << 23);
+    // Below the clamp the true value is under f32's smallest normal: 0, as for -inf (a
+    // masked score), rather than the clamp's 1.6e-38.
+    if x_in < -87.0 {
+        0.0
+    } else {
+        y
+    }
 }
 
 /// The error function to within 1.5e-7 (Abramowitz and Stegun 7.1.26).
@@ -678,6 +692,8 @@ mod tests {
             let want = x.exp();
             assert!(((exp(x) - want) / want).abs() < 1e-6, "exp({x})");
         }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(f32::NAN).is_nan());
         for i in -600..600 {
             let x = i as f64 / 100.0;
             let want = libm_erf(x);
@@ -741,8 +757,10 @@ mod tests {
         assert!(max_diff(&got, &candle_nn::ops::silu(&want).unwrap()) < 1e-4);
 
         let s = Tensor::randn(0f32, 4.0, (3, 70, 300), &d).unwrap();
-        let want = candle_nn::ops::softmax_last_dim(&(&s * 0.3).unwrap()).unwrap();
-        assert!(max_diff(&softmax_last_dim(&s, 0.3).unwrap(), &want) < 1e-6);
+        for scale in [0.3, -0.7] {
+            let want = candle_nn::ops::softmax_last_dim(&(&s * scale).unwrap()).unwrap();
+            assert!(max_diff(&softmax_last_dim(&s, scale).unwrap(), &want) < 1e-6);
+        }
 
         let g = Tensor::randn(0f32, 2.0, (2, 90, 64), &d).unwrap();
         let halves = g.chunk(2, D::Minus1).unwrap();

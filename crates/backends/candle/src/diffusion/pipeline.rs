@@ -101,14 +101,47 @@ struct UNetFile {
     /// Latent side the UNet was trained at; default image size is this times the VAE factor.
     #[serde(default = "sixty_four")]
     sample_size: usize,
-    #[serde(default)]
-    addition_embed_type: Option<Value>,
-    #[serde(default)]
-    class_embed_type: Option<Value>,
-    #[serde(default)]
-    time_cond_proj_dim: Option<Value>,
-    #[serde(default)]
-    encoder_hid_dim: Option<Value>,
+    /// Everything else: names, versions, and the settings of [`DEFAULT_ONLY`].
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
+}
+
+/// Settings of diffusers' UNet this one implements only with the values listed (absent means
+/// the first): a checkpoint with another value is refused rather than computed wrongly.
+fn default_only() -> [(&'static str, Vec<Value>); 21] {
+    let null = || vec![Value::Null];
+    let no = || vec![Value::Bool(false), Value::Null];
+    [
+        ("act_fn", vec!["silu".into()]),
+        ("time_embedding_type", vec!["positional".into()]),
+        ("time_embedding_act_fn", null()),
+        ("time_embedding_dim", null()),
+        ("timestep_post_act", null()),
+        ("time_cond_proj_dim", null()),
+        ("class_embed_type", null()),
+        ("num_class_embeds", null()),
+        ("projection_class_embeddings_input_dim", null()),
+        ("addition_embed_type", null()),
+        ("encoder_hid_dim", null()),
+        ("attention_type", vec!["default".into()]),
+        ("cross_attention_norm", null()),
+        ("reverse_transformer_layers_per_block", null()),
+        ("only_cross_attention", no()),
+        ("dual_cross_attention", no()),
+        ("resnet_time_scale_shift", vec!["default".into()]),
+        ("resnet_skip_time_act", no()),
+        ("resnet_out_scale_factor", vec![1.0.into()]),
+        ("conv_in_kernel", vec![3.into()]),
+        ("conv_out_kernel", vec![3.into()]),
+    ]
+}
+
+/// JSON equality where 1 and 1.0 are the same number.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 fn four() -> usize {
@@ -143,14 +176,11 @@ fn per_block(v: &Value, blocks: usize, name: &str) -> Result<Vec<usize>, CandleE
 impl UNetFile {
     fn config(&self) -> Result<UNetConfig, CandleError> {
         let unsupported = |what: &str| Err(CandleError::Unsupported(format!("unet {what}")));
-        for (name, v) in [
-            ("addition_embed_type", &self.addition_embed_type),
-            ("class_embed_type", &self.class_embed_type),
-            ("time_cond_proj_dim", &self.time_cond_proj_dim),
-            ("encoder_hid_dim", &self.encoder_hid_dim),
-        ] {
-            if v.as_ref().is_some_and(|v| !v.is_null()) {
-                return unsupported(name);
+        for (name, allowed) in default_only() {
+            if let Some(v) = self.other.get(name) {
+                if !allowed.iter().any(|a| same(a, v)) {
+                    return unsupported(&format!("{name} {v}"));
+                }
             }
         }
         if self
@@ -202,7 +232,8 @@ impl UNetFile {
             }
             blocks.push(BlockConfig {
                 channels: self.block_out_channels[i],
-                transformer_depth: cross.then_some(depth[i]),
+                cross_attention: cross,
+                transformer_depth: depth[i],
                 heads: heads[i],
             });
         }
@@ -477,4 +508,47 @@ impl StableDiffusion {
 
 fn weights(dir: &Path, device: &Device) -> Result<VarBuilder<'static>, CandleError> {
     files::var_builder(dir, "diffusion_pytorch_model", device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_unet() -> serde_json::Map<String, Value> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../tests/fixtures/models/tiny-sd/unet/config.json"
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn parse(json: serde_json::Map<String, Value>) -> Result<UNetConfig, CandleError> {
+        serde_json::from_value::<UNetFile>(Value::Object(json))
+            .unwrap()
+            .config()
+    }
+
+    #[test]
+    fn unet_settings_without_an_implementation_are_refused_by_name() {
+        let config = parse(tiny_unet()).unwrap();
+        assert_eq!(config.blocks.len(), 2);
+        assert!(config.blocks[1].cross_attention && !config.blocks[0].cross_attention);
+        for (name, value) in [
+            ("act_fn", Value::from("gelu")),
+            ("num_class_embeds", Value::from(10)),
+            ("resnet_time_scale_shift", Value::from("scale_shift")),
+            ("only_cross_attention", Value::from(true)),
+            ("resnet_out_scale_factor", Value::from(2)),
+        ] {
+            let mut json = tiny_unet();
+            json.insert(name.into(), value);
+            let err = parse(json).expect_err(name).to_string();
+            assert!(err.contains(name), "{err}");
+        }
+        // The same numbers written differently are accepted.
+        let mut json = tiny_unet();
+        json.insert("resnet_out_scale_factor".into(), Value::from(1));
+        json.insert("dual_cross_attention".into(), Value::Null);
+        parse(json).unwrap();
+    }
 }

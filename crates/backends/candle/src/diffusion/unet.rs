@@ -14,9 +14,12 @@ use super::layers::{
 pub struct BlockConfig {
     /// Feature channels at this level.
     pub channels: usize,
-    /// Transformer blocks after each ResNet block (a `CrossAttn*Block2D`); `None` for a plain
+    /// A `CrossAttn*Block2D` (a transformer after each ResNet block) rather than a plain
     /// `DownBlock2D` / `UpBlock2D`.
-    pub transformer_depth: Option<usize>,
+    pub cross_attention: bool,
+    /// Transformer blocks in each of those transformers (the middle block takes the last
+    /// level's, whatever its kind, as diffusers does).
+    pub transformer_depth: usize,
     /// Attention heads of those transformers.
     pub heads: usize,
 }
@@ -142,8 +145,8 @@ impl UNet {
         };
         let transformer_of = |block: &BlockConfig| {
             block
-                .transformer_depth
-                .map(|depth| transformer(block, depth))
+                .cross_attention
+                .then(|| transformer(block, block.transformer_depth))
         };
 
         let mut down = Vec::with_capacity(n);
@@ -186,11 +189,10 @@ impl UNet {
                 mid_resnet,
             )?,
         ];
-        let mid_depth = last.transformer_depth.unwrap_or(1);
         let mid_attentions = Transformer2D::load(
             mid.pp("attentions.0"),
             last.channels,
-            transformer(&last, mid_depth),
+            transformer(&last, last.transformer_depth),
         )?;
 
         let mut up = Vec::with_capacity(n);
@@ -246,16 +248,18 @@ impl UNet {
         })
     }
 
-    /// The sinusoidal embedding of timestep `t` (1, channels), in diffusers' layout.
+    /// The sinusoidal embedding of timestep `t` (1, channels), in diffusers' layout and f32
+    /// arithmetic.
     fn timestep_embedding(&self, t: f64, device: &Device) -> Result<Tensor> {
         let channels = self.config.blocks[0].channels;
         let half = channels / 2;
-        let freqs = (0..half).map(|j| {
-            let exponent = -(10000f64.ln()) * j as f64 / (half as f64 - self.config.freq_shift);
-            t * exponent.exp()
-        });
-        let (sin, cos): (Vec<f32>, Vec<f32>) =
-            freqs.map(|a| (a.sin() as f32, a.cos() as f32)).unzip();
+        let denominator = half as f32 - self.config.freq_shift as f32;
+        let (sin, cos): (Vec<f32>, Vec<f32>) = (0..half)
+            .map(|j| {
+                let a = t as f32 * (-(10000f32.ln()) * j as f32 / denominator).exp();
+                (a.sin(), a.cos())
+            })
+            .unzip();
         let mut emb = if self.config.flip_sin_to_cos {
             [cos, sin].concat()
         } else {
