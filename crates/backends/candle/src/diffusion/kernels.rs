@@ -7,12 +7,10 @@
 //! tile with the bias already in the output; the element-wise kernels use a polynomial `exp`
 //! that the compiler vectorises (with AVX2 and FMA where the CPU has them, chosen at run time).
 //!
-//! Every function falls back to candle's own operations on other devices (CUDA), so the models
-//! call these unconditionally.
+//! Every function falls back to candle's own operations ([`generic`]) on other devices (CUDA),
+//! so the models call these unconditionally; the tests check each kernel against its fallback.
 
-use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
-};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Work below this many values runs on the calling thread: handing it to the pool costs more.
@@ -47,9 +45,7 @@ pub fn conv2d(
             &Conv2d { stride, padding },
         )
     } else {
-        let c_out = weight.dim(0)?;
-        x.conv2d(weight, padding, stride, 1, 1)?
-            .broadcast_add(&bias.reshape((1, c_out, 1, 1))?)
+        generic::conv2d(x, weight, bias, stride, padding)
     }
 }
 
@@ -74,24 +70,7 @@ pub fn group_norm(
             },
         );
     }
-    let dims = x.dims().to_vec();
-    let (b, c) = (dims[0], dims[1]);
-    let xs = x.reshape((b, groups, ()))?;
-    let centred = xs.broadcast_sub(&xs.mean_keepdim(2)?)?;
-    let var = centred.sqr()?.mean_keepdim(2)?;
-    let normed = centred
-        .broadcast_div(&(var + eps)?.sqrt()?)?
-        .reshape(dims.as_slice())?;
-    let mut affine = vec![1; dims.len()];
-    affine[1] = c;
-    let y = normed
-        .broadcast_mul(&gamma.reshape(affine.as_slice())?)?
-        .broadcast_add(&beta.reshape(affine.as_slice())?)?;
-    if silu {
-        candle_nn::ops::silu(&y)
-    } else {
-        Ok(y)
-    }
+    generic::group_norm(x, gamma, beta, groups, eps, silu)
 }
 
 /// `softmax(scale * x)` over the last dimension.
@@ -105,7 +84,7 @@ pub fn softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
             scale: scale as f32,
         })
     } else {
-        candle_nn::ops::softmax_last_dim(&(x * scale)?)
+        generic::softmax_last_dim(x, scale)
     }
 }
 
@@ -114,6 +93,59 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         x.contiguous()?.apply_op1_no_bwd(&Geglu)
     } else {
+        generic::geglu(x)
+    }
+}
+
+/// The same operations from candle's own, for other devices (and to check the kernels against).
+mod generic {
+    use candle_core::{Result, Tensor, D};
+
+    pub fn conv2d(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor> {
+        let c_out = weight.dim(0)?;
+        x.conv2d(weight, padding, stride, 1, 1)?
+            .broadcast_add(&bias.reshape((1, c_out, 1, 1))?)
+    }
+
+    pub fn group_norm(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (b, c) = (dims[0], dims[1]);
+        let xs = x.reshape((b, groups, ()))?;
+        let centred = xs.broadcast_sub(&xs.mean_keepdim(2)?)?;
+        let var = centred.sqr()?.mean_keepdim(2)?;
+        let normed = centred
+            .broadcast_div(&(var + eps)?.sqrt()?)?
+            .reshape(dims.as_slice())?;
+        let mut affine = vec![1; dims.len()];
+        affine[1] = c;
+        let y = normed
+            .broadcast_mul(&gamma.reshape(affine.as_slice())?)?
+            .broadcast_add(&beta.reshape(affine.as_slice())?)?;
+        if silu {
+            candle_nn::ops::silu(&y)
+        } else {
+            Ok(y)
+        }
+    }
+
+    pub fn softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
+        candle_nn::ops::softmax_last_dim(&(x * scale)?)
+    }
+
+    pub fn geglu(x: &Tensor) -> Result<Tensor> {
         let halves = x.chunk(2, D::Minus1)?;
         &halves[0] * halves[1].gelu_erf()?
     }
@@ -729,11 +761,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (b, c_in, h, w), &d).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), &d).unwrap();
             let bias = Tensor::randn(0f32, 1.0, c_out, &d).unwrap();
-            let want = x
-                .conv2d(&wt, pad, stride, 1, 1)
-                .unwrap()
-                .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
-                .unwrap();
+            let want = generic::conv2d(&x, &wt, &bias, stride, pad).unwrap();
             let got = conv2d(&x, &wt, &bias, stride, pad).unwrap();
             assert_eq!(got.dims(), want.dims());
             assert!(
@@ -753,18 +781,21 @@ mod tests {
         let want = gn.forward(&x).unwrap();
         let got = group_norm(&x, &gamma, &beta, 32, 1e-5, false).unwrap();
         assert!(max_diff(&got, &want) < 1e-4);
+        let fallback = generic::group_norm(&x, &gamma, &beta, 32, 1e-5, false).unwrap();
+        assert!(max_diff(&fallback, &want) < 1e-4);
         let got = group_norm(&x, &gamma, &beta, 32, 1e-5, true).unwrap();
+        let fallback = generic::group_norm(&x, &gamma, &beta, 32, 1e-5, true).unwrap();
+        assert!(max_diff(&got, &fallback) < 1e-4);
         assert!(max_diff(&got, &candle_nn::ops::silu(&want).unwrap()) < 1e-4);
 
         let s = Tensor::randn(0f32, 4.0, (3, 70, 300), &d).unwrap();
         for scale in [0.3, -0.7] {
-            let want = candle_nn::ops::softmax_last_dim(&(&s * scale).unwrap()).unwrap();
+            let want = generic::softmax_last_dim(&s, scale).unwrap();
             assert!(max_diff(&softmax_last_dim(&s, scale).unwrap(), &want) < 1e-6);
         }
 
         let g = Tensor::randn(0f32, 2.0, (2, 90, 64), &d).unwrap();
-        let halves = g.chunk(2, D::Minus1).unwrap();
-        let want = (&halves[0] * halves[1].gelu_erf().unwrap()).unwrap();
+        let want = generic::geglu(&g).unwrap();
         assert!(max_diff(&geglu(&g).unwrap(), &want) < 1e-5);
     }
 }

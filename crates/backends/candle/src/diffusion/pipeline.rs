@@ -312,12 +312,7 @@ impl StableDiffusion {
     /// Loads `text_encoder/`, `unet/`, `vae/` and `scheduler/` from a diffusers pipeline folder.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, CandleError> {
         let text_encoder = ClipTextEncoder::load(&dir.join("text_encoder"), device)?;
-        let unet_dir = dir.join("unet");
-        let unet_file: UNetFile = files::json(&unet_dir.join("config.json"))?;
-        let unet_config = unet_file
-            .config()
-            .map_err(|e| CandleError::file(&unet_dir.join("config.json"), e))?;
-        let unet = UNet::load(weights(&unet_dir, device)?, unet_config)?;
+        let (unet, unet_file) = load_unet(&dir.join("unet"), device)?;
         if unet_file.cross_attention_dim != text_encoder.config().hidden_size {
             return Err(CandleError::Invalid(format!(
                 "unet cross_attention_dim {} differs from the text encoder's hidden_size {}",
@@ -325,25 +320,13 @@ impl StableDiffusion {
                 text_encoder.config().hidden_size
             )));
         }
-        let vae_dir = dir.join("vae");
-        let v: VaeFile = files::json(&vae_dir.join("config.json"))?;
+        let (vae, v) = load_vae(&dir.join("vae"), device)?;
         if v.latent_channels != unet_file.in_channels {
             return Err(CandleError::Invalid(format!(
                 "vae latent_channels {} differs from the unet's in_channels {}",
                 v.latent_channels, unet_file.in_channels
             )));
         }
-        let vae = VaeDecoder::load(
-            weights(&vae_dir, device)?,
-            &VaeConfig {
-                latent_channels: v.latent_channels,
-                out_channels: v.out_channels,
-                block_out_channels: v.block_out_channels.clone(),
-                layers_per_block: v.layers_per_block,
-                norm_num_groups: v.norm_num_groups,
-                use_post_quant_conv: v.use_post_quant_conv,
-            },
-        )?;
         let schedule = Schedule::load(&dir.join("scheduler"))?;
         // Each VAE block but the last halves the image.
         let vae_factor = 1 << v.block_out_channels.len().saturating_sub(1);
@@ -506,6 +489,32 @@ impl StableDiffusion {
     }
 }
 
+/// The UNet of `dir` (a pipeline's `unet/`), and its configuration file.
+fn load_unet(dir: &Path, device: &Device) -> Result<(UNet, UNetFile), CandleError> {
+    let file: UNetFile = files::json(&dir.join("config.json"))?;
+    let config = file
+        .config()
+        .map_err(|e| CandleError::file(&dir.join("config.json"), e))?;
+    Ok((UNet::load(weights(dir, device)?, config)?, file))
+}
+
+/// The VAE decoder of `dir` (a pipeline's `vae/`), and its configuration file.
+fn load_vae(dir: &Path, device: &Device) -> Result<(VaeDecoder, VaeFile), CandleError> {
+    let v: VaeFile = files::json(&dir.join("config.json"))?;
+    let decoder = VaeDecoder::load(
+        weights(dir, device)?,
+        &VaeConfig {
+            latent_channels: v.latent_channels,
+            out_channels: v.out_channels,
+            block_out_channels: v.block_out_channels.clone(),
+            layers_per_block: v.layers_per_block,
+            norm_num_groups: v.norm_num_groups,
+            use_post_quant_conv: v.use_post_quant_conv,
+        },
+    )?;
+    Ok((decoder, v))
+}
+
 fn weights(dir: &Path, device: &Device) -> Result<VarBuilder<'static>, CandleError> {
     files::var_builder(dir, "diffusion_pytorch_model", device)
 }
@@ -526,6 +535,60 @@ mod tests {
         serde_json::from_value::<UNetFile>(Value::Object(json))
             .unwrap()
             .config()
+    }
+
+    fn parts(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../tests/fixtures/diffusion-parts")
+            .join(name)
+    }
+
+    fn npy(name: &str) -> Tensor {
+        let bytes = std::fs::read(parts(name)).unwrap();
+        let arr = npyz::NpyFile::new(&bytes[..]).unwrap();
+        let shape: Vec<usize> = arr.shape().iter().map(|&d| d as usize).collect();
+        Tensor::from_vec(arr.into_vec::<f32>().unwrap(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// `scripts/make_diffusion_fixture.py`: a random UNet shaped like SD 2.x (heads per level,
+    /// linear projections, three levels of two ResNets, a plain last level whose transformer
+    /// depth the middle block takes) and a VAE with the old attention names, on 5x7 latents (odd
+    /// sizes, so the way up must meet the way down's rounding).
+    #[test]
+    fn sd2_shaped_unet_and_old_vae_match_diffusers_on_odd_latents() {
+        let (unet, file) = load_unet(&parts("unet"), &Device::Cpu).unwrap();
+        let config = file.config().unwrap();
+        assert!(config.use_linear_projection);
+        assert_eq!(
+            config.blocks.iter().map(|b| b.heads).collect::<Vec<_>>(),
+            [2, 4, 4]
+        );
+        let latents = npy("latents.npy");
+        let case: Value =
+            serde_json::from_str(&std::fs::read_to_string(parts("case.json")).unwrap()).unwrap();
+        let t = case["timestep"].as_f64().unwrap();
+        let noise = unet.forward(&latents, t, &npy("context.npy")).unwrap();
+        let worst = largest_difference(&noise, &npy("unet_out.npy"));
+        assert!(worst < 1e-4, "unet: largest difference {worst}");
+
+        let (vae, _) = load_vae(&parts("vae"), &Device::Cpu).unwrap();
+        let image = vae.forward(&latents).unwrap();
+        let worst = largest_difference(&image, &npy("vae_out.npy"));
+        assert!(worst < 1e-4, "vae: largest difference {worst}");
     }
 
     #[test]
