@@ -931,8 +931,13 @@ fn candle_backend(
             .map_err(|e| e.to_string())?,
         )),
         Some(TaskKind::TextToImage) => Ok(Box::new(
-            DiffusionBackend::load(dir, &device, &config.diffusion.clone().unwrap_or_default())
-                .map_err(|e| e.to_string())?,
+            DiffusionBackend::load(
+                dir,
+                &device,
+                &config.diffusion.clone().unwrap_or_default(),
+                recipe.threads,
+            )
+            .map_err(|e| e.to_string())?,
         )),
         other => Err(format!(
             "backend candle serves task summarization or text-to-image, not {}",

@@ -27,16 +27,33 @@ pub struct DiffusionBackend {
     pipeline: StableDiffusion,
     defaults: DiffusionDefaults,
     signature: Signature,
+    /// On the CPU, the replica's own compute threads: its generations' parallel work (UNet
+    /// halves, convolution tiles, candle's matrix products) queues there, not in the process's
+    /// shared pool, where a long generation's work would make every other candle model's
+    /// operations wait behind it.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl DiffusionBackend {
     /// Loads the diffusers pipeline folder `dir` on `device`; `overrides` (from model.yaml)
-    /// replace the pipeline's defaults.
+    /// replace the pipeline's defaults. On the CPU the replica computes on `threads` threads of
+    /// its own.
     pub fn load(
         dir: &Path,
         device: &Device,
         overrides: &DiffusionParams,
+        threads: usize,
     ) -> Result<Self, CandleError> {
+        let pool = if device.is_cpu() {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads.max(1))
+                .thread_name(|i| format!("diffusion-{i}"))
+                .build()
+                .map_err(|e| CandleError::Invalid(format!("cannot start compute threads: {e}")))?;
+            Some(pool)
+        } else {
+            None
+        };
         let pipeline = StableDiffusion::load(dir, device)?;
         let defaults = pipeline.defaults().clone().with(overrides)?;
         let spec = |name: &str, datatype, shape: Vec<i64>| TensorSpec {
@@ -57,6 +74,7 @@ impl DiffusionBackend {
             pipeline,
             defaults,
             signature,
+            pool,
         })
     }
 
@@ -109,7 +127,11 @@ impl Backend for DiffusionBackend {
             latents: &latents,
         };
         let keep = |row: usize| !context.is_cancelled(row);
-        let images = self.pipeline.generate(&batch, &settings, &keep)?;
+        let generate = || self.pipeline.generate(&batch, &settings, &keep);
+        let images = match &self.pool {
+            Some(pool) => pool.install(generate),
+            None => generate(),
+        }?;
         let (h, w) = (settings.height, settings.width);
         let per = h * w * 3;
         let mut values = Vec::with_capacity(images.len() * per);
