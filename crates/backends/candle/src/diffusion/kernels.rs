@@ -702,20 +702,8 @@ fn erf(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::largest_difference;
     use candle_core::{Device, Module};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     #[test]
     fn exp_and_erf_are_accurate() {
@@ -765,7 +753,7 @@ mod tests {
             let got = conv2d(&x, &wt, &bias, stride, pad).unwrap();
             assert_eq!(got.dims(), want.dims());
             assert!(
-                max_diff(&got, &want) < 1e-4,
+                largest_difference(&got, &want) < 1e-4,
                 "conv {b}x{c_in}x{h}x{w} k{k} s{stride}"
             );
         }
@@ -780,22 +768,22 @@ mod tests {
         let gn = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), 64, 32, 1e-5).unwrap();
         let want = gn.forward(&x).unwrap();
         let got = group_norm(&x, &gamma, &beta, 32, 1e-5, false).unwrap();
-        assert!(max_diff(&got, &want) < 1e-4);
+        assert!(largest_difference(&got, &want) < 1e-4);
         let fallback = generic::group_norm(&x, &gamma, &beta, 32, 1e-5, false).unwrap();
-        assert!(max_diff(&fallback, &want) < 1e-4);
+        assert!(largest_difference(&fallback, &want) < 1e-4);
         let got = group_norm(&x, &gamma, &beta, 32, 1e-5, true).unwrap();
         let fallback = generic::group_norm(&x, &gamma, &beta, 32, 1e-5, true).unwrap();
-        assert!(max_diff(&got, &fallback) < 1e-4);
-        assert!(max_diff(&got, &candle_nn::ops::silu(&want).unwrap()) < 1e-4);
+        assert!(largest_difference(&got, &fallback) < 1e-4);
+        assert!(largest_difference(&got, &candle_nn::ops::silu(&want).unwrap()) < 1e-4);
 
         let s = Tensor::randn(0f32, 4.0, (3, 70, 300), &d).unwrap();
         for scale in [0.3, -0.7] {
             let want = generic::softmax_last_dim(&s, scale).unwrap();
-            assert!(max_diff(&softmax_last_dim(&s, scale).unwrap(), &want) < 1e-6);
+            assert!(largest_difference(&softmax_last_dim(&s, scale).unwrap(), &want) < 1e-6);
         }
 
         let g = Tensor::randn(0f32, 2.0, (2, 90, 64), &d).unwrap();
         let want = generic::geglu(&g).unwrap();
-        assert!(max_diff(&geglu(&g).unwrap(), &want) < 1e-5);
+        assert!(largest_difference(&geglu(&g).unwrap(), &want) < 1e-5);
     }
 }

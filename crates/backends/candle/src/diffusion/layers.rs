@@ -444,7 +444,8 @@ impl Upsample {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use crate::diffusion::largest_difference;
+    use candle_core::Device;
 
     #[test]
     fn attention_in_blocks_of_query_rows_equals_attention_at_once() {
@@ -472,16 +473,7 @@ mod tests {
                 let blocks = attention
                     .forward_within(&x, context, rows * 2 * 4 * s * 4)
                     .unwrap();
-                let diff = (&whole - &blocks)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = largest_difference(&whole, &blocks);
                 assert!(diff < 1e-5, "{rows} rows at a time: {diff}");
             }
         }

@@ -17,3 +17,15 @@ pub use pipeline::{
     DiffusionInputs, ImageSettings, StableDiffusion, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS,
 };
 pub use scheduler::{Schedule, Scheduler, SchedulerKind};
+
+/// The largest absolute difference between two tensors of one shape.
+#[cfg(test)]
+fn largest_difference(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .unwrap()
+}

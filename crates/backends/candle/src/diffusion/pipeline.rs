@@ -522,6 +522,7 @@ fn weights(dir: &Path, device: &Device) -> Result<VarBuilder<'static>, CandleErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::largest_difference;
 
     fn tiny_unet() -> serde_json::Map<String, Value> {
         let path = concat!(
@@ -548,20 +549,6 @@ mod tests {
         let arr = npyz::NpyFile::new(&bytes[..]).unwrap();
         let shape: Vec<usize> = arr.shape().iter().map(|&d| d as usize).collect();
         Tensor::from_vec(arr.into_vec::<f32>().unwrap(), shape, &Device::Cpu).unwrap()
-    }
-
-    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// `scripts/make_diffusion_fixture.py`: a random UNet shaped like SD 2.x (heads per level,
