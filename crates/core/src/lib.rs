@@ -13,7 +13,9 @@ mod dtype;
 mod error;
 mod infer;
 mod model;
+mod tally;
 mod tensor;
+mod yaml;
 
 pub use auth::{Token, REMOTE_CHANGES_NEED_TOKEN};
 pub use backend::{Backend, RunContext};
@@ -22,4 +24,6 @@ pub use dtype::{DataType, UnknownDataType};
 pub use error::{Error, Result};
 pub use infer::{InferRequest, InferResponse, Parameters};
 pub use model::{Signature, TensorSpec};
+pub use tally::Tally;
+pub use yaml::{check_yaml_depth, MAX_YAML_DEPTH};
 pub use tensor::{declared, element_count, BytesElements, NamedTensor, Tensor, TensorError};

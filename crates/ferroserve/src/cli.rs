@@ -176,6 +176,82 @@ pub struct RuntimeArgs {
     /// it first unloads the least recently used idle `load: lazy` models there. Default: none.
     #[arg(long, value_name = "BYTES|DEVICE=BYTES,...")]
     pub memory_budget: Option<ferroserve_runtime::MemoryBudget>,
+
+    /// Elements of all a request's input tensors together; more get HTTP 413 (gRPC
+    /// RESOURCE_EXHAUSTED) before any work is queued.
+    #[arg(long, default_value_t = 64 << 20, value_name = "N")]
+    pub max_request_elements: usize,
+
+    /// Elements of BYTES inputs (strings) in one request; more get HTTP 413. Each string costs
+    /// the model far more than its bytes on the wire.
+    #[arg(long, default_value_t = 1 << 20, value_name = "N")]
+    pub max_bytes_elements: usize,
+
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
+/// Bounds on each listener's connections (HTTP, gRPC, management, metrics).
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// Connections open at once on each listener; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = 2048, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Seconds a client has to send a request's headers (HTTP/1.1), counted from when the
+    /// connection is ready for a request, so it also closes idle keep-alive connections.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub header_read_timeout: f64,
+
+    /// Seconds a connection may stay open with no request in flight (HTTP/1.1, HTTP/2, gRPC).
+    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
+    pub idle_timeout: f64,
+
+    /// Longest wait, in seconds, for the next piece of a request body; also the grace period
+    /// before --min-body-rate applies.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub body_read_timeout: f64,
+
+    /// Bytes per second a request body must average once --body-read-timeout has passed (0:
+    /// no minimum).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub min_body_rate: u64,
+
+    /// Seconds between HTTP/2 pings that find peers gone without closing the connection.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub http2_keep_alive_interval: f64,
+
+    /// Seconds a ping may go unanswered before the connection is closed.
+    #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
+    pub http2_keep_alive_timeout: f64,
+}
+
+impl ConnectionArgs {
+    /// The listeners' limits; an error names a flag that is not a positive number of seconds.
+    pub fn limits(&self) -> anyhow::Result<ferroserve_listen::Limits> {
+        let seconds = |flag: &str, v: f64| {
+            if v > 0.0 && v.is_finite() && v < 1e9 {
+                Ok(std::time::Duration::from_secs_f64(v))
+            } else {
+                Err(anyhow::anyhow!("--{flag} must be a number of seconds above 0, got {v}"))
+            }
+        };
+        Ok(ferroserve_listen::Limits {
+            max_connections: self.max_connections as usize,
+            header_read_timeout: seconds("header-read-timeout", self.header_read_timeout)?,
+            idle_timeout: seconds("idle-timeout", self.idle_timeout)?,
+            body_read_timeout: seconds("body-read-timeout", self.body_read_timeout)?,
+            min_body_rate: self.min_body_rate,
+            http2_keep_alive_interval: seconds(
+                "http2-keep-alive-interval",
+                self.http2_keep_alive_interval,
+            )?,
+            http2_keep_alive_timeout: seconds(
+                "http2-keep-alive-timeout",
+                self.http2_keep_alive_timeout,
+            )?,
+        })
+    }
 }
 
 /// `ferroserve archive`.

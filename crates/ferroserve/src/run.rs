@@ -34,6 +34,7 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
             .or(spec.gateway.port_of("grpc"))
             .unwrap_or(DEFAULT_GRPC_PORT)
     });
+    let limits = args.runtime.connections.limits()?;
     let flow = Arc::new(
         Flow::build(spec, &executors, runtime.clone())
             .map_err(anyhow::Error::msg)
@@ -61,9 +62,10 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
                         repository_changes_without_token: args.host.is_loopback(),
                     },
                 );
-                servers.push(tokio::spawn(ferroserve_http::serve(
+                servers.push(tokio::spawn(ferroserve_listen::serve(
                     listener,
                     app,
+                    limits.clone(),
                     until_stopped(stopped.clone()),
                 )));
             }
@@ -78,12 +80,15 @@ pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
                     max_message_bytes: args.runtime.max_request_bytes,
                     management_token: None,
                     repository_changes_without_token: args.host.is_loopback(),
+                    limits: limits.clone(),
                 };
-                servers.push(tokio::spawn(async move {
-                    ferroserve_grpc::serve_with(listener, runtime, Some(flow), options, stop)
-                        .await
-                        .map_err(std::io::Error::other)
-                }));
+                servers.push(tokio::spawn(ferroserve_grpc::serve_with(
+                    listener,
+                    runtime,
+                    Some(flow),
+                    options,
+                    stop,
+                )));
             }
             tracing::info!("server ready");
             shutdown_signal().await;

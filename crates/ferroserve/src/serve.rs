@@ -25,6 +25,10 @@ pub(crate) fn start_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<Runtime>> 
             max_queue_size: args.max_queue_size.max(1),
             task_threads: args.task_threads.map(|n| n as usize),
             memory_budget: args.memory_budget.clone().unwrap_or_default(),
+            request_limits: ferroserve_runtime::RequestLimits {
+                max_elements: args.max_request_elements,
+                max_bytes_elements: args.max_bytes_elements,
+            },
         },
     )
     .context("cannot start the task preprocessing threads")?;
@@ -110,6 +114,7 @@ async fn serve(
     token: Option<ferroserve_core::Token>,
 ) -> anyhow::Result<()> {
     // Listen first, so liveness probes answer while models load; readiness waits for them.
+    let limits = args.runtime.connections.limits()?;
     let http = bind(SocketAddr::new(args.host, args.http_port), "HTTP").await?;
     let (stop, stopped) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -123,9 +128,10 @@ async fn serve(
             repository_changes_without_token: args.host.is_loopback(),
         },
     );
-    let mut servers = vec![tokio::spawn(ferroserve_http::serve(
+    let mut servers = vec![tokio::spawn(ferroserve_listen::serve(
         http,
         app,
+        limits.clone(),
         until_stopped(stopped.clone()),
     ))];
     let grpc = bind(SocketAddr::new(args.host, args.grpc_port), "gRPC").await?;
@@ -133,19 +139,19 @@ async fn serve(
         max_message_bytes: args.grpc_max_message_bytes,
         management_token: token.clone(),
         repository_changes_without_token: args.host.is_loopback(),
+        limits: limits.clone(),
     };
     let grpc_runtime = runtime.clone();
     let grpc_stop = until_stopped(stopped.clone());
     servers.push(tokio::spawn(async move {
-        ferroserve_grpc::serve(grpc, grpc_runtime, grpc_options, grpc_stop)
-            .await
-            .map_err(std::io::Error::other)
+        ferroserve_grpc::serve(grpc, grpc_runtime, grpc_options, grpc_stop).await
     }));
     if let Some(port) = args.metrics_port {
         let listener = bind(SocketAddr::new(args.host, port), "metrics").await?;
-        servers.push(tokio::spawn(ferroserve_http::serve(
+        servers.push(tokio::spawn(ferroserve_listen::serve(
             listener,
             ferroserve_http::metrics_router(runtime.clone()),
+            limits.clone(),
             until_stopped(stopped.clone()),
         )));
     }
@@ -155,7 +161,7 @@ async fn serve(
         "management API",
     )
     .await?;
-    servers.push(tokio::spawn(ferroserve_http::serve(
+    servers.push(tokio::spawn(ferroserve_listen::serve(
         management,
         ferroserve_http::management_router(
             runtime.clone(),
@@ -165,6 +171,7 @@ async fn serve(
                 repository_changes_without_token: true,
             },
         ),
+        limits,
         until_stopped(stopped.clone()),
     )));
 

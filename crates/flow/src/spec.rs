@@ -438,6 +438,7 @@ impl FlowSpec {
 
     /// Parses and checks YAML text; model paths resolve against `base`.
     pub fn parse(text: &str, base: PathBuf) -> Result<Self, String> {
+        ferroserve_core::check_yaml_depth(text)?;
         let value: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
         let jtype = value
@@ -559,6 +560,17 @@ impl FlowSpec {
                 if e.replicas == Some(0) || e.shards == 0 {
                     return Err(format!(
                         "{what}[{i}]: replicas and shards must be at least 1"
+                    ));
+                }
+                let most = ferroserve_runtime::MAX_REPLICAS;
+                let asked = e
+                    .replicas
+                    .unwrap_or(1)
+                    .max(e.autoscaling.as_ref().map_or(1, |a| a.max_replicas))
+                    .saturating_mul(e.shards);
+                if asked > most {
+                    return Err(format!(
+                        "{what}[{i}]: replicas (or autoscaling.max_replicas) times shards is {asked}; at most {most} instances are allowed, as through the management API"
                     ));
                 }
                 if let Some(a) = &e.autoscaling {

@@ -327,6 +327,7 @@ impl ModelConfig {
         }) {
             return Ok(Self::default());
         }
+        ferroserve_core::check_yaml_depth(text).map_err(fail)?;
         let mut config: ModelConfig =
             serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
                 .map_err(|e| fail(describe(&e.path().to_string(), e.inner())))?;
@@ -343,8 +344,12 @@ impl ModelConfig {
                     .into(),
             ));
         }
-        if config.replicas == 0 {
-            return Err(fail("replicas must be at least 1".into()));
+        if config.replicas == 0 || config.replicas > crate::MAX_REPLICAS {
+            return Err(fail(format!(
+                "replicas must be between 1 and {} (got {})",
+                crate::MAX_REPLICAS,
+                config.replicas
+            )));
         }
         config.task_config().check().map_err(fail)?;
         if let Some(db) = &config.dynamic_batching {

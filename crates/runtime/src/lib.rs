@@ -35,6 +35,7 @@ mod validate;
 
 pub use budget::{parse_bytes, MemoryBudget};
 pub use catalog::AccessPolicy;
+pub use validate::RequestLimits;
 pub use lifecycle::PollReport;
 pub use manage::{
     ModelDescription, ModelList, ModelListItem, ScaleRequest, VersionDescription, MAX_REPLICAS,

@@ -50,18 +50,20 @@ impl CpuPool {
     }
 
     /// Runs `job` on the pool for an admitted request and waits for it. A job whose caller went
-    /// away before it started is skipped.
+    /// away before it started is skipped; one that runs gets a function that says whether the
+    /// caller has gone since, to stop early.
     pub async fn run<R, F>(&self, _admitted: &Admission, job: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce() -> Result<R> + Send + 'static,
+        F: FnOnce(&(dyn Fn() -> bool + Sync)) -> Result<R> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         self.pool.spawn(move || {
             if tx.is_closed() {
                 return;
             }
-            let result = std::panic::catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|_| {
+            let gone = || tx.is_closed();
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| job(&gone))).unwrap_or_else(|_| {
                 Err(Error::Internal(
                     "preprocessing panicked; the server is still running".into(),
                 ))

@@ -40,6 +40,8 @@ pub struct RuntimeOptions {
     /// at once on each device. Loading past it first unloads the least recently used idle lazy
     /// models holding memory there; a load that cannot fit fails. Default: none.
     pub memory_budget: crate::MemoryBudget,
+    /// Element counts a request may carry.
+    pub request_limits: crate::RequestLimits,
 }
 
 impl Default for RuntimeOptions {
@@ -48,6 +50,7 @@ impl Default for RuntimeOptions {
             max_queue_size: 1024,
             task_threads: None,
             memory_budget: crate::MemoryBudget::default(),
+            request_limits: crate::RequestLimits::default(),
         }
     }
 }
@@ -629,6 +632,7 @@ impl Runtime {
         let v = self.resolve(model, version)?;
         let id = request.id.clone();
         let outputs = observed(&v, async {
+            validate::cost(&request, &self.options.request_limits)?;
             validate::check(model, &v.config.signature, &request)?;
             match &v.task {
                 None => v.scheduler.submit(request).await,
@@ -695,8 +699,8 @@ impl Runtime {
         let mut parameters = request.parameters.clone();
         let (prepared, parameters) = self
             .cpu
-            .run(&admitted, move || {
-                t.prepare(input, rows, &mut parameters)
+            .run(&admitted, move |gone| {
+                t.prepare(input, rows, &mut parameters, gone)
                     .map(|p| (p, parameters))
             })
             .await?;
@@ -716,7 +720,7 @@ impl Runtime {
         let t = task.clone();
         let plan = prepared.plan;
         self.cpu
-            .run(&admitted, move || t.finish(plan, outputs))
+            .run(&admitted, move |_| t.finish(plan, outputs))
             .await
     }
 

@@ -2,7 +2,53 @@
 
 use std::collections::HashSet;
 
-use ferroserve_core::{Error, InferRequest, Result, Signature};
+use ferroserve_core::{DataType, Error, InferRequest, Result, Signature};
+
+/// What one request may ask of the server, checked before any work is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Elements in all of a request's input tensors together. Default: 64 Mi (67,108,864).
+    pub max_elements: usize,
+    /// Elements of BYTES inputs in a request: each costs far more than its bytes on the wire
+    /// (an empty string is 3 bytes of JSON but a whole string to the model). Default: 1 Mi
+    /// (1,048,576).
+    pub max_bytes_elements: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_elements: 64 << 20,
+            max_bytes_elements: 1 << 20,
+        }
+    }
+}
+
+/// Refuses a request whose element counts pass `limits` ([`Error::TooLarge`], HTTP 413).
+pub fn cost(request: &InferRequest, limits: &RequestLimits) -> Result<()> {
+    let mut all = 0usize;
+    let mut strings = 0usize;
+    for input in &request.inputs {
+        let n = input.tensor.element_count();
+        all = all.saturating_add(n);
+        if input.tensor.dtype() == DataType::Bytes {
+            strings = strings.saturating_add(n);
+        }
+    }
+    if strings > limits.max_bytes_elements {
+        return Err(Error::TooLarge(format!(
+            "the request has {strings} BYTES elements; the server accepts at most {} per request (--max-bytes-elements)",
+            limits.max_bytes_elements
+        )));
+    }
+    if all > limits.max_elements {
+        return Err(Error::TooLarge(format!(
+            "the request has {all} tensor elements; the server accepts at most {} per request (--max-request-elements)",
+            limits.max_elements
+        )));
+    }
+    Ok(())
+}
 
 /// Checks names, data types, shapes and requested outputs. The error names the first problem.
 pub fn check(model: &str, signature: &Signature, request: &InferRequest) -> Result<()> {
@@ -101,6 +147,24 @@ mod tests {
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn element_counts_are_bounded() {
+        let limits = RequestLimits {
+            max_elements: 10,
+            max_bytes_elements: 3,
+        };
+        let strings = |n: usize| NamedTensor {
+            name: "S".into(),
+            tensor: Tensor::from_bytes_elements(vec![n], std::iter::repeat_n(&b""[..], n)).unwrap(),
+        };
+        cost(&req(vec![strings(3), input("A", DataType::Int32, vec![7])], &[]), &limits).unwrap();
+        let e = cost(&req(vec![strings(4)], &[]), &limits).unwrap_err();
+        assert!(matches!(e, Error::TooLarge(ref m) if m.contains("4 BYTES elements")), "{e}");
+        let e = cost(&req(vec![strings(3), input("A", DataType::Int32, vec![8])], &[]), &limits)
+            .unwrap_err();
+        assert!(matches!(e, Error::TooLarge(ref m) if m.contains("11 tensor elements")), "{e}");
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub struct ImageConfig {
     /// Largest image accepted, in pixels (width × height), checked from the header before any
     /// pixel is decoded. Default: 40,000,000.
     pub max_pixels: u64,
+    /// Largest number of pixels of all a request's images together, checked from their headers
+    /// before any is decoded: decoding costs time and memory by the pixel, whatever the size of
+    /// the file (a 6000x6000 1-bit PNG is a few kilobytes). Default: 100,000,000.
+    pub max_request_pixels: u64,
 }
 
 impl Default for ImageConfig {
@@ -104,6 +108,7 @@ impl Default for ImageConfig {
             std: [0.229, 0.224, 0.225],
             layout: None,
             max_pixels: 40_000_000,
+            max_request_pixels: 100_000_000,
         }
     }
 }
@@ -357,8 +362,8 @@ impl TaskConfig {
                         .into(),
                 );
             }
-            if i.max_pixels == 0 {
-                return Err("image.max_pixels must be at least 1".into());
+            if i.max_pixels == 0 || i.max_request_pixels == 0 {
+                return Err("image.max_pixels and image.max_request_pixels must be at least 1".into());
             }
             let sizes = match i.resize {
                 Some(Resize::ShorterSide(n)) => vec![n],

@@ -26,7 +26,8 @@ pub(crate) struct ImagePipeline {
     /// Per channel (model order): value = pixel * mul + add, i.e. (pixel*scale - mean) / std.
     mul: [f32; 3],
     add: [f32; 3],
-    max_pixels: u64,
+    pub max_pixels: u64,
+    pub max_request_pixels: u64,
 }
 
 impl ImagePipeline {
@@ -129,6 +130,7 @@ impl ImagePipeline {
             mul,
             add,
             max_pixels: config.max_pixels,
+            max_request_pixels: config.max_request_pixels,
         })
     }
 
@@ -139,8 +141,8 @@ impl ImagePipeline {
 
     /// Decodes, resizes and crops one image, and writes its normalised values into `out` (one
     /// image's worth of the model's input, in f32 before the final element-type conversion).
-    pub fn process(&self, index: usize, encoded: &[u8], out: &mut [f32]) -> Result<()> {
-        let rgb = decode(index, encoded, self.max_pixels)?;
+    pub fn process(&self, index: usize, encoded: &[u8], head: Header, out: &mut [f32]) -> Result<()> {
+        let rgb = decode(index, encoded, head)?;
         let (w, h) = rgb.dimensions();
         // The resized size (torchvision's rule for a shorter side: it becomes `s`, the longer
         // one scales and is truncated). It is never allocated: only the crop window is computed.
@@ -239,9 +241,22 @@ pub(crate) fn names(specs: &[TensorSpec]) -> String {
         .join(", ")
 }
 
-/// Decodes an encoded image into RGB, refusing unknown formats and images over `max_pixels`
-/// from their header, before any pixel is decoded.
-fn decode(index: usize, bytes: &[u8], max_pixels: u64) -> Result<image::RgbImage> {
+/// What an encoded image's header says, read before any pixel is decoded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Header {
+    format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Header {
+    pub fn pixels(&self) -> u64 {
+        self.width as u64 * self.height as u64
+    }
+}
+
+/// Reads image `index`'s header, refusing unknown formats and images over `max_pixels`.
+pub(crate) fn header(index: usize, bytes: &[u8], max_pixels: u64) -> Result<Header> {
     let format = image::guess_format(bytes).map_err(|_| {
         Error::invalid(format!(
             "input {index} is not an image: its bytes start like none of JPEG, PNG, WebP, GIF or BMP"
@@ -259,24 +274,27 @@ fn decode(index: usize, bytes: &[u8], max_pixels: u64) -> Result<image::RgbImage
             "input {index} is a {format:?} image; accepted formats are JPEG, PNG, WebP, GIF and BMP"
         )));
     }
-    let name = format!("{format:?}").to_uppercase();
-    let corrupt = |e: image::ImageError| {
-        Error::invalid(format!(
-            "input {index} is not a readable {name} image: {}",
-            e.to_string().trim_end()
-        ))
+    let name = format_name(format);
+    let dims = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions();
+    // The WebP decoder reports a canvas it refuses to decode (over 16383 pixels a side) as
+    // 0x0 or an error; the size the file declares is what the limit is about.
+    let unusable = !matches!(dims, Ok((w, h)) if w > 0 && h > 0);
+    let declared = (format == ImageFormat::WebP && unusable)
+        .then(|| webp_declared_size(bytes))
+        .flatten()
+        .filter(|&(w, h)| w as u64 * h as u64 > max_pixels);
+    let (w, h) = match declared {
+        Some(wh) => wh,
+        None => dims.map_err(|e| corrupt(index, name.clone(), e))?,
     };
-    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(corrupt)?;
-    if w == 0 || h == 0 {
-        return Err(Error::invalid(format!(
-            "input {index} is an empty {w}x{h} image"
-        )));
-    }
     if w as u64 * h as u64 > max_pixels {
         return Err(Error::TooLarge(format!(
             "input {index} is a {w}x{h} {name} image, over the limit of {max_pixels} pixels (image.max_pixels)"
+        )));
+    }
+    if w == 0 || h == 0 {
+        return Err(Error::invalid(format!(
+            "input {index} is an empty {w}x{h} image"
         )));
     }
     if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
@@ -284,12 +302,57 @@ fn decode(index: usize, bytes: &[u8], max_pixels: u64) -> Result<image::RgbImage
             "input {index} is a truncated JPEG image: it has no end-of-image marker"
         )));
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    Ok(Header {
+        format,
+        width: w,
+        height: h,
+    })
+}
+
+fn format_name(format: ImageFormat) -> String {
+    format!("{format:?}").to_uppercase()
+}
+
+fn corrupt(index: usize, name: String, e: image::ImageError) -> Error {
+    Error::invalid(format!(
+        "input {index} is not a readable {name} image: {}",
+        e.to_string().trim_end()
+    ))
+}
+
+/// Decodes image `index`, whose header was checked, into RGB; the decoder may not allocate
+/// for more than the header said.
+fn decode(index: usize, bytes: &[u8], header: Header) -> Result<image::RgbImage> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), header.format);
     let mut limits = Limits::default();
-    limits.max_image_width = Some(w);
-    limits.max_image_height = Some(h);
+    limits.max_image_width = Some(header.width);
+    limits.max_image_height = Some(header.height);
     reader.limits(limits);
-    Ok(reader.decode().map_err(corrupt)?.into_rgb8())
+    Ok(reader
+        .decode()
+        .map_err(|e| corrupt(index, format_name(header.format), e))?
+        .into_rgb8())
+}
+
+/// The canvas size a WebP file declares in its first chunk (VP8X, VP8L or VP8), read by hand
+/// because the decoder will not report sizes it does not decode.
+fn webp_declared_size(b: &[u8]) -> Option<(u32, u32)> {
+    let le24 = |i: usize| Some(u32::from_le_bytes([*b.get(i)?, *b.get(i + 1)?, *b.get(i + 2)?, 0]));
+    match b.get(12..16)? {
+        b"VP8X" => Some((le24(24)? + 1, le24(27)? + 1)),
+        b"VP8L" => {
+            // After the 0x2f signature: 14 bits of width-1, then 14 bits of height-1.
+            let v = u32::from_le_bytes(b.get(21..25)?.try_into().ok()?);
+            Some(((v & 0x3fff) + 1, ((v >> 14) & 0x3fff) + 1))
+        }
+        b"VP8 " => {
+            // A key frame: 3 bytes of frame tag, 3 of start code, then 14-bit width and height.
+            let w = u16::from_le_bytes(b.get(26..28)?.try_into().ok()?) & 0x3fff;
+            let h = u16::from_le_bytes(b.get(28..30)?.try_into().ok()?) & 0x3fff;
+            Some((w.into(), h.into()))
+        }
+        _ => None,
+    }
 }
 
 /// Whether a JPEG stream ends with its end-of-image marker (allowing trailing padding, which

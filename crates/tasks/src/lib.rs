@@ -271,11 +271,13 @@ impl Task {
     ///
     /// `parameters` are the request's; the task takes out those it turns into inputs
     /// (text-to-image's `negative_prompt`, `seed`, `img_size`) and leaves the rest for the model.
+    /// `gone()` says whether the client has left; long work stops early when it has.
     pub fn prepare(
         &self,
         input: TaskInput,
         max_rows: usize,
         parameters: &mut ferroserve_core::Parameters,
+        gone: &(dyn Fn() -> bool + Sync),
     ) -> Result<Prepared> {
         let max_rows = if max_rows == 0 { usize::MAX } else { max_rows };
         if input.is_empty() {
@@ -283,7 +285,7 @@ impl Task {
         }
         match (&self.head, input) {
             (Head::Image { pipe, .. }, TaskInput::Images(images)) => {
-                prepare_images(pipe, &images, max_rows)
+                prepare_images(pipe, &images, max_rows, gone)
             }
             (
                 Head::Embedding { text, .. } | Head::TextClassification { text, .. },
@@ -586,20 +588,48 @@ fn public_signature(head: &Head, model: &Signature) -> Signature {
     }
 }
 
-fn prepare_images(pipe: &ImagePipeline, images: &[Bytes], max_rows: usize) -> Result<Prepared> {
+fn prepare_images(
+    pipe: &ImagePipeline,
+    images: &[Bytes],
+    max_rows: usize,
+    gone: &(dyn Fn() -> bool + Sync),
+) -> Result<Prepared> {
     if images.len() > MAX_IMAGES {
         return Err(Error::TooLarge(format!(
             "the request has {} images; at most {MAX_IMAGES} are accepted in one request",
             images.len()
         )));
     }
+    // Every header first: a request whose images together are too large is refused before
+    // any of them is decoded.
+    let headers = images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| image::header(i, img, pipe.max_pixels))
+        .collect::<Result<Vec<_>>>()?;
+    let pixels: u64 = headers.iter().map(|h| h.pixels()).sum();
+    if pixels > pipe.max_request_pixels {
+        return Err(Error::TooLarge(format!(
+            "the request's {} images have {pixels} pixels together, over the limit of {} per request (image.max_request_pixels)",
+            images.len(),
+            pipe.max_request_pixels
+        )));
+    }
     let per = pipe.values_per_image();
     let mut values = vec![0.0f32; images.len() * per];
     values
         .par_chunks_mut(per)
-        .zip(images.par_iter())
+        .zip(images.par_iter().zip(headers))
         .enumerate()
-        .try_for_each(|(i, (out, img))| pipe.process(i, img, out))?;
+        .try_for_each(|(i, (out, (img, head)))| {
+            // A client that left is not decoded for.
+            if gone() {
+                return Err(Error::Unavailable(
+                    "the client went away before its images were decoded".into(),
+                ));
+            }
+            pipe.process(i, img, head, out)
+        })?;
     let (h, w) = (pipe.height as usize, pipe.width as usize);
     let mut requests = Vec::new();
     let mut rows = Vec::new();

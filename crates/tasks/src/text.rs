@@ -25,6 +25,8 @@ pub(crate) struct Encoded {
 /// Tokenising resolved against a model's inputs.
 pub(crate) struct TextPipeline {
     tokenizer: Tokenizer,
+    /// Tokens an input keeps (the truncation length).
+    max_length: usize,
     pub max_batch_tokens: usize,
     pub max_inputs: usize,
     ids: (String, DataType),
@@ -101,6 +103,7 @@ impl TextPipeline {
         })?;
         Ok(Self {
             tokenizer,
+            max_length,
             max_batch_tokens: config.max_batch_tokens,
             max_inputs: config.max_inputs,
             ids,
@@ -123,9 +126,8 @@ impl TextPipeline {
         if text.is_empty() {
             return Err(Error::invalid(format!("input {index} is an empty string")));
         }
-        let enc = self
-            .tokenizer
-            .encode(text, true)
+        let (enc, cut) = self
+            .encode_bounded(text)
             .map_err(|e| Error::invalid(format!("input {index} could not be tokenised: {e}")))?;
         if enc.get_ids().is_empty() {
             return Err(Error::invalid(format!(
@@ -135,8 +137,25 @@ impl TextPipeline {
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
-            truncated: !enc.get_overflowing().is_empty(),
+            truncated: cut || !enc.get_overflowing().is_empty(),
         })
+    }
+
+    /// Tokenises no more of `text` than truncation keeps: growing prefixes, each ending at a
+    /// whitespace boundary, until one yields more tokens than `max_length` (then the kept
+    /// tokens are those of the whole text) or the prefix is the whole text. Tokenising a 20 MB
+    /// text whole to keep its first 256 tokens would cost gigabytes and tens of seconds.
+    /// Also says whether a prefix was cut off.
+    fn encode_bounded(&self, text: &str) -> tokenizers::Result<(tokenizers::Encoding, bool)> {
+        let mut len = self.max_length.saturating_mul(16).max(4096);
+        loop {
+            let end = prefix_end(text, len);
+            let enc = self.tokenizer.encode(&text[..end], true)?;
+            if end == text.len() || !enc.get_overflowing().is_empty() {
+                return Ok((enc, end < text.len()));
+            }
+            len = len.saturating_mul(4);
+        }
     }
 
     /// Token ids back to text, special tokens left out.
@@ -197,7 +216,14 @@ fn default_max_length(files: &Files, tokenizer: &Tokenizer) -> usize {
         let path = files.try_find(file)?;
         read_json(&path)?.get(field)?.as_u64().map(|n| n as usize)
     };
-    let positions = json_field("config.json", "max_position_embeddings");
+    // T5 checkpoints have no absolute positions, but were trained on 512 tokens, transformers'
+    // limit for them; a longer input is slow, not better.
+    let positions = json_field("config.json", "max_position_embeddings")
+        .or_else(|| json_field("config.json", "n_positions"))
+        .or_else(|| {
+            let path = files.try_find("config.json")?;
+            (read_json(&path)?.get("model_type")?.as_str()? == "t5").then_some(512)
+        });
     // transformers writes a huge model_max_length (1e30) for "no limit" (T5's relative
     // positions have none): then only the token budget bounds an input.
     let tokenizer_limit = || {
@@ -211,6 +237,23 @@ fn default_max_length(files: &Files, tokenizer: &Tokenizer) -> usize {
         .or(positions)
         .unwrap_or(512)
         .min(positions.unwrap_or(usize::MAX))
+}
+
+/// The end (a byte index) of the longest prefix of `text` of at most `len` bytes that ends just
+/// before whitespace, so no word is cut; a prefix cut inside the first word that long when
+/// there is none; the whole text when it is no longer.
+fn prefix_end(text: &str, len: usize) -> usize {
+    if text.len() <= len {
+        return text.len();
+    }
+    let mut end = len;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    match text[..end].rfind(char::is_whitespace) {
+        Some(i) if i > 0 => i,
+        _ => end,
+    }
 }
 
 pub(crate) fn read_json(path: &Path) -> Option<Value> {
@@ -247,6 +290,15 @@ fn chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_end_before_whitespace() {
+        assert_eq!(prefix_end("short", 10), 5);
+        assert_eq!(prefix_end("one two three", 9), 7);
+        assert_eq!(prefix_end("onetwothree", 5), 5);
+        // Never inside a multi-byte character.
+        assert_eq!(prefix_end("ééé", 3), 2);
+    }
 
     #[test]
     fn chunks_respect_rows_and_tokens() {

@@ -442,6 +442,19 @@ impl T5 {
     /// Encodes a batch of token ids (batch, len), u32, with `mask` (batch, len) 1 for tokens and 0
     /// for padding; returns the last hidden state (batch, len, d_model).
     pub fn encode(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let never = || false;
+        let encoded = self.encode_until(ids, mask, &never)?;
+        encoded.ok_or_else(|| candle_core::Error::Msg("the encoder was stopped".into()))
+    }
+
+    /// [`T5::encode`], asking `stop()` before each layer: a long input's encoder pass takes
+    /// seconds, and nobody may be waiting for it any more. `None` when it stopped.
+    pub fn encode_until(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        stop: &dyn Fn() -> bool,
+    ) -> candle_core::Result<Option<Tensor>> {
         let (_, len) = ids.dims2()?;
         let mut xs = self.shared.forward(ids)?;
         let bias = self
@@ -449,13 +462,16 @@ impl T5 {
             .compute(len, len, 0, &self.device)?
             .broadcast_add(&additive_mask(mask)?)?;
         for block in &self.encoder {
+            if stop() {
+                return Ok(None);
+            }
             let h = block.attn_norm.forward(&xs)?;
             let (k, v) = block.attn.keys_values(&h)?;
             xs = (xs + block.attn.attend(&h, &k, &v, &bias)?)?;
             let h = block.ff_norm.forward(&xs)?;
             xs = (&xs + block.ff.forward(&h)?)?;
         }
-        self.encoder_norm.forward(&xs)
+        self.encoder_norm.forward(&xs).map(Some)
     }
 
     /// The decoder's state before its first token, for an encoder output and its mask.

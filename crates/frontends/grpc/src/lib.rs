@@ -50,6 +50,8 @@ pub struct GrpcOptions {
     /// Whether load and unload are served without a token (see the HTTP frontend's option of
     /// the same name). Default: true.
     pub repository_changes_without_token: bool,
+    /// Bounds on the listener's connections: how many, idle and keep-alive times.
+    pub limits: ferroserve_listen::Limits,
 }
 
 impl Default for GrpcOptions {
@@ -58,6 +60,7 @@ impl Default for GrpcOptions {
             max_message_bytes: 64 * 1024 * 1024,
             management_token: None,
             repository_changes_without_token: true,
+            limits: ferroserve_listen::Limits::default(),
         }
     }
 }
@@ -69,7 +72,7 @@ pub async fn serve(
     runtime: Arc<Runtime>,
     options: GrpcOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> std::io::Result<()> {
     serve_with(listener, runtime, None, options, shutdown).await
 }
 
@@ -81,7 +84,7 @@ pub async fn serve_with(
     flow: Option<Arc<ferroserve_flow::Flow>>,
     options: GrpcOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> std::io::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     // Known from the start (NOT_SERVING while models load), so a check never finds the service
     // unregistered.
@@ -109,25 +112,23 @@ pub async fn serve_with(
     )
     .max_decoding_message_size(options.max_message_bytes)
     .max_encoding_message_size(options.max_message_bytes);
-    tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            too_large_is_resource_exhausted,
-        ))
-        .add_service(health_service)
-        .add_service(inference)
-        .add_optional_service(flow.map(|f| {
+    let mut routes = tonic::service::Routes::new(health_service).add_service(inference);
+    if let Some(f) = flow {
+        routes = routes.add_service(
             documents_proto::document_service_server::DocumentServiceServer::new(
                 DocumentsService::new(f),
             )
             .max_decoding_message_size(options.max_message_bytes)
-            .max_encoding_message_size(options.max_message_bytes)
-        }))
-        // Small HTTP/2 frames must not wait for Nagle's algorithm.
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
+            .max_encoding_message_size(options.max_message_bytes),
+        );
+    }
+    let app = routes
+        .prepare()
+        .into_axum_router()
+        .layer(tower::util::MapResponseLayer::new(
+            too_large_is_resource_exhausted,
+        ));
+    ferroserve_listen::serve(listener, app, options.limits, shutdown).await
 }
 
 /// tonic answers a message over the size limit with OUT_OF_RANGE; gRPC's own servers (and

@@ -3,7 +3,10 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ferroserve_core::Error;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ferroserve_core::{Error, Tally};
 
 /// A runtime error on its way to an HTTP client.
 #[derive(Debug)]
@@ -14,6 +17,10 @@ impl From<Error> for ApiError {
         ApiError(e)
     }
 }
+
+/// Requests refused because a model could not take them, summarised every 10 s.
+static REJECTED: LazyLock<Tally> =
+    LazyLock::new(|| Tally::new("requests rejected", Duration::from_secs(10)));
 
 /// The HTTP status for each kind of error; the one place that mapping lives.
 pub fn status(e: &Error) -> StatusCode {
@@ -32,10 +39,14 @@ pub fn status(e: &Error) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status(&self.0);
-        if status.is_server_error() {
-            tracing::warn!(%status, error = %self.0, "request failed");
-        } else {
-            tracing::debug!(%status, error = %self.0, "request rejected");
+        match &self.0 {
+            Error::Internal(_) => tracing::warn!(%status, error = %self.0, "request failed"),
+            // Refusals under load come by the thousand: one summary line per interval.
+            Error::Overloaded(m) | Error::Unavailable(m) => {
+                tracing::debug!(%status, error = %m, "request rejected");
+                REJECTED.note(m);
+            }
+            _ => tracing::debug!(%status, error = %self.0, "request rejected"),
         }
         let mut response = (
             status,

@@ -11,7 +11,7 @@
 //!
 //! let app = router(runtime, HttpOptions::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
-//! ferroserve_http::serve(listener, app, std::future::pending()).await
+//! ferroserve_listen::serve(listener, app, ferroserve_listen::Limits::default(), std::future::pending()).await
 //! # }
 //! ```
 
@@ -26,7 +26,6 @@ mod openai;
 mod torchserve;
 pub mod v2;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -98,10 +97,21 @@ impl AppState {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
             Err(e) => Err(ApiError(Error::invalid(format!(
-                "could not read the request body: {e}"
+                "could not read the request body: {}",
+                body_error(&*e)
             )))),
         }
     }
+}
+
+/// The innermost cause of a body read error: a [`ferroserve_listen::BodyTooSlow`] says what the
+/// client did wrong, where the wrappers around it only say "error reading a body".
+pub(crate) fn body_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// Builds the router with every route of this frontend.
@@ -143,7 +153,7 @@ fn finish(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(RequestDecompressionLayer::new())
-        .layer(TraceLayer::new_for_http())
+        .layer(trace_layer())
         .with_state(state)
 }
 
@@ -233,6 +243,22 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
+/// Request spans and timings at debug level. A 5xx is the server's answer, not a fault of the
+/// server's (a full queue, a client's own deadline): `ApiError` logs what needs attention, and
+/// an ERROR line per refused request under overload would flood the log.
+pub(crate) fn trace_layer() -> TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    tower_http::trace::DefaultMakeSpan,
+    tower_http::trace::DefaultOnRequest,
+    tower_http::trace::DefaultOnResponse,
+    tower_http::trace::DefaultOnBodyChunk,
+    tower_http::trace::DefaultOnEos,
+    tower_http::trace::DefaultOnFailure,
+> {
+    TraceLayer::new_for_http()
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
+}
+
 pub(crate) async fn not_found(uri: Uri) -> (StatusCode, Json<serde_json::Value>) {
     (
         StatusCode::NOT_FOUND,
@@ -248,15 +274,4 @@ pub(crate) async fn method_not_allowed(
         StatusCode::METHOD_NOT_ALLOWED,
         Json(serde_json::json!({ "error": format!("{method} is not allowed on {}", uri.path()) })),
     )
-}
-
-/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -55,7 +55,7 @@ pub fn management_router(runtime: Arc<Runtime>, options: HttpOptions) -> Router 
             state.clone(),
             require_token,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(crate::trace_layer())
         .with_state(state)
 }
 

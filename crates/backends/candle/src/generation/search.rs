@@ -37,7 +37,10 @@ pub fn generate(
         )));
     }
     let (ids, mask) = padded(inputs, model.config().pad_token_id, model.device())?;
-    let encoded = model.encode(&ids, &mask)?;
+    let all_gone = || (0..inputs.len()).all(cancelled);
+    let Some(encoded) = model.encode_until(&ids, &mask, &all_gone)? else {
+        return Ok(vec![None; inputs.len()]);
+    };
     let state = model.start(&encoded, &mask)?;
     if g.num_beams == 1 {
         greedy(model, state, inputs.len(), g, cancelled)
