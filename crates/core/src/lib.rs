@@ -25,5 +25,5 @@ pub use error::{Error, Result};
 pub use infer::{InferRequest, InferResponse, Parameters};
 pub use model::{Signature, TensorSpec};
 pub use tally::Tally;
-pub use yaml::{check_yaml_depth, MAX_YAML_DEPTH};
 pub use tensor::{declared, element_count, BytesElements, NamedTensor, Tensor, TensorError};
+pub use yaml::{check_yaml_depth, MAX_YAML_DEPTH};

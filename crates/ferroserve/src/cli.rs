@@ -31,9 +31,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve every model of a model repository over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Serve a Deployment or a Flow from its YAML file (Jina's `jtype: Deployment | Flow`).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Post a file of documents to a running Deployment or Flow, in requests of a given size.
     Client(ClientArgs),
     /// Send one inference request to a running server and print the response.
@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// to twice that.
     #[arg(long, value_name = "BYTES", value_parser = ferroserve_runtime::parse_bytes, default_value = "32Gi")]
     pub max_archive_bytes: u64,
+
+    /// Size of the archive cache beyond which folders no served model uses are removed, least
+    /// recently used first (suffixes K, M, G, Ki, Mi, Gi). Folders of unregistered models and
+    /// of failed loads are removed at once.
+    #[arg(long, value_name = "BYTES", value_parser = ferroserve_runtime::parse_bytes, default_value = "32Gi")]
+    pub max_cache_bytes: u64,
 
     /// Address of the management API. Anything but a loopback address needs a token.
     #[arg(long, default_value = "127.0.0.1")]
@@ -233,7 +239,9 @@ impl ConnectionArgs {
             if v > 0.0 && v.is_finite() && v < 1e9 {
                 Ok(std::time::Duration::from_secs_f64(v))
             } else {
-                Err(anyhow::anyhow!("--{flag} must be a number of seconds above 0, got {v}"))
+                Err(anyhow::anyhow!(
+                    "--{flag} must be a number of seconds above 0, got {v}"
+                ))
             }
         };
         Ok(ferroserve_listen::Limits {

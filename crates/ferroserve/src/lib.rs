@@ -52,8 +52,8 @@ pub fn main_with(executors: Executors) -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.log_format);
     let result = match cli.command {
-        cli::Command::Serve(args) => serve::run(args),
-        cli::Command::Run(args) => run::run(args, executors),
+        cli::Command::Serve(args) => serve::run(*args),
+        cli::Command::Run(args) => run::run(*args, executors),
         cli::Command::Client(args) => client::run(args),
         cli::Command::Infer(args) => infer::run(args),
         cli::Command::Bench(args) => bench::run(args),

@@ -64,7 +64,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_unpacked_bytes: args.max_archive_bytes.saturating_mul(2),
         ..Default::default()
     };
-    runtime.set_archive_cache(&cache, limits);
+    runtime.set_archive_cache(&cache, limits, Some(args.max_cache_bytes));
     if let Some(dir) = &args.model_store {
         if !dir.is_dir() {
             anyhow::bail!("model store {} is not a directory", dir.display());

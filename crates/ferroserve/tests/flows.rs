@@ -325,7 +325,32 @@ fn a_plain_model_is_an_executor_of_tensors() {
         .unwrap()
         .contains("has no tensor"));
     assert_eq!(as_f32(&docs[2]["tensor"]["data"]), row(0.5));
-    // A tensor the model cannot take fails the request with the model's reason.
+    // Documents whose tensors do not fit fail alone, each with its own reason: values that do
+    // not fill the declared shape, and a shape the model refuses.
+    let (status, answer) = server.post_json(
+        "/post",
+        &json!({"data": [
+            {"id": "short", "tensor": {"shape": [2, 16], "data": row(1.0)}},
+            {"id": "good", "tensor": {"shape": [16], "data": row(2.0)}},
+            {"id": "narrow", "tensor": {"shape": [3], "data": [1, 2, 3]}}
+        ]}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let docs = answer["data"].as_array().unwrap();
+    let message = |i: usize| {
+        docs[i]["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        message(0).contains("document 'short' has a tensor of shape [2, 16] but 16 values"),
+        "{answer}"
+    );
+    assert_eq!(as_f32(&docs[1]["tensor"]["data"]), row(2.0));
+    assert!(docs[1]["error"].is_null(), "{answer}");
+    assert!(message(2).starts_with("document 'narrow'"), "{answer}");
+    // When every document fails, the request fails with the first reason.
     let (status, e) = server.post_json(
         "/post",
         &json!({"data": [{"tensor": {"shape": [3], "data": [1, 2, 3]}}]}),
@@ -402,4 +427,16 @@ fn yaml_mistakes_are_refused_at_start_with_file_path_and_reason() {
         env.contains("only CUDA_VISIBLE_DEVICES is understood"),
         "{env}"
     );
+    // Bounds: instances are capped as through the management API, before anything is built.
+    let huge = refused(&format!(
+        "jtype: Deployment\nwith: {{uses: {m}, replicas: 1000000000}}\n"
+    ));
+    assert!(huge.contains("at most 64 instances"), "{huge}");
+    let scaled = refused(&format!(
+        "jtype: Flow\nexecutors:\n  - {{name: a, uses: {m}, autoscaling: {{max_replicas: 100}}}}\n"
+    ));
+    assert!(scaled.contains("at most 64 instances"), "{scaled}");
+    // A file nested 60,000 levels deep is refused on its text, before the YAML parser sees it.
+    let deep = refused(&format!("jtype: Flow\nexecutors: {}", "[".repeat(60_000)));
+    assert!(deep.contains("nests deeper than 64 levels"), "{deep}");
 }

@@ -319,7 +319,7 @@ fn unsafe_archives_are_refused_without_writing_outside_the_cache() {
         assert!(e.contains(entry) && e.contains(why), "{file}: {e}");
     }
     let (status, body) = call("POST", &format!("{admin}/models?url=big.far"), None);
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 413, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("too large"),
         "{body}"
@@ -994,4 +994,147 @@ fn registering_from_an_allow_listed_url_downloads_and_verifies_the_archive() {
         infer_simple(&server, "/v2/models/remote/infer"),
         (200, "1".into())
     );
+}
+
+/// Folders directly in the cache (unpacked archives and work in progress), by name.
+fn cache_folders(cache: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "models" && n != "downloads")
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_cache_holds_only_what_served_models_need() {
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&allowed).unwrap();
+    // 64 MiB of zeros pack into a few kilobytes: an archive that expands thousands of times.
+    let zeros = tmp.path().join("zeros.bin");
+    std::fs::write(&zeros, vec![0u8; 64 << 20]).unwrap();
+    archive_simple("bomb", &allowed, &["--extra-files", path(&zeros)]);
+    let bomb = allowed.join("bomb.far");
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 100_000);
+    archive_simple("adder", &allowed, &[]);
+    let server = serve(
+        Repo::with(&[]),
+        None,
+        &cache,
+        &["--allowed-paths", path(&allowed)],
+    );
+    let admin = management(&server);
+    let (status, body) = call("POST", &format!("{admin}/models?url={}", path(&bomb)), None);
+    assert_eq!(status, 413, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("times its own size"), "{message}");
+    assert!(
+        !message.contains(path(&cache)) && !message.contains(".unpack-"),
+        "server paths in {message}"
+    );
+    assert!(
+        cache_folders(&cache).is_empty(),
+        "{:?}",
+        cache_folders(&cache)
+    );
+
+    // Registered, an archive has its folder; unregistered, the folder goes.
+    let adder = allowed.join("adder.far");
+    let (status, body) = call(
+        "POST",
+        &format!("{admin}/models?url={}", path(&adder)),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cache_folders(&cache).len(), 1);
+    assert_eq!(infer_simple(&server, "/v2/models/adder/infer").0, 200);
+    let (status, body) = call("DELETE", &format!("{admin}/models/adder"), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        cache_folders(&cache).is_empty(),
+        "{:?}",
+        cache_folders(&cache)
+    );
+
+    // A model that does not load leaves nothing behind either.
+    let broken = tmp.path().join("broken.onnx");
+    std::fs::write(&broken, b"not an onnx graph").unwrap();
+    archive(&[
+        "--model-name",
+        "broken",
+        "--model-file",
+        path(&broken),
+        "--export-path",
+        path(&allowed),
+    ]);
+    let (status, body) = call(
+        "POST",
+        &format!("{admin}/models?url={}", path(&allowed.join("broken.far"))),
+        None,
+    );
+    assert!(status >= 400, "{body}");
+    assert!(
+        cache_folders(&cache).is_empty(),
+        "{:?}",
+        cache_folders(&cache)
+    );
+}
+
+#[test]
+fn a_download_declaring_more_than_the_limit_is_refused_before_reading_it() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            // Declares a petabyte, sends a few bytes, and keeps the connection open.
+            let _ =
+                stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\nabc");
+            thread::sleep(Duration::from_secs(30));
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let server = serve(
+        Repo::with(&[]),
+        None,
+        &cache,
+        &["--allowed-urls", &format!("{base}/models/")],
+    );
+    let started = std::time::Instant::now();
+    let (status, body) = call(
+        "POST",
+        &format!("{}/models?url={base}/models/huge.far", management(&server)),
+        None,
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("declares 1000000000000000 bytes"),
+        "{body}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(cache.join("downloads"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

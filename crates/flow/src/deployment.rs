@@ -385,8 +385,9 @@ fn plain_input(runtime: &Runtime, model: &str) -> Result<String, String> {
     }
 }
 
-/// Runs a plain model on the documents' tensors: those of one shape go in one request; a
-/// document without a tensor fails alone.
+/// Runs a plain model on the documents' tensors: those of one shape go in one request. A
+/// document without a tensor, with values that do not fill its shape, or in a group of one
+/// shape the model refuses fails alone, with its own message.
 async fn call_plain(
     runtime: &Runtime,
     model: &str,
@@ -395,12 +396,26 @@ async fn call_plain(
 ) -> Result<Vec<Document>, Error> {
     let mut groups: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
     for (i, d) in docs.iter_mut().enumerate() {
-        match &d.tensor {
-            Some(t) => groups.entry(t.shape.clone()).or_default().push(i),
-            None => {
-                let id = d.id.clone();
-                d.fail(format!("document '{id}' has no tensor"));
+        let id = d.id.clone();
+        let problem = match &d.tensor {
+            None => Some(format!("document '{id}' has no tensor")),
+            Some(t) => {
+                let needed = t.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                match needed {
+                    Some(n) if n == t.data.len() => {
+                        groups.entry(t.shape.clone()).or_default().push(i);
+                        None
+                    }
+                    _ => Some(format!(
+                        "document '{id}' has a tensor of shape {:?} but {} values",
+                        t.shape,
+                        t.data.len()
+                    )),
+                }
             }
+        };
+        if let Some(message) = problem {
+            d.fail(message);
         }
     }
     for (shape, members) in groups {
@@ -421,7 +436,18 @@ async fn call_plain(
             }],
             ..Default::default()
         };
-        let response = runtime.infer(model, None, request).await?;
+        let response = match runtime.infer(model, None, request).await {
+            Ok(r) => r,
+            // The model refuses this shape: those documents fail, the others go on.
+            Err(Error::InvalidArgument(m)) | Err(Error::TooLarge(m)) => {
+                for &i in &members {
+                    let id = docs[i].id.clone();
+                    docs[i].fail(format!("document '{id}': {m}"));
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let out = response
             .outputs
             .first()

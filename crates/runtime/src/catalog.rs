@@ -52,6 +52,8 @@ pub(crate) struct Catalog {
     /// Unpacks archives registered by path.
     pub cache: PathBuf,
     pub limits: Limits,
+    /// Size the cache is swept down to (unused folders only); `None`: no limit.
+    pub max_cache_bytes: Option<u64>,
     pub policy: AccessPolicy,
     /// Unregistered through the management API: polls leave them out until loaded again.
     pub suppressed: BTreeSet<String>,
@@ -65,6 +67,7 @@ impl Catalog {
             // Never a shared temporary folder: what is in the cache is served.
             cache: ferroserve_backend_onnx::default_home().join("cache"),
             limits: Limits::default(),
+            max_cache_bytes: None,
             policy: AccessPolicy::default(),
             suppressed: BTreeSet::new(),
         }
@@ -202,7 +205,7 @@ impl Locator {
         }
         if let Some(store) = &self.store {
             if !url.contains(['/', '\\']) && store.dir().join(url).exists() {
-                let u = store.open(url).map_err(|e| Error::invalid(e.to_string()))?;
+                let u = store.open(url).map_err(|e| self.client_error(e))?;
                 return Ok((
                     u.manifest.model_name.clone(),
                     pinned(u.dir.clone(), &u.sha256, url),
@@ -249,7 +252,7 @@ impl Locator {
         let archive = real.is_file() || real.join(ferroserve_store::MANIFEST_PATH).is_file();
         if archive {
             let u = ferroserve_store::unpack::unpack(real, &self.cache, &self.limits)
-                .map_err(|e| Error::invalid(e.to_string()))?;
+                .map_err(|e| self.client_error(e))?;
             return Ok((
                 u.manifest.model_name.clone(),
                 pinned(u.dir.clone(), &u.sha256, url),
@@ -283,8 +286,50 @@ impl Locator {
             std::thread::spawn(move || ferroserve_store::fetch::download(&owned, &dir, &limits))
                 .join()
                 .map_err(|_| Error::Internal(format!("downloading {url} panicked")))?
-                .map_err(|e| Error::invalid(e.to_string()))?;
-        self.open_local(&file, url)
+                .map_err(|e| self.client_error(e))?;
+        let opened = self.open_local(&file, url);
+        // Unpacked (or refused), the download has served its purpose.
+        let _ = std::fs::remove_file(&file);
+        opened
+    }
+
+    /// A store error as a client sees it: without the server's own folders (the cache's
+    /// temporary folders, the model store's location), which are none of its business.
+    fn client_error(&self, e: ferroserve_store::StoreError) -> Error {
+        let too_large = matches!(e, ferroserve_store::StoreError::TooLarge { .. });
+        let mut message = e.to_string();
+        let mut hide = vec![self.cache.clone()];
+        if let Some(store) = &self.store {
+            hide.push(store.dir().to_path_buf());
+        }
+        for dir in hide {
+            let dir = dir.display().to_string();
+            if dir.is_empty() {
+                continue;
+            }
+            message = message
+                .replace(&format!("{dir}/"), "")
+                .replace(&dir, "the cache");
+        }
+        // What is left of a path inside a temporary unpacking folder is the file's own name.
+        let parts: Vec<&str> = message.split(' ').collect();
+        let parts: Vec<String> = parts
+            .into_iter()
+            .map(|w| match w.find(".unpack-") {
+                Some(i) => {
+                    let rest = &w[i..];
+                    let file = rest.split_once('/').map_or("", |(_, f)| f);
+                    format!("{}{file}", &w[..i])
+                }
+                None => w.to_string(),
+            })
+            .collect();
+        let message = parts.join(" ");
+        if too_large {
+            Error::TooLarge(message)
+        } else {
+            Error::invalid(message)
+        }
     }
 }
 

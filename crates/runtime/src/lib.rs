@@ -35,7 +35,6 @@ mod validate;
 
 pub use budget::{parse_bytes, MemoryBudget};
 pub use catalog::AccessPolicy;
-pub use validate::RequestLimits;
 pub use lifecycle::PollReport;
 pub use manage::{
     ModelDescription, ModelList, ModelListItem, ScaleRequest, VersionDescription, MAX_REPLICAS,
@@ -44,3 +43,4 @@ pub use registry::{
     IndexEntry, ModelConfigInfo, ModelMetadata, ModelState, Overrides, Runtime, RuntimeOptions,
     TaskAnswer, CANDLE_PLATFORM, ONNX_PLATFORM,
 };
+pub use validate::RequestLimits;

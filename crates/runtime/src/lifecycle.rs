@@ -50,11 +50,45 @@ impl Runtime {
 
     /// Where archives registered by path or URL are unpacked (default
     /// `$FERROSERVE_HOME/cache`; never a shared temporary folder, since what is there is served),
-    /// and their limits.
-    pub fn set_archive_cache(&self, cache: &Path, limits: Limits) {
+    /// their limits, and how large the cache may grow before unused folders are removed, least
+    /// recently used first.
+    pub fn set_archive_cache(&self, cache: &Path, limits: Limits, max_bytes: Option<u64>) {
         let mut catalog = self.lock_catalog();
         catalog.cache = cache.to_path_buf();
         catalog.limits = limits;
+        catalog.max_cache_bytes = max_bytes;
+    }
+
+    /// Removes from the archive cache what no model needs: `released` (the folder of a model
+    /// just unregistered or failed), leftovers of dead processes, and unused folders while the
+    /// cache is over its limit.
+    pub(crate) fn tidy_cache(&self, released: Option<&Path>) {
+        let (cache, max) = {
+            let c = self.lock_catalog();
+            (c.cache.clone(), c.max_cache_bytes)
+        };
+        let in_use: Vec<std::path::PathBuf> = self
+            .read_models()
+            .values()
+            .map(|e| e.origin.dir.clone())
+            .collect();
+        if let Some(dir) = released {
+            for gone in ferroserve_store::cache::release(&cache, dir, &in_use) {
+                tracing::info!(folder = %gone.display(), "archive cache folder removed: no model uses it");
+            }
+        }
+        let swept = ferroserve_store::cache::sweep(&cache, &in_use, max);
+        if !swept.removed.is_empty() {
+            tracing::info!(
+                folders = swept.removed.len(),
+                freed = swept.freed,
+                size = swept.size,
+                "archive cache swept"
+            );
+        }
+        if let Some(max) = max.filter(|&m| swept.size > m) {
+            tracing::warn!(size = swept.size, limit = max, cache = %cache.display(), "the archive cache is over its limit (--max-cache-bytes) with folders that served models use");
+        }
     }
 
     /// Sets what the management API may register models from.
@@ -81,6 +115,7 @@ impl Runtime {
                 Err(reason) => self.fail(&name, reason),
             }
         }
+        self.tidy_cache(None);
         self.mark_ready();
         Ok(())
     }
@@ -154,13 +189,17 @@ impl Runtime {
         self.known(name)?;
         let lock = self.model_lock(name);
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut released: Option<std::path::PathBuf> = None;
         let old = {
             let mut models = self.write_models();
             let entry = models
                 .get_mut(name)
                 .ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
             match version {
-                None => models.remove(name).map(|e| e.state),
+                None => models.remove(name).map(|e| {
+                    released = Some(e.origin.dir);
+                    e.state
+                }),
                 Some(v) => {
                     let EntryState::Loaded(versions) = &mut entry.state else {
                         return Err(Error::Unavailable(format!(
@@ -192,6 +231,9 @@ impl Runtime {
             retire(old);
         }
         self.update_memory();
+        if let Some(dir) = released {
+            self.tidy_cache(Some(&dir));
+        }
         Ok(())
     }
 
@@ -247,6 +289,10 @@ impl Runtime {
             }
         }
         self.update_memory();
+        if report != PollReport::default() {
+            // Swapped and removed archives leave folders behind.
+            self.tidy_cache(None);
+        }
         Ok(report)
     }
 
@@ -271,6 +317,7 @@ impl Runtime {
             )));
         }
         self.lock_catalog().suppressed.remove(name);
+        let dir = origin.dir.clone();
         let result = self.install_locked(name, origin, false);
         if result.is_err() {
             let placed = self.write_models().remove(name);
@@ -279,6 +326,7 @@ impl Runtime {
             }
             self.update_memory();
         }
+        self.tidy_cache(result.is_err().then_some(dir.as_path()));
         result
     }
 

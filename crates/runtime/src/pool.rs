@@ -63,11 +63,12 @@ impl CpuPool {
                 return;
             }
             let gone = || tx.is_closed();
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| job(&gone))).unwrap_or_else(|_| {
-                Err(Error::Internal(
-                    "preprocessing panicked; the server is still running".into(),
-                ))
-            });
+            let result =
+                std::panic::catch_unwind(AssertUnwindSafe(|| job(&gone))).unwrap_or_else(|_| {
+                    Err(Error::Internal(
+                        "preprocessing panicked; the server is still running".into(),
+                    ))
+                });
             let _ = tx.send(result);
         });
         rx.await

@@ -159,12 +159,25 @@ mod tests {
             name: "S".into(),
             tensor: Tensor::from_bytes_elements(vec![n], std::iter::repeat_n(&b""[..], n)).unwrap(),
         };
-        cost(&req(vec![strings(3), input("A", DataType::Int32, vec![7])], &[]), &limits).unwrap();
+        cost(
+            &req(vec![strings(3), input("A", DataType::Int32, vec![7])], &[]),
+            &limits,
+        )
+        .unwrap();
         let e = cost(&req(vec![strings(4)], &[]), &limits).unwrap_err();
-        assert!(matches!(e, Error::TooLarge(ref m) if m.contains("4 BYTES elements")), "{e}");
-        let e = cost(&req(vec![strings(3), input("A", DataType::Int32, vec![8])], &[]), &limits)
-            .unwrap_err();
-        assert!(matches!(e, Error::TooLarge(ref m) if m.contains("11 tensor elements")), "{e}");
+        assert!(
+            matches!(e, Error::TooLarge(ref m) if m.contains("4 BYTES elements")),
+            "{e}"
+        );
+        let e = cost(
+            &req(vec![strings(3), input("A", DataType::Int32, vec![8])], &[]),
+            &limits,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::TooLarge(ref m) if m.contains("11 tensor elements")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::{Limits, StoreError};
 /// Blocking; call it off async threads.
 pub fn download(url: &str, dir: &Path, limits: &Limits) -> Result<PathBuf, StoreError> {
     let client = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(600))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(limits.download_timeout_s))
         // A redirect could lead off the allow-listed prefix.
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -28,6 +29,13 @@ pub fn download(url: &str, dir: &Path, limits: &Limits) -> Result<PathBuf, Store
             "cannot download {url}: HTTP {}",
             response.status()
         )));
+    }
+    let limit = limits.max_archive_bytes;
+    if let Some(n) = response.content_length().filter(|&n| n > limit) {
+        return Err(StoreError::TooLarge {
+            archive: PathBuf::from(url),
+            reason: format!("the server declares {n} bytes, over the limit of {limit} bytes"),
+        });
     }
     std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
     let segment: String = url
@@ -43,9 +51,16 @@ pub fn download(url: &str, dir: &Path, limits: &Limits) -> Result<PathBuf, Store
         &key[..16],
         segment.trim_start_matches('.')
     ));
-    let partial = file.with_extension("partial");
+    // Named by the writing process, so a sweep of the cache can tell a dead download's.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let partial = dir.join(format!(
+        ".{}-{nanos}-{}.partial",
+        &key[..16],
+        std::process::id()
+    ));
     let mut out = std::fs::File::create(&partial).map_err(StoreError::io(&partial))?;
-    let limit = limits.max_archive_bytes;
     let n = std::io::copy(&mut response.take(limit.saturating_add(1)), &mut out)
         .map_err(StoreError::io(&partial));
     let n = match n {

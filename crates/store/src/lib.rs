@@ -9,6 +9,7 @@
 //!   against the manifest before anything is served from it.
 //! - [`Store`]: a model store folder, and the archives `--models` picks from it.
 //! - [`fetch`]: downloading an archive from an allow-listed URL (the caller checks the list).
+//! - [`cache`]: removing what no served model needs from the cache, within a size limit.
 //!
 //! ```no_run
 //! use ferroserve_store::{archive, ArchiveFormat, ArchiveSpec, Limits, Store};
@@ -33,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod cache;
 mod error;
 pub mod fetch;
 mod manifest;

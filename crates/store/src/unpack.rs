@@ -25,7 +25,17 @@ pub struct Limits {
     pub max_unpacked_bytes: u64,
     /// Most entries (files and folders) in an archive.
     pub max_entries: usize,
+    /// Most bytes an archive may unpack to per byte of its own size (beyond a floor of
+    /// [`MIN_UNPACK_ROOM`]): a 66 KB archive of zeros must not fill the disk with gigabytes
+    /// however large `max_unpacked_bytes` is. Model weights barely compress, so honest archives
+    /// stay far below it.
+    pub max_expansion: u64,
+    /// Longest time a download of an archive may take, in seconds.
+    pub download_timeout_s: u64,
 }
+
+/// What any archive may unpack to, whatever its own size, within `max_unpacked_bytes`.
+pub const MIN_UNPACK_ROOM: u64 = 16 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -33,6 +43,8 @@ impl Default for Limits {
             max_archive_bytes: 32 << 30,
             max_unpacked_bytes: 64 << 30,
             max_entries: 100_000,
+            max_expansion: 100,
+            download_timeout_s: 600,
         }
     }
 }
@@ -82,12 +94,13 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
     if dir.is_dir() {
         match cached(&dir, archive) {
             Ok(manifest) => {
+                crate::cache::touch(&dir);
                 return Ok(Unpacked {
                     file: archive.to_path_buf(),
                     sha256,
                     dir,
                     manifest,
-                })
+                });
             }
             Err(e) => {
                 // The cache is ours: a changed copy is unpacked again from the archive.
@@ -103,7 +116,11 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     ));
-    let result = extract(archive, &tmp, limits).and_then(|()| {
+    let room = limits.max_unpacked_bytes.min(
+        size.saturating_mul(limits.max_expansion)
+            .max(MIN_UNPACK_ROOM),
+    );
+    let result = extract(archive, &tmp, limits, room).and_then(|()| {
         let manifest = Manifest::read(&tmp, archive)?;
         manifest.verify(&tmp, archive)?;
         Ok(manifest)
@@ -152,7 +169,13 @@ fn cached(dir: &Path, archive: &Path) -> Result<Manifest, StoreError> {
 }
 
 /// Writes the archive's entries under `target` (which must not exist), checking each.
-fn extract(archive: &Path, target: &Path, limits: &Limits) -> Result<(), StoreError> {
+/// At most `max_unpacked` bytes of file contents are written.
+fn extract(
+    archive: &Path,
+    target: &Path,
+    limits: &Limits,
+    max_unpacked: u64,
+) -> Result<(), StoreError> {
     let file = std::fs::File::open(archive).map_err(StoreError::io(archive))?;
     let decoder = zstd::Decoder::new(file).map_err(StoreError::io(archive))?;
     let mut tar = tar::Archive::new(decoder);
@@ -197,17 +220,21 @@ fn extract(archive: &Path, target: &Path, limits: &Limits) -> Result<(), StoreEr
                     })?;
                 // Counted as written, not as the header claims, and stopped one byte past the
                 // limit so a lying header cannot fill the disk.
-                let room = limits.max_unpacked_bytes.saturating_sub(written);
+                let room = max_unpacked.saturating_sub(written);
                 let n = std::io::copy(&mut (&mut entry).take(room.saturating_add(1)), &mut out)
                     .map_err(StoreError::io(&path))?;
                 written += n;
                 if n > room {
                     return Err(StoreError::TooLarge {
                         archive: archive.to_path_buf(),
-                        reason: format!(
-                            "it unpacks to more than {} bytes",
-                            limits.max_unpacked_bytes
-                        ),
+                        reason: if max_unpacked < limits.max_unpacked_bytes {
+                            format!(
+                                "it unpacks to more than {max_unpacked} bytes, {} times its own size (an archive that expands this much is not a model)",
+                                limits.max_expansion
+                            )
+                        } else {
+                            format!("it unpacks to more than {max_unpacked} bytes")
+                        },
                     });
                 }
             }

@@ -363,7 +363,9 @@ impl TaskConfig {
                 );
             }
             if i.max_pixels == 0 || i.max_request_pixels == 0 {
-                return Err("image.max_pixels and image.max_request_pixels must be at least 1".into());
+                return Err(
+                    "image.max_pixels and image.max_request_pixels must be at least 1".into(),
+                );
             }
             let sizes = match i.resize {
                 Some(Resize::ShorterSide(n)) => vec![n],

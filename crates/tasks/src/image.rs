@@ -141,7 +141,13 @@ impl ImagePipeline {
 
     /// Decodes, resizes and crops one image, and writes its normalised values into `out` (one
     /// image's worth of the model's input, in f32 before the final element-type conversion).
-    pub fn process(&self, index: usize, encoded: &[u8], head: Header, out: &mut [f32]) -> Result<()> {
+    pub fn process(
+        &self,
+        index: usize,
+        encoded: &[u8],
+        head: Header,
+        out: &mut [f32],
+    ) -> Result<()> {
         let rgb = decode(index, encoded, head)?;
         let (w, h) = rgb.dimensions();
         // The resized size (torchvision's rule for a shorter side: it becomes `s`, the longer
@@ -337,7 +343,14 @@ fn decode(index: usize, bytes: &[u8], header: Header) -> Result<image::RgbImage>
 /// The canvas size a WebP file declares in its first chunk (VP8X, VP8L or VP8), read by hand
 /// because the decoder will not report sizes it does not decode.
 fn webp_declared_size(b: &[u8]) -> Option<(u32, u32)> {
-    let le24 = |i: usize| Some(u32::from_le_bytes([*b.get(i)?, *b.get(i + 1)?, *b.get(i + 2)?, 0]));
+    let le24 = |i: usize| {
+        Some(u32::from_le_bytes([
+            *b.get(i)?,
+            *b.get(i + 1)?,
+            *b.get(i + 2)?,
+            0,
+        ]))
+    };
     match b.get(12..16)? {
         b"VP8X" => Some((le24(24)? + 1, le24(27)? + 1)),
         b"VP8L" => {

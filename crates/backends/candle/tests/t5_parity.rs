@@ -43,6 +43,19 @@ fn encoder_hidden_states_match_transformers() {
         }
     }
     assert!(worst < 1e-4, "largest difference {worst}");
+    // Asked between layers, the encoder stops after as many as it was allowed.
+    let layers = std::cell::Cell::new(0);
+    let stop = || {
+        layers.set(layers.get() + 1);
+        layers.get() > 1
+    };
+    assert!(model.encode_until(&tokens, &mask, &stop).unwrap().is_none());
+    assert_eq!(layers.get(), 2, "stopped before the second layer");
+    let never = || false;
+    assert!(model
+        .encode_until(&tokens, &mask, &never)
+        .unwrap()
+        .is_some());
 }
 
 #[test]

@@ -165,7 +165,10 @@ mod tests {
 
     fn channel() -> (Tx, Body) {
         let (tx, rx) = mpsc::channel(4);
-        (tx, Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        (
+            tx,
+            Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -202,7 +205,10 @@ mod tests {
         assert!(e.contains("too slowly"), "{e}");
         // 1 byte every 2 s against 100 bytes/s after a 10 s grace: refused soon after the grace.
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_secs(10) && waited < Duration::from_secs(14), "{waited:?}");
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(14),
+            "{waited:?}"
+        );
         sender.abort();
     }
 

@@ -74,7 +74,9 @@ pub async fn serve(
             },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refused.note(&format!("{max} connections are open (the listener's limit)"));
+            refused.note(&format!(
+                "{max} connections are open (the listener's limit)"
+            ));
             drop(stream);
             continue;
         };

@@ -106,6 +106,20 @@ impl Sink {
     }
 
     fn float<E: serde::de::Error>(&mut self, v: f64) -> Result<(), E> {
+        // JSON has no infinities: a finite number that becomes one was out of range, and would
+        // come back as `null`.
+        let narrowed = match self.dtype {
+            DataType::Fp16 => f16::from_f64(v).is_infinite(),
+            DataType::Bf16 => bf16::from_f64(v).is_infinite(),
+            DataType::Fp32 => (v as f32).is_infinite(),
+            _ => false,
+        };
+        if narrowed && v.is_finite() {
+            return Err(E::custom(format!(
+                "element {} is {v}, out of range for {}",
+                self.count, self.dtype
+            )));
+        }
         match self.dtype {
             DataType::Fp16 => self.push(E::custom, &f16::from_f64(v).to_le_bytes()),
             DataType::Bf16 => self.push(E::custom, &bf16::from_f64(v).to_le_bytes()),
@@ -279,6 +293,10 @@ mod tests {
         assert!(e("[1, 2, 3]", DataType::Int32, 2).contains("more elements"));
         assert!(e("[300]", DataType::Uint8, 1).contains("out of range for UINT8"));
         assert!(e("[-1]", DataType::Uint32, 1).contains("out of range"));
+        assert!(e("[1e39]", DataType::Fp32, 1).contains("out of range for FP32"));
+        assert!(e("[-1e39]", DataType::Fp32, 1).contains("out of range for FP32"));
+        assert!(e("[70000]", DataType::Fp16, 1).contains("out of range for FP16"));
+        assert!(decode("[3.4e38, 1e-50]", DataType::Fp32, 2).is_ok());
         assert!(e("[1.5]", DataType::Int64, 1).contains("not a valid INT64"));
         assert!(e("[\"x\"]", DataType::Fp32, 1).contains("a string"));
         assert!(e("[1]", DataType::Bytes, 1).contains("not a valid BYTES"));
