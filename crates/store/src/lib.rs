@@ -37,6 +37,9 @@ pub mod archive;
 pub mod cache;
 mod error;
 pub mod fetch;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod manifest;
 mod store;
 pub mod unpack;

@@ -328,7 +328,7 @@ fn corrupt(index: usize, name: String, e: image::ImageError) -> Error {
 
 /// Decodes image `index`, whose header was checked, into RGB; the decoder may not allocate
 /// for more than the header said.
-fn decode(index: usize, bytes: &[u8], header: Header) -> Result<image::RgbImage> {
+pub(crate) fn decode(index: usize, bytes: &[u8], header: Header) -> Result<image::RgbImage> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), header.format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(header.width);

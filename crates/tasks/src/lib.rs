@@ -14,6 +14,9 @@
 mod classify;
 pub mod config;
 mod files;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod generate;
 mod image;
 mod pooling;

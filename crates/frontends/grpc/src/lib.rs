@@ -16,6 +16,9 @@
 
 mod convert;
 mod documents;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod service;
 
 use std::future::Future;

@@ -127,7 +127,7 @@ fn multipart_boundary(headers: &HeaderMap) -> Result<Option<String>> {
 }
 
 /// The non-empty parts of a multipart body, with their field names, in order.
-async fn parts(body: Bytes, boundary: String) -> Result<Vec<(String, Bytes)>> {
+pub(crate) async fn parts(body: Bytes, boundary: String) -> Result<Vec<(String, Bytes)>> {
     let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut out = Vec::new();

@@ -20,6 +20,9 @@
 mod body;
 mod documents;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod generate;
 mod management;
 mod openai;

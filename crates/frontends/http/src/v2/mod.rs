@@ -4,7 +4,7 @@
 //! Triton's binary tensor data extension and the repository index.
 
 pub mod data;
-mod request;
+pub(crate) mod request;
 mod response;
 
 use std::sync::Arc;

@@ -1,0 +1,10 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = ferroserve_runtime::config::ModelConfig::parse(
+            std::path::Path::new("model.yaml"),
+            text,
+        );
+    }
+});
