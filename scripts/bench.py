@@ -37,9 +37,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODELS = ROOT / "examples" / "models"
-BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "ferroserve"
+from server import BIN, MODELS, ROOT, Server
 DTYPE = {np.float32: "FP32", np.int64: "INT64", np.int32: "INT32"}
 SEQ = 16
 BATCHED_MINILM = f"""max_batch_size: 32
@@ -48,55 +46,6 @@ dynamic_batching:
   max_queue_delay_us: 2000
 pad: {{input_ids: 0, attention_mask: 0, token_type_ids: 0}}
 """
-
-
-class Server:
-    """A ferroserve process on an ephemeral port over a temporary repository: `models` as plain
-    models (their version folder only), `whole` as the demo configures them (tasks)."""
-
-    def __init__(self, models, configs=None, whole=()):
-        self.repo = tempfile.TemporaryDirectory()
-        for name, src in models.items():
-            d = pathlib.Path(self.repo.name) / name
-            d.mkdir()
-            os.symlink(MODELS / src / "1", d / "1")
-            if configs and name in configs:
-                (d / "model.yaml").write_text(configs[name])
-        for name in whole:
-            os.symlink(MODELS / name, pathlib.Path(self.repo.name) / name)
-        self.proc = subprocess.Popen([str(BIN), "serve", "--http-port", "0", "--grpc-port", "0", "--management-port", "0",
-                                      "--model-repository", self.repo.name],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        found, ev = {}, threading.Event()
-
-        def drain():
-            for line in self.proc.stderr:
-                m = re.search(r"(HTTP|gRPC) listening on http://([0-9.]+):([0-9]+)", line)
-                if m:
-                    found[m.group(1)] = (m.group(2), int(m.group(3)))
-                    if len(found) == 2:
-                        ev.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        if not ev.wait(30):
-            raise SystemExit("ferroserve did not start")
-        self.host, self.port = found["HTTP"]
-        self.grpc_port = found["gRPC"][1]
-        self.url = f"http://{self.host}:{self.port}"
-        conn = http.client.HTTPConnection(self.host, self.port)
-        for _ in range(2400):
-            conn.request("GET", "/v2/health/ready")
-            r = conn.getresponse()
-            r.read()
-            if r.status == 200:
-                return
-            time.sleep(0.05)
-        raise SystemExit("ferroserve never became ready")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(30)
-        self.repo.cleanup()
 
 
 def fbench(server, model, concurrency, seconds, extra=(), url=None):

@@ -330,3 +330,30 @@ fn repository_load_and_unload_need_the_management_token_when_one_is_set() {
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     });
 }
+
+#[test]
+fn a_stream_may_pause_longer_than_the_body_timeout() {
+    // The body-rate limits are for request bodies that must arrive whole; a gRPC stream of
+    // inferences may rightly wait between messages.
+    let server = Server::start(
+        Repo::with(&["simple"]),
+        &["--body-read-timeout", "1", "--min-body-rate", "100000"],
+    );
+    let url = server.grpc_url();
+    runtime().block_on(async {
+        let mut client = GrpcInferenceServiceClient::connect(url).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut answers = client
+            .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        for _ in 0..2 {
+            tx.send(simple()).await.unwrap();
+            let answer = answers.message().await.unwrap().expect("an answer");
+            assert!(answer.error_message.is_empty(), "{}", answer.error_message);
+            assert_eq!(answer.infer_response.unwrap().raw_output_contents.len(), 2);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    });
+}

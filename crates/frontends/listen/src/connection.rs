@@ -103,7 +103,17 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, permit: OwnedS
         let (body_timeout, min_rate) = (limits.body_read_timeout, limits.min_body_rate);
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let in_flight = activity.begin();
-            let req = req.map(|b| Body::new(Paced::new(b, body_timeout, min_rate)));
+            // A gRPC request body is a stream of messages that may rightly pause for minutes
+            // (a client's stream of inferences); HTTP/2 pings and the message size bound it.
+            let grpc = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            let req = if grpc {
+                req.map(Body::new)
+            } else {
+                req.map(|b| Body::new(Paced::new(b, body_timeout, min_rate)))
+            };
             let app = app.clone();
             async move {
                 let response = app.oneshot(req).await?;

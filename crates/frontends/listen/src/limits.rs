@@ -16,7 +16,7 @@ pub struct Limits {
     /// gRPC included). Default: 120 s.
     pub idle_timeout: Duration,
     /// Longest wait for the next piece of a request body; also the grace period before
-    /// `min_body_rate` applies. Default: 30 s.
+    /// `min_body_rate` applies. Default: 30 s. Not for gRPC, whose request streams may pause.
     pub body_read_timeout: Duration,
     /// Bytes per second a request body must average once `body_read_timeout` has passed.
     /// Default: 1024.
