@@ -277,12 +277,35 @@ fn connections_are_bounded_in_time() {
     assert_eq!(status, 200);
 }
 
+/// Opens `n` keep-alive connections that each got an answer, so each holds a slot.
+fn served_connections(http: &str, n: usize) -> Option<Vec<TcpStream>> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut c = TcpStream::connect(http).unwrap();
+        let _ = c.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n");
+        if !read_answer(&mut c, Duration::from_secs(5)).starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        held.push(c);
+    }
+    Some(held)
+}
+
 #[test]
 fn connections_over_the_cap_are_closed_at_once() {
     let server = Server::start(Repo::with(&["simple"]), &["--max-connections", "4"]);
     let http = host_port(&server.url);
-    let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&http).unwrap()).collect();
-    thread::sleep(Duration::from_millis(300));
+    // The harness's own connections close a moment after readiness; until they have, one of
+    // ours may be the one refused.
+    let mut held = None;
+    for _ in 0..20 {
+        thread::sleep(Duration::from_millis(250));
+        held = served_connections(&http, 4);
+        if held.is_some() {
+            break;
+        }
+    }
+    let held = held.expect("four connections served");
     let mut extra = TcpStream::connect(&http).unwrap();
     let _ = extra.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n");
     let answer = read_answer(&mut extra, Duration::from_secs(5));

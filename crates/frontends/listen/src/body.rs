@@ -36,7 +36,9 @@ pub(crate) struct Paced<B> {
     received: u64,
     timeout: Duration,
     min_rate: u64,
-    timer: Pin<Box<Sleep>>,
+    /// Made the first time the body is not ready: most bodies arrive whole at once and never
+    /// need one.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> Paced<B> {
@@ -49,7 +51,7 @@ impl<B> Paced<B> {
             received: 0,
             timeout,
             min_rate,
-            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+            timer: None,
         }
     }
 
@@ -109,10 +111,13 @@ where
                 if now >= deadline {
                     return Poll::Ready(Some(Err(this.too_slow(now).into())));
                 }
-                if this.timer.deadline() != deadline {
-                    this.timer.as_mut().reset(deadline);
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
                 }
-                match this.timer.as_mut().poll(cx) {
+                match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(this.too_slow(Instant::now()).into()))),
                     Poll::Pending => Poll::Pending,
                 }
