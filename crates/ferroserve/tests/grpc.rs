@@ -63,6 +63,24 @@ fn bad_input_gets_the_matching_status_code_and_message() {
     bad_bytes.extend_from_slice(b"short");
     let cases: Vec<(&str, ModelInferRequest, Code, &str)> = vec![
         (
+            // Found by fuzzing: a few bytes declaring terabytes made the server allocate for the
+            // shape before counting the elements, and abort.
+            "typed contents under a huge declared shape",
+            ModelInferRequest {
+                model_name: "simple".into(),
+                inputs: vec![InferInputTensor {
+                    contents: Some(InferTensorContents {
+                        int_contents: vec![1, 2, 3, 4],
+                        ..Default::default()
+                    }),
+                    ..input("INPUT0", "INT32", &[1 << 40])
+                }],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "the shape needs 1099511627776 elements but int_contents holds 4",
+        ),
+        (
             "unknown model",
             with(&|r| r.model_name = "nope".into()),
             Code::NotFound,

@@ -334,10 +334,17 @@ pub(crate) fn decode(index: usize, bytes: &[u8], header: Header) -> Result<image
     limits.max_image_width = Some(header.width);
     limits.max_image_height = Some(header.height);
     reader.limits(limits);
-    Ok(reader
-        .decode()
-        .map_err(|e| corrupt(index, format_name(header.format), e))?
-        .into_rgb8())
+    // The decoders are third-party code fed hostile bytes: one that panics on them (zune-jpeg
+    // 0.5.15 overflows on some scans, found by fuzzing) has met a broken image, not broken
+    // server state.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()));
+    let name = format_name(header.format);
+    match decoded {
+        Ok(image) => Ok(image.map_err(|e| corrupt(index, name, e))?.into_rgb8()),
+        Err(_) => Err(Error::invalid(format!(
+            "input {index} is not a readable {name} image: the decoder failed on it"
+        ))),
+    }
 }
 
 /// The canvas size a WebP file declares in its first chunk (VP8X, VP8L or VP8), read by hand

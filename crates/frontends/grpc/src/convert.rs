@@ -84,10 +84,13 @@ fn typed(
             ))
         }
     };
-    let mut out = BytesMut::with_capacity(count * dtype.size().unwrap_or(0));
+    // Sized from the elements that arrived, never from the declared shape alone: a request of a
+    // few bytes may declare a shape of terabytes.
+    let mut out = BytesMut::new();
     macro_rules! narrow {
         ($field:ident, $t:ty) => {{
             check(c.$field.len(), stringify!($field))?;
+            out.reserve(c.$field.len() * std::mem::size_of::<$t>());
             for (i, &v) in c.$field.iter().enumerate() {
                 let v = <$t>::try_from(v)
                     .map_err(|_| format!("element {i} is {v}, out of range for {dtype}"))?;
@@ -98,6 +101,7 @@ fn typed(
     match dtype {
         DataType::Bool => {
             check(c.bool_contents.len(), "bool_contents")?;
+            out.reserve(c.bool_contents.len());
             out.extend(c.bool_contents.iter().map(|&b| u8::from(b)));
         }
         DataType::Int8 => narrow!(int_contents, i8),
@@ -117,6 +121,7 @@ fn typed(
         }
         DataType::Bytes => {
             check(c.bytes_contents.len(), "bytes_contents")?;
+            out.reserve(c.bytes_contents.iter().map(|b| 4 + b.len()).sum());
             for b in &c.bytes_contents {
                 let len = u32::try_from(b.len())
                     .map_err(|_| "a BYTES element is over 4 GiB".to_string())?;
