@@ -312,19 +312,14 @@ impl Locator {
                 .replace(&dir, "the cache");
         }
         // What is left of a path inside a temporary unpacking folder is the file's own name.
-        let parts: Vec<&str> = message.split(' ').collect();
-        let parts: Vec<String> = parts
-            .into_iter()
-            .map(|w| match w.find(".unpack-") {
-                Some(i) => {
-                    let rest = &w[i..];
-                    let file = rest.split_once('/').map_or("", |(_, f)| f);
-                    format!("{}{file}", &w[..i])
-                }
-                None => w.to_string(),
-            })
-            .collect();
-        let message = parts.join(" ");
+        while let Some(i) = message.find(".unpack-") {
+            let end = match message[i..].find(['/', ' ']) {
+                Some(j) if message[i + j..].starts_with('/') => i + j + 1,
+                Some(j) => i + j,
+                None => message.len(),
+            };
+            message.replace_range(i..end, "");
+        }
         if too_large {
             Error::TooLarge(message)
         } else {

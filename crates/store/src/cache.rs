@@ -24,7 +24,7 @@ pub struct Swept {
     pub removed: Vec<PathBuf>,
     /// Bytes they held.
     pub freed: u64,
-    /// Bytes the cache holds now.
+    /// Bytes the cache holds now (counted only when there is a limit; 0 otherwise).
     pub size: u64,
 }
 
@@ -65,7 +65,12 @@ pub fn sweep(cache: &Path, in_use: &[PathBuf], max_bytes: Option<u64>) -> Swept 
             if parent == cache && matches!(name.as_str(), "models" | "downloads") {
                 continue;
             }
-            let size = disk_size(&path);
+            // Sizes matter only against a limit; without one, nothing is read below.
+            let size = if max_bytes.is_some() {
+                disk_size(&path)
+            } else {
+                0
+            };
             if name.starts_with('.') {
                 if writer_pid(&name).is_some_and(|pid| !alive(pid)) {
                     if remove(&path) {
