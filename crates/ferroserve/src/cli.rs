@@ -152,7 +152,8 @@ pub struct ServeArgs {
 /// Settings of the runtime and its listeners that `serve` and `run` share.
 #[derive(Debug, Args)]
 pub struct RuntimeArgs {
-    /// ONNX Runtime shared library (libonnxruntime.so). Default: $ORT_DYLIB_PATH, else
+    /// ONNX Runtime shared library (libonnxruntime.so), loaded by the first ONNX model (a
+    /// repository without one never needs it). Default: $ORT_DYLIB_PATH, else
     /// $FERROSERVE_HOME/lib/libonnxruntime.so (FERROSERVE_HOME defaults to ~/.ferroserve),
     /// which scripts/setup.sh fills.
     #[arg(long, value_name = "PATH")]

@@ -1,11 +1,11 @@
 //! The client side of the gRPC protocol for `infer` and `bench`.
 
 use anyhow::Context;
+use ferroserve_core::json as data;
 use ferroserve_core::{DataType, NamedTensor, Tensor};
 use ferroserve_grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferroserve_grpc::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use ferroserve_grpc::proto::{ModelInferRequest, ModelInferResponse};
-use ferroserve_http::v2::data;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 

@@ -5,22 +5,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferroserve_backend_onnx::{library_path, OnnxRuntime};
 use ferroserve_http::HttpOptions;
 use ferroserve_runtime::{AccessPolicy, ModelState, Runtime, RuntimeOptions};
 use tokio::sync::watch;
 
 use crate::cli::{RuntimeArgs, ServeArgs};
 
-/// Checks the shared settings, loads ONNX Runtime and creates the (empty) runtime.
+/// Checks the shared settings and creates the (empty) runtime with the backends compiled in
+/// (ONNX Runtime's library loads with the first ONNX model).
 pub(crate) fn start_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<Runtime>> {
     if !(args.shutdown_grace >= 0.0 && args.shutdown_grace.is_finite()) {
         anyhow::bail!("--shutdown-grace must be a number of seconds, 0 or more");
     }
-    let onnx = OnnxRuntime::load(&library_path(args.ort_lib.as_deref()))?;
-    tracing::info!(library = %onnx.path().display(), "ONNX Runtime loaded");
+    let backends = ferroserve_runtime::backend::Backends::builtin(args.ort_lib.as_deref());
+    tracing::debug!(?backends, "backends");
     let runtime = Runtime::new(
-        onnx,
+        backends,
         RuntimeOptions {
             max_queue_size: args.max_queue_size.max(1),
             task_threads: args.task_threads.map(|n| n as usize),
@@ -58,7 +58,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cache = args
         .store_cache
         .clone()
-        .unwrap_or_else(|| ferroserve_backend_onnx::default_home().join("cache"));
+        .unwrap_or_else(|| ferroserve_core::default_home().join("cache"));
     let limits = ferroserve_store::Limits {
         max_archive_bytes: args.max_archive_bytes,
         max_unpacked_bytes: args.max_archive_bytes.saturating_mul(2),

@@ -6,8 +6,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use ferroserve_core::json as data;
 use ferroserve_core::{DataType, NamedTensor, Tensor};
-use ferroserve_http::v2::data;
 use npyz::{NpyFile, Order, TypeChar};
 use serde_json::{json, Value};
 

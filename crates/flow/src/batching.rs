@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferroserve_core::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::deployment::{Deployment, MAX_WAITING};
+use crate::deployment::Deployment;
 use crate::spec::DynamicBatchingSpec;
 use crate::{Document, Parameters};
 
@@ -25,13 +25,16 @@ struct Job {
 /// runtime) and ends with the deployment.
 pub(crate) struct Batcher {
     config: DynamicBatchingSpec,
+    /// Requests that may wait for a batch (the server's `--max-queue-size`).
+    max_waiting: usize,
     jobs: OnceLock<mpsc::Sender<Job>>,
 }
 
 impl Batcher {
-    pub fn new(config: DynamicBatchingSpec) -> Self {
+    pub fn new(config: DynamicBatchingSpec, max_waiting: usize) -> Self {
         Self {
             config,
+            max_waiting: max_waiting.max(1),
             jobs: OnceLock::new(),
         }
     }
@@ -45,11 +48,12 @@ impl Batcher {
         parameters: &Parameters,
     ) -> Result<Vec<Document>, Error> {
         let jobs = self.jobs.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(MAX_WAITING);
+            let (tx, rx) = mpsc::channel(self.max_waiting);
             tokio::spawn(gather(
                 Arc::downgrade(deployment),
                 endpoint.to_string(),
                 self.config,
+                self.max_waiting,
                 rx,
             ));
             tx
@@ -61,16 +65,15 @@ impl Batcher {
             reply,
         })
         .map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Overloaded(format!(
-                "{MAX_WAITING} requests are waiting for a batch already; retry shortly"
+            mpsc::error::TrySendError::Full(_) => Error::overloaded(format!(
+                "{} requests are waiting for a batch already; retry shortly",
+                self.max_waiting
             )),
-            mpsc::error::TrySendError::Closed(_) => {
-                Error::Unavailable("the executor is stopping".into())
-            }
+            mpsc::error::TrySendError::Closed(_) => Error::unavailable("the executor is stopping"),
         })?;
         answer
             .await
-            .map_err(|_| Error::Internal("the batch was dropped".into()))?
+            .map_err(|_| Error::internal("the batch was dropped"))?
     }
 }
 
@@ -80,6 +83,7 @@ async fn gather(
     deployment: Weak<Deployment>,
     endpoint: String,
     config: DynamicBatchingSpec,
+    max_waiting: usize,
     mut jobs: mpsc::Receiver<Job>,
 ) {
     let timeout = Duration::from_millis(config.timeout);
@@ -115,9 +119,9 @@ async fn gather(
                         count += j.docs.len();
                         batch.push(j);
                     }
-                    Some(j) if held.len() < MAX_WAITING => held.push_back(j),
+                    Some(j) if held.len() < max_waiting => held.push_back(j),
                     Some(j) => {
-                        let _ = j.reply.send(Err(Error::Overloaded("too many requests with other parameters are waiting for a batch; retry shortly".into())));
+                        let _ = j.reply.send(Err(Error::overloaded("too many requests with other parameters are waiting for a batch; retry shortly")));
                     }
                     None => break,
                 },
@@ -147,7 +151,7 @@ async fn gather(
                     }
                 }
                 Ok(out) => {
-                    let e = Error::Internal(format!(
+                    let e = Error::internal(format!(
                         "the executor returned {} documents for a batch of {total}; with uses_dynamic_batching it must return one per document, in order",
                         out.len()
                     ));

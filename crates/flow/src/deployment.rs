@@ -3,21 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use crate::autoscale::{CustomScaled, ModelScaled};
+use crate::autoscale::CustomScaled;
 use crate::batching::Batcher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ferroserve_core::{DataType, Error, InferRequest, NamedTensor, Tensor};
+use ferroserve_core::{DataType, Error, ErrorKind, InferRequest, NamedTensor, Tensor};
 use ferroserve_runtime::{Overrides, Runtime};
 use ferroserve_tasks::{TaskInput, TaskKind, TaskOutput};
 use tokio::sync::Semaphore;
 
 use crate::spec::{ExecutorSpec, Polling};
 use crate::{Document, Executor, ExecutorError, Executors, Init, Parameters};
-
-/// Requests that may wait for a busy custom executor; more are refused at once.
-pub(crate) const MAX_WAITING: usize = 1024;
 
 /// The instances of a custom executor: one request per instance at a time. A semaphore permit
 /// stands for an idle instance, so requests wait for one (or, at zero instances, for the
@@ -31,11 +28,15 @@ pub(crate) struct Instances {
     running: AtomicUsize,
     /// Instances, busy or idle.
     size: AtomicUsize,
+    /// Requests that may wait for an instance (the server's `--max-queue-size`); more are
+    /// refused at once.
+    max_waiting: usize,
 }
 
 impl Instances {
-    fn new(instances: Vec<Arc<dyn Executor>>) -> Self {
+    fn new(instances: Vec<Arc<dyn Executor>>, max_waiting: usize) -> Self {
         Self {
+            max_waiting,
             free: Semaphore::new(instances.len()),
             size: AtomicUsize::new(instances.len()),
             idle: Mutex::new(instances),
@@ -165,11 +166,17 @@ impl DeploymentHandle {
         })?;
         runtime
             .block_on(self.call_async(endpoint, docs, parameters))
-            .map_err(|e| match e {
-                Error::InvalidArgument(m) | Error::TooLarge(m) | Error::NotFound(m) => {
-                    ExecutorError::BadInput(format!("deployment '{}': {m}", self.0.name))
+            .map_err(|e| {
+                let bad_input = matches!(
+                    e.kind(),
+                    ErrorKind::InvalidArgument | ErrorKind::TooLarge | ErrorKind::NotFound
+                );
+                let message = format!("deployment '{}': {e}", self.0.name);
+                if bad_input {
+                    ExecutorError::BadInput(message)
+                } else {
+                    ExecutorError::Failed(message)
                 }
-                other => ExecutorError::Failed(format!("deployment '{}': {other}", self.0.name)),
             })
     }
 
@@ -214,14 +221,15 @@ impl Deployment {
                     };
                     instances.push(Arc::from(make(&init)?));
                 }
-                let instances = Arc::new(Instances::new(instances));
+                let max_waiting = runtime.options().max_queue_size;
+                let instances = Arc::new(Instances::new(instances, max_waiting));
                 if let Some(config) = &spec.autoscaling {
                     let (with, handles, make) =
                         (spec.uses_with.clone(), handles.clone(), make.clone());
-                    crate::autoscale::Autoscaler {
-                        deployment: name.clone(),
-                        config: config.clone(),
+                    ferroserve_runtime::autoscale::Autoscaler {
+                        name: name.clone(),
                         target: Box::new(CustomScaled {
+                            config: config.clone(),
                             next: instances.size(),
                             instances: Arc::downgrade(&instances),
                             make: Box::new(move |replica| {
@@ -248,7 +256,12 @@ impl Deployment {
                 batchers: spec
                     .uses_dynamic_batching
                     .iter()
-                    .map(|(endpoint, b)| (endpoint.clone(), Batcher::new(*b)))
+                    .map(|(endpoint, b)| {
+                        (
+                            endpoint.clone(),
+                            Batcher::new(*b, runtime.options().max_queue_size),
+                        )
+                    })
                     .collect(),
             }
         } else {
@@ -280,27 +293,12 @@ impl Deployment {
                         // it); an autoscaled one starting at zero lets it go right after.
                         replicas: Some(spec.replicas().max(1)),
                         devices: placement,
+                        autoscaling: spec.autoscaling.clone(),
                     },
                 )
                 .map_err(|err| err.to_string())?;
             let task = runtime.task(&name, None).map_err(|err| err.to_string())?;
             let kind = task.map(|t| t.kind());
-            if let Some(config) = &spec.autoscaling {
-                if spec.replicas() == 0 {
-                    runtime.scale(&name, 0).map_err(|e| e.to_string())?;
-                }
-                crate::autoscale::Autoscaler {
-                    deployment: name.clone(),
-                    config: config.clone(),
-                    target: Box::new(ModelScaled {
-                        runtime: Arc::downgrade(runtime),
-                        model: name.clone(),
-                    }),
-                    gauges: runtime.metrics().deployment(&name),
-                }
-                .start()
-                .map_err(|e| format!("cannot start the autoscaler: {e}"))?;
-            }
             match kind {
                 Some(kind) => Node::Model {
                     kind,
@@ -439,10 +437,10 @@ async fn call_plain(
         let response = match runtime.infer(model, None, request).await {
             Ok(r) => r,
             // The model refuses this shape: those documents fail, the others go on.
-            Err(Error::InvalidArgument(m)) | Err(Error::TooLarge(m)) => {
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidArgument | ErrorKind::TooLarge) => {
                 for &i in &members {
                     let id = docs[i].id.clone();
-                    docs[i].fail(format!("document '{id}': {m}"));
+                    docs[i].fail(format!("document '{id}': {e}"));
                 }
                 continue;
             }
@@ -451,11 +449,11 @@ async fn call_plain(
         let out = response
             .outputs
             .first()
-            .ok_or_else(|| Error::Internal("the model returned no output".into()))?;
+            .ok_or_else(|| Error::internal("the model returned no output"))?;
         if out.tensor.dtype() != DataType::Fp32
             || out.tensor.shape().first() != Some(&members.len())
         {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "output '{}' is {} {:?}; documents take FP32 rows",
                 out.name,
                 out.tensor.dtype(),
@@ -591,40 +589,41 @@ async fn call_model(
 }
 
 /// Runs a custom executor on an idle instance, on a blocking thread; waits for one when all are
-/// busy, up to [`MAX_WAITING`] requests.
+/// busy, up to the server's queue bound.
 async fn call_custom(
     instances: &Instances,
     endpoint: &str,
     docs: Vec<Document>,
     parameters: &Parameters,
 ) -> Result<Vec<Document>, Error> {
-    if instances.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+    let most = instances.max_waiting;
+    if instances.waiting.fetch_add(1, Ordering::AcqRel) >= most {
         instances.waiting.fetch_sub(1, Ordering::AcqRel);
-        return Err(Error::Overloaded(format!(
-            "{MAX_WAITING} requests are waiting for this executor already; retry shortly"
+        return Err(Error::overloaded(format!(
+            "{most} requests are waiting for this executor already; retry shortly"
         )));
     }
     let permit = instances.free.acquire().await;
     instances.running.fetch_add(1, Ordering::AcqRel);
     instances.waiting.fetch_sub(1, Ordering::AcqRel);
     let _running = Running(&instances.running);
-    let _permit = permit.map_err(|_| Error::Unavailable("the executor is stopping".into()))?;
+    let _permit = permit.map_err(|_| Error::unavailable("the executor is stopping"))?;
     let executor = instances
         .idle
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .pop()
-        .ok_or_else(|| Error::Internal("no idle executor instance".into()))?;
+        .ok_or_else(|| Error::internal("no idle executor instance"))?;
     let result = if executor.handles(endpoint) {
         let (e, endpoint, parameters) =
             (executor.clone(), endpoint.to_string(), parameters.clone());
         tokio::task::spawn_blocking(move || e.handle(&endpoint, docs, &parameters))
             .await
-            .map_err(|_| Error::Internal("the executor panicked".into()))
+            .map_err(|_| Error::internal("the executor panicked"))
             .and_then(|r| {
                 r.map_err(|e| match e {
-                    ExecutorError::BadInput(m) => Error::InvalidArgument(m),
-                    ExecutorError::Failed(m) => Error::Internal(m),
+                    ExecutorError::BadInput(m) => Error::invalid(m),
+                    ExecutorError::Failed(m) => Error::internal(m),
                 })
             })
     } else {

@@ -26,18 +26,8 @@ impl FlowError {
     /// The error as frontends report it: its kind (which decides the status), with the
     /// executor's name in the message.
     pub fn into_error(self) -> Error {
-        let message = format!("executor '{}': {}", self.executor, self.error);
-        match self.error {
-            Error::InvalidArgument(_) => Error::InvalidArgument(message),
-            Error::NotFound(_) => Error::NotFound(message),
-            Error::Unavailable(_) => Error::Unavailable(message),
-            Error::Overloaded(_) => Error::Overloaded(message),
-            Error::DeadlineExceeded(_) => Error::DeadlineExceeded(message),
-            Error::TooLarge(_) => Error::TooLarge(message),
-            Error::AlreadyExists(_) => Error::AlreadyExists(message),
-            Error::PermissionDenied(_) => Error::PermissionDenied(message),
-            Error::Internal(_) => Error::Internal(message),
-        }
+        self.error
+            .context(format_args!("executor '{}'", self.executor))
     }
 }
 
@@ -108,7 +98,7 @@ impl Flow {
             .find(|n| n.name == name)
             .ok_or_else(|| FlowError {
                 executor: name.to_string(),
-                error: Error::NotFound(format!("no executor '{name}'")),
+                error: Error::not_found(format!("no executor '{name}'")),
             })?;
         call_node(node, endpoint, docs, parameters)
             .await
@@ -159,7 +149,7 @@ impl Flow {
         {
             return Err(FlowError {
                 executor: e.executor,
-                error: Error::InvalidArgument(e.message),
+                error: Error::invalid(e.message),
             });
         }
         Ok(answer)

@@ -21,6 +21,7 @@
 //!   replicas: 2
 //! ```
 
+use ferroserve_runtime::Autoscaling;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -123,79 +124,6 @@ pub struct DynamicBatchingSpec {
 
 fn ten_seconds() -> u64 {
     10_000
-}
-
-/// Ray Serve's `autoscaling_config`, with its names and meanings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Autoscaling {
-    /// Fewest instances; 0 lets an idle deployment scale to zero (the first request then waits,
-    /// in the bounded queue, for an instance to start). Default: 1.
-    pub min_replicas: usize,
-    /// Most instances. Default: 1.
-    pub max_replicas: usize,
-    /// Instances at start. Default: `min_replicas`.
-    pub initial_replicas: Option<usize>,
-    /// Requests (running and waiting) each instance should have on average; the target is
-    /// ongoing requests / this, rounded up. Default: 2.
-    pub target_ongoing_requests: f64,
-    /// How long the target must stay above the current count before scaling up. Default: 30.
-    pub upscale_delay_s: f64,
-    /// How long the target must stay below the current count before scaling down. Default: 600.
-    pub downscale_delay_s: f64,
-    /// How often ongoing requests are sampled and a decision made. Default: 10.
-    pub metrics_interval_s: f64,
-    /// Samples over this window are averaged. Default: 30.
-    pub look_back_period_s: f64,
-}
-
-impl Default for Autoscaling {
-    fn default() -> Self {
-        Self {
-            min_replicas: 1,
-            max_replicas: 1,
-            initial_replicas: None,
-            target_ongoing_requests: 2.0,
-            upscale_delay_s: 30.0,
-            downscale_delay_s: 600.0,
-            metrics_interval_s: 10.0,
-            look_back_period_s: 30.0,
-        }
-    }
-}
-
-impl Autoscaling {
-    /// Instances at start.
-    pub fn initial(&self) -> usize {
-        self.initial_replicas.unwrap_or(self.min_replicas)
-    }
-
-    fn check(&self) -> Result<(), String> {
-        let a = self;
-        if a.max_replicas == 0 || a.min_replicas > a.max_replicas {
-            return Err(format!(
-                "autoscaling needs 0 <= min_replicas <= max_replicas and max_replicas >= 1 (got {} and {})",
-                a.min_replicas, a.max_replicas
-            ));
-        }
-        if !(a.min_replicas..=a.max_replicas).contains(&a.initial()) {
-            return Err(
-                "autoscaling.initial_replicas must be between min_replicas and max_replicas".into(),
-            );
-        }
-        let positive = [
-            a.target_ongoing_requests,
-            a.metrics_interval_s,
-            a.look_back_period_s,
-        ];
-        let non_negative = [a.upscale_delay_s, a.downscale_delay_s];
-        if positive.iter().any(|v| !(v.is_finite() && *v > 0.0))
-            || non_negative.iter().any(|v| !(v.is_finite() && *v >= 0.0))
-        {
-            return Err("autoscaling: target_ongoing_requests, metrics_interval_s and look_back_period_s must be above 0, the delays 0 or more".into());
-        }
-        Ok(())
-    }
 }
 
 impl ExecutorSpec {

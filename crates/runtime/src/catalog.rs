@@ -8,8 +8,8 @@ use std::sync::Arc;
 use ferroserve_core::{Error, Result};
 use ferroserve_store::{Limits, Selection, Store};
 
-use crate::registry::Overrides;
 use crate::repository;
+use crate::runtime::Overrides;
 
 /// What the management API may register models from, beside files in the model store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub struct AccessPolicy {
 }
 
 /// Where a loaded model came from, and how to tell that it changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Origin {
     /// The model folder.
     pub dir: PathBuf,
@@ -65,7 +65,7 @@ impl Catalog {
             repository: None,
             store: None,
             // Never a shared temporary folder: what is in the cache is served.
-            cache: ferroserve_backend_onnx::default_home().join("cache"),
+            cache: ferroserve_core::default_home().join("cache"),
             limits: Limits::default(),
             max_cache_bytes: None,
             policy: AccessPolicy::default(),
@@ -125,11 +125,11 @@ impl Catalog {
         }
         let scanned = self
             .scan()
-            .map_err(|e| Error::Unavailable(format!("cannot read the model sources: {e}")))?;
+            .map_err(|e| Error::unavailable(format!("cannot read the model sources: {e}")))?;
         match scanned.get(name) {
             Some(Ok(origin)) => Ok(origin.clone()),
             Some(Err(reason)) => Err(Error::invalid(format!("model '{name}': {reason}"))),
-            None => Err(Error::NotFound(format!(
+            None => Err(Error::not_found(format!(
                 "no model '{name}' in {}",
                 self.describe_sources()
             ))),
@@ -214,12 +214,12 @@ impl Locator {
         }
         let path = Path::new(url);
         let refused = || {
-            Error::PermissionDenied(format!(
+            Error::permission_denied(format!(
                 "{url} is not under an allowed path; the server registers models from the model store or from folders given with --allowed-paths"
             ))
         };
         if !path.is_absolute() {
-            return Err(Error::NotFound(format!(
+            return Err(Error::not_found(format!(
                 "'{url}' is not a file in the model store; give a file name in it, or an absolute path under --allowed-paths"
             )));
         }
@@ -240,7 +240,7 @@ impl Locator {
         }
         let real = path
             .canonicalize()
-            .map_err(|e| Error::NotFound(format!("{url}: {e}")))?;
+            .map_err(|e| Error::not_found(format!("{url}: {e}")))?;
         if !under(&real) {
             return Err(refused());
         }
@@ -275,7 +275,7 @@ impl Locator {
             .iter()
             .any(|prefix| url_allowed(prefix, url))
         {
-            return Err(Error::PermissionDenied(format!(
+            return Err(Error::permission_denied(format!(
                 "the server does not fetch models from URLs unless their prefix is allow-listed (--allowed-urls); {url} is not"
             )));
         }
@@ -285,7 +285,7 @@ impl Locator {
         let file =
             std::thread::spawn(move || ferroserve_store::fetch::download(&owned, &dir, &limits))
                 .join()
-                .map_err(|_| Error::Internal(format!("downloading {url} panicked")))?
+                .map_err(|_| Error::internal(format!("downloading {url} panicked")))?
                 .map_err(|e| self.client_error(e))?;
         let opened = self.open_local(&file, url);
         // Unpacked (or refused), the download has served its purpose.
@@ -321,7 +321,7 @@ impl Locator {
             message.replace_range(i..end, "");
         }
         if too_large {
-            Error::TooLarge(message)
+            Error::too_large(message)
         } else {
             Error::invalid(message)
         }

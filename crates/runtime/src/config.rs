@@ -6,7 +6,7 @@
 //!
 //! ```yaml
 //! # models/minilm/model.yaml
-//! backend: onnx           # or candle (Hugging Face checkpoints of generative models)
+//! backend: onnx           # inferred from the folder when left out (model.onnx: onnx)
 //! model_file: model.onnx  # file inside each version folder
 //! replicas: 2             # two sessions, each serving one batch at a time
 //! threads: 1              # ONNX Runtime intra-op threads per replica
@@ -26,25 +26,31 @@
 //! text:
 //!   pooling: mean
 //!   max_batch_tokens: 16384
+//! autoscaling:            # Ray Serve's rule, between these bounds (replaces replicas)
+//!   min_replicas: 1
+//!   max_replicas: 4
+//!   target_ongoing_requests: 2
 //! ```
 //!
 //! A generative model is a Hugging Face checkpoint folder served by the candle backend:
 //!
 //! ```yaml
 //! # models/t5/model.yaml (beside config.json, model.safetensors, tokenizer.json)
-//! backend: candle
 //! task: summarization
 //! generation: {num_beams: 2, max_length: 60}   # defaults for requests that leave them out
 //! ```
 //!
-//! A folder with no `model.yaml` that holds a diffusers pipeline (`model_index.json`) or a T5
-//! checkpoint (`config.json` naming `T5ForConditionalGeneration`) is recognised as such.
+//! The backend is inferred from the folder when `backend:` is left out, as Triton infers it from
+//! the file name: each backend compiled in is asked, in turn, whether a version folder holds a
+//! model it serves for the task (`model.onnx`: onnx; a checkpoint's `config.json` with
+//! safetensors, or a diffusers `model_index.json`: candle). A folder with no `model.yaml` that
+//! holds a diffusers pipeline or a T5 checkpoint (`config.json` naming
+//! `T5ForConditionalGeneration`) is recognised with its task.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ferroserve_backend_candle::diffusion::DiffusionParams;
-use ferroserve_backend_candle::generation::GenerationParams;
+pub use crate::autoscale::Autoscaling;
 pub use ferroserve_core::Device;
 use ferroserve_tasks::config::{
     ClassificationConfig, ImageConfig, TaskConfig, TaskKind, TextConfig,
@@ -53,19 +59,6 @@ use serde::Deserialize;
 
 /// File name of a model's configuration inside its folder.
 pub const CONFIG_FILE: &str = "model.yaml";
-
-/// Which backend computes a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// ONNX Runtime (`model.onnx`).
-    #[default]
-    Onnx,
-    /// candle: a Hugging Face checkpoint folder (`task: summarization` for T5-family
-    /// `config.json` + safetensors, `task: text-to-image` for a diffusers Stable Diffusion
-    /// pipeline with `model_index.json`).
-    Candle,
-}
 
 /// Device placement of a model's replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -209,16 +202,20 @@ pub enum LoadPolicy {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Backend that runs the model. Default: `onnx`.
-    pub backend: BackendKind,
+    /// Backend that runs the model: `onnx`, `candle`, or another compiled in. Default: inferred
+    /// from the folder (see the module's documentation).
+    pub backend: Option<String>,
     /// Model file inside each numeric version folder (or beside `model.yaml` for a bare,
-    /// unversioned model). Default: `model.onnx`; for `backend: candle`, the checkpoint's
-    /// `config.json` (summarization) or `model_index.json` (text-to-image), whose folder holds
-    /// the rest of the checkpoint.
-    pub model_file: String,
+    /// unversioned model). Default: the backend's own: `model.onnx` for onnx; for candle, the
+    /// checkpoint's `config.json` (summarization) or `model_index.json` (text-to-image), whose
+    /// folder holds the rest of the checkpoint.
+    pub model_file: Option<String>,
     /// Loaded instances of the model; each runs one batch at a time, and an idle replica takes
-    /// the next batch. Default: 1.
+    /// the next batch. Default: 1 (with `autoscaling`, its `initial_replicas`).
     pub replicas: usize,
+    /// Scale the replicas with the load, by Ray Serve's rule (`min_replicas`, `max_replicas`,
+    /// `target_ongoing_requests`, `upscale_delay_s`, `downscale_delay_s`, ...). Default: off.
+    pub autoscaling: Option<Autoscaling>,
     /// Intra-op threads ONNX Runtime uses in each replica. Default: the machine's cores divided
     /// by `replicas` (at least 1), so replicas together do not oversubscribe the cores.
     pub threads: Option<usize>,
@@ -250,11 +247,12 @@ pub struct ModelConfig {
     /// Generation defaults for `summarization` (`num_beams`, `max_length`, `min_length`,
     /// `max_new_tokens`, `min_new_tokens`, `repetition_penalty`, `length_penalty`,
     /// `early_stopping`, `no_repeat_ngram_size`); they win over the checkpoint's
-    /// `generation_config.json`, and requests win over them.
-    pub generation: Option<GenerationParams>,
+    /// `generation_config.json`, and requests win over them. Read (and checked) by the backend.
+    pub generation: Option<serde_yaml_ng::Value>,
     /// Image defaults for `text-to-image` (`height`, `width`, `num_inference_steps`,
     /// `guidance_scale`, `scheduler`); they win over the pipeline's own, and requests over them.
-    pub diffusion: Option<DiffusionParams>,
+    /// Read (and checked) by the backend.
+    pub diffusion: Option<serde_yaml_ng::Value>,
     /// Which version folders are served: `all`, `{latest: N}` or `{specific: [..]}`. Default:
     /// `all` (Triton's default is `latest: 1`).
     pub version_policy: VersionPolicy,
@@ -266,9 +264,10 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            backend: BackendKind::Onnx,
-            model_file: ONNX_MODEL_FILE.to_string(),
+            backend: None,
+            model_file: None,
             replicas: 1,
+            autoscaling: None,
             threads: None,
             inter_op_threads: None,
             devices: Devices::default(),
@@ -287,9 +286,6 @@ impl Default for ModelConfig {
     }
 }
 
-/// `model_file`'s default, which a candle model replaces with its checkpoint's marker file.
-const ONNX_MODEL_FILE: &str = "model.onnx";
-
 /// A `model.yaml` that could not be read or understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -306,7 +302,7 @@ impl ModelConfig {
         let file = dir.join(CONFIG_FILE);
         match std::fs::read_to_string(&file) {
             Ok(text) => Self::parse(&file, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::detect(dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(ConfigError {
                 file,
                 message: format!("cannot read: {e}"),
@@ -331,18 +327,36 @@ impl ModelConfig {
         let mut config: ModelConfig =
             serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
                 .map_err(|e| fail(describe(&e.path().to_string(), e.inner())))?;
-        config.check_generative().map_err(fail)?;
-        if config.model_file.is_empty() || Path::new(&config.model_file).components().count() != 1 {
-            return Err(fail(format!(
-                "model_file must be a plain file name, got '{}'",
-                config.model_file
-            )));
+        config.check_sections().map_err(fail)?;
+        if let Some(file) = &config.model_file {
+            if file.is_empty() || Path::new(file).components().count() != 1 {
+                return Err(fail(format!(
+                    "model_file must be a plain file name, got '{file}'"
+                )));
+            }
         }
         if config.threads == Some(0) || config.inter_op_threads == Some(0) {
             return Err(fail(
                 "threads and inter_op_threads must be at least 1 (leave them out for the default)"
                     .into(),
             ));
+        }
+        if let Some(a) = &config.autoscaling {
+            a.check().map_err(fail)?;
+            if a.max_replicas > crate::MAX_REPLICAS {
+                return Err(fail(format!(
+                    "autoscaling.max_replicas must be at most {}",
+                    crate::MAX_REPLICAS
+                )));
+            }
+            if config.replicas != 1 {
+                return Err(fail(
+                    "set replicas or autoscaling, not both (autoscaling.initial_replicas sets the start)".into(),
+                ));
+            }
+            // A model loads at least one replica (its signature comes from it); an idle one at
+            // min_replicas 0 is let go by the autoscaler.
+            config.replicas = a.initial().max(1);
         }
         if config.replicas == 0 || config.replicas > crate::MAX_REPLICAS {
             return Err(fail(format!(
@@ -373,82 +387,13 @@ impl ModelConfig {
         Ok(config)
     }
 
-    /// The configuration of a folder without `model.yaml`: a diffusers pipeline or a T5
-    /// checkpoint is served by candle with its task; anything else gets the defaults.
-    fn detect(dir: &Path) -> Self {
-        let candle = |task, file: &str| Self {
-            backend: BackendKind::Candle,
-            model_file: file.to_string(),
-            task: Some(task),
-            ..Self::default()
-        };
-        // The checkpoint may sit in the model folder or in its numeric version folders.
-        let mut folders = vec![dir.to_path_buf()];
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            folders.extend(
-                entries
-                    .flatten()
-                    .filter(|e| {
-                        e.file_name()
-                            .to_str()
-                            .is_some_and(|n| n.parse::<u64>().is_ok())
-                    })
-                    .map(|e| e.path()),
-            );
-        }
-        for folder in &folders {
-            if folder.join("model_index.json").is_file() {
-                return candle(TaskKind::TextToImage, "model_index.json");
-            }
-            let t5 = std::fs::read_to_string(folder.join("config.json"))
-                .ok()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .is_some_and(|c| {
-                    c["architectures"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|n| n == "T5ForConditionalGeneration"))
-                });
-            if t5 && !folder.join(ONNX_MODEL_FILE).is_file() {
-                return candle(TaskKind::Summarization, "config.json");
-            }
-        }
-        Self::default()
-    }
-
-    /// Checks the candle-specific sections and picks candle's model file.
-    fn check_generative(&mut self) -> Result<(), String> {
+    /// Checks that the generative sections go with their task.
+    fn check_sections(&self) -> Result<(), String> {
         if self.generation.is_some() && self.task != Some(TaskKind::Summarization) {
             return Err("the 'generation' section applies to task summarization".into());
         }
         if self.diffusion.is_some() && self.task != Some(TaskKind::TextToImage) {
             return Err("the 'diffusion' section applies to task text-to-image".into());
-        }
-        let generative = matches!(
-            self.task,
-            Some(TaskKind::Summarization | TaskKind::TextToImage)
-        );
-        match self.backend {
-            BackendKind::Candle => {
-                let marker = match self.task {
-                    Some(TaskKind::Summarization) => "config.json",
-                    Some(TaskKind::TextToImage) => "model_index.json",
-                    _ => {
-                        return Err(
-                            "backend candle serves task summarization or text-to-image".into()
-                        )
-                    }
-                };
-                if self.model_file == ONNX_MODEL_FILE {
-                    self.model_file = marker.to_string();
-                }
-            }
-            BackendKind::Onnx if generative => {
-                return Err(format!(
-                    "task {} runs on backend candle (a Hugging Face checkpoint folder)",
-                    self.task.map_or("", TaskKind::as_str)
-                ))
-            }
-            BackendKind::Onnx => {}
         }
         Ok(())
     }
@@ -554,7 +499,8 @@ mod tests {
     fn fields_parse() {
         let c = parse("backend: onnx\nthreads: 2\nmodel_file: net.onnx\n").unwrap();
         assert_eq!(c.threads, Some(2));
-        assert_eq!(c.model_file, "net.onnx");
+        assert_eq!(c.model_file.as_deref(), Some("net.onnx"));
+        assert_eq!(c.backend.as_deref(), Some("onnx"));
     }
 
     #[test]
@@ -571,10 +517,23 @@ mod tests {
     }
 
     #[test]
-    fn unknown_backend_is_rejected() {
-        let e = parse("backend: tensorflow\n").unwrap_err().to_string();
-        assert!(e.contains("backend"), "{e}");
-        assert!(e.contains("onnx"), "{e}");
+    fn autoscaling_sets_the_starting_replicas_and_is_checked() {
+        let c = parse("autoscaling: {min_replicas: 0, max_replicas: 3, initial_replicas: 2}\n")
+            .unwrap();
+        assert_eq!(c.replicas, 2);
+        assert_eq!(c.autoscaling.unwrap().max_replicas, 3);
+        // At zero, one replica still loads; the autoscaler lets it go when idle.
+        assert_eq!(
+            parse("autoscaling: {min_replicas: 0, max_replicas: 2}\n")
+                .unwrap()
+                .replicas,
+            1
+        );
+        let e = |t: &str| parse(t).unwrap_err().to_string();
+        assert!(e("replicas: 2\nautoscaling: {max_replicas: 3}\n").contains("not both"));
+        assert!(e("autoscaling: {min_replicas: 3, max_replicas: 2}\n").contains("min_replicas"));
+        assert!(e("autoscaling: {max_replicas: 1000}\n").contains("at most"));
+        assert!(e("autoscaling: {max_replica: 2}\n").contains("did you mean 'max_replicas'?"));
     }
 
     #[test]

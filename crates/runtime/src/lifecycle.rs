@@ -15,10 +15,10 @@ use ferroserve_store::{Limits, Selection, Store};
 
 use crate::catalog::{AccessPolicy, Origin, OriginKind};
 use crate::config::LoadPolicy;
-use crate::registry::{
-    replica_devices, retire, EntryState, ModelEntry, Overrides, Runtime, VersionState,
-};
+use crate::placement::replica_devices;
 use crate::repository::{self, ModelLayout, ModelSource};
+use crate::runtime::{Overrides, Runtime};
+use crate::table::{retire, EntryState, ModelEntry, VersionState};
 
 /// Runs blocking work (a model load) from async code without stalling the async threads.
 pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -143,7 +143,7 @@ impl Runtime {
     /// whose YAML names model folders; clients never reach this with a path.
     pub fn load_folder(&self, name: &str, dir: &Path, overrides: Overrides) -> Result<()> {
         if !dir.is_dir() {
-            return Err(Error::NotFound(format!(
+            return Err(Error::not_found(format!(
                 "no model folder at {}",
                 dir.display()
             )));
@@ -158,11 +158,6 @@ impl Runtime {
         self.install(name, origin, true)
     }
 
-    /// Marks the server ready when models were loaded one by one rather than from a repository.
-    pub fn mark_ready(&self) {
-        self.ready.store(true, std::sync::atomic::Ordering::Release);
-    }
-
     /// Unloads model `name`: it stops taking requests, finishes those in flight, and is listed
     /// as unavailable ("unloaded") until loaded again. Blocks until its replicas stop.
     pub fn unload(&self, name: &str) -> Result<()> {
@@ -173,8 +168,11 @@ impl Runtime {
             let mut models = self.write_models();
             let entry = models
                 .get_mut(name)
-                .ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
-            std::mem::replace(&mut entry.state, EntryState::Unavailable("unloaded".into()))
+                .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+            std::mem::replace(
+                &mut entry.state,
+                EntryState::Unavailable(Error::unavailable("unloaded")),
+            )
         };
         self.metrics.unloaded(name, false);
         retire(old);
@@ -194,7 +192,7 @@ impl Runtime {
             let mut models = self.write_models();
             let entry = models
                 .get_mut(name)
-                .ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
+                .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
             match version {
                 None => models.remove(name).map(|e| {
                     released = Some(e.origin.dir);
@@ -202,13 +200,13 @@ impl Runtime {
                 }),
                 Some(v) => {
                     let EntryState::Loaded(versions) = &mut entry.state else {
-                        return Err(Error::Unavailable(format!(
+                        return Err(Error::unavailable(format!(
                             "model '{name}' is not loaded; remove the whole model instead"
                         )));
                     };
                     let number = v.parse::<u64>().ok().filter(|n| versions.contains_key(n));
                     let Some(number) = number else {
-                        return Err(Error::NotFound(format!(
+                        return Err(Error::not_found(format!(
                             "unknown version '{v}' of model '{name}'"
                         )));
                     };
@@ -312,7 +310,7 @@ impl Runtime {
         let lock = self.model_lock(name);
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.read_models().contains_key(name) {
-            return Err(Error::AlreadyExists(format!(
+            return Err(Error::already_exists(format!(
                 "model '{name}' is registered already; unregister it first, or register under another model_name"
             )));
         }
@@ -335,12 +333,16 @@ impl Runtime {
             name: name.to_string(),
             dir: origin.dir.clone(),
         };
-        let layout = source.layout().map(|mut l| {
+        let layout = source.layout(&self.backends).map(|mut l| {
             if let Some(n) = origin.overrides.replicas {
                 l.config.replicas = n;
             }
             if let Some(d) = origin.overrides.devices.clone() {
                 l.config.devices = d;
+            }
+            if let Some(a) = origin.overrides.autoscaling.clone() {
+                l.config.replicas = a.initial().max(1);
+                l.config.autoscaling = Some(a);
             }
             l
         });
@@ -348,7 +350,8 @@ impl Runtime {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(model = %name, error = %e, "model unavailable");
-                return self.place(name, origin, EntryState::Unavailable(e.to_string()), false);
+                let e = Error::invalid(e.to_string());
+                return self.place(name, origin, EntryState::Unavailable(e), false);
             }
         };
         let lazy = layout.config.load == LoadPolicy::Lazy;
@@ -364,7 +367,7 @@ impl Runtime {
                 Ok(()) => self.load_versions(name, &origin.dir, &layout),
                 // A lazy model that cannot fit now stays listed, to load when room is made.
                 Err(e) if lazy => return Err(e),
-                Err(e) => EntryState::Unavailable(e.to_string()),
+                Err(e) => EntryState::Unavailable(e),
             }
         };
         self.place(name, origin, state, lazy)
@@ -372,7 +375,7 @@ impl Runtime {
 
     /// Puts `state` in place for `name` and retires what it replaces.
     fn place(&self, name: &str, origin: Origin, state: EntryState, lazy: bool) -> Result<()> {
-        let failure = failure_of(&state);
+        let failure = state.failure();
         let old = {
             let mut models = self.write_models();
             let old_serves = models.get(name).is_some_and(|e| e.ready().next().is_some());
@@ -380,14 +383,12 @@ impl Runtime {
             let loading_something = !matches!(state, EntryState::Unloaded);
             if old_serves && !new_serves && loading_something {
                 // Keep what serves; say why the new copy is not used.
-                let reason = failure.clone().unwrap_or_default();
+                let reason = failure.unwrap_or_else(|| Error::internal("no version loaded"));
                 if let Some(e) = models.get_mut(name) {
-                    e.last_error = Some(reason.clone());
+                    e.last_error = Some(reason.to_string());
                 }
                 tracing::error!(model = %name, error = %reason, "new copy failed to load; the old one keeps serving");
-                return Err(Error::invalid(format!(
-                    "model '{name}' failed to load: {reason}"
-                )));
+                return Err(reason.context(format_args!("model '{name}' failed to load")));
             }
             let default = models.get(name).and_then(|e| e.default);
             if let Some(reason) = &failure {
@@ -402,7 +403,7 @@ impl Runtime {
                 origin,
                 lazy,
                 default,
-                last_error: failure.clone(),
+                last_error: failure.as_ref().map(Error::to_string),
             };
             models.insert(name.to_string(), entry).map(|e| e.state)
         };
@@ -412,9 +413,7 @@ impl Runtime {
         self.update_memory();
         match failure {
             None => Ok(()),
-            Some(reason) => Err(Error::invalid(format!(
-                "model '{name}' failed to load: {reason}"
-            ))),
+            Some(reason) => Err(reason.context(format_args!("model '{name}' failed to load"))),
         }
     }
 
@@ -428,7 +427,12 @@ impl Runtime {
             kind: OriginKind::Scanned,
             overrides: Overrides::default(),
         };
-        let _ = self.place(name, origin, EntryState::Unavailable(reason), false);
+        let _ = self.place(
+            name,
+            origin,
+            EntryState::Unavailable(Error::invalid(reason)),
+            false,
+        );
     }
 
     /// Loads a lazy model on its first request (once, however many requests wait for it).
@@ -452,6 +456,7 @@ impl Runtime {
             .map(|(&number, file)| {
                 let state = match self.load_version(name, number, file, dir, &layout.config) {
                     Ok(v) => {
+                        let v = Arc::new(v);
                         tracing::info!(
                             model = %name,
                             version = number,
@@ -463,7 +468,13 @@ impl Runtime {
                             load_ms = v.load_ms,
                             "model ready"
                         );
-                        VersionState::Ready(Arc::new(v))
+                        match self.start_autoscaling(&v, layout.config.autoscaling.clone()) {
+                            Ok(()) => VersionState::Ready(v),
+                            Err(e) => {
+                                crate::version::retire(vec![v]);
+                                VersionState::Unavailable(e)
+                            }
+                        }
                     }
                     Err(reason) => {
                         tracing::error!(model = %name, version = number, error = %reason, "model version unavailable");
@@ -483,7 +494,7 @@ impl Runtime {
         let budget = &self.options.memory_budget;
         for (&device, &n) in needed {
             if let Some(limit) = budget.limit(device).filter(|&l| n > l) {
-                return Err(Error::Unavailable(format!(
+                return Err(Error::unavailable(format!(
                     "model '{loading}' needs about {n} bytes on {device}, more than its whole memory budget ({limit} bytes, --memory-budget)"
                 )));
             }
@@ -529,13 +540,13 @@ impl Runtime {
                     })
                     .map(|(n, _)| n.clone());
                 let Some(victim) = victim else {
-                    return Err(Error::Unavailable(format!(
+                    return Err(Error::unavailable(format!(
                         "model '{loading}' needs about {} bytes on {device}, and {held} of its {limit}-byte memory budget are held by models that are busy or not lazy; retry later",
                         needed.get(&device).copied().unwrap_or(0)
                     )));
                 };
                 let entry = models.get_mut(&victim).ok_or_else(|| {
-                    Error::Internal(format!("model '{victim}' vanished while evicting"))
+                    Error::internal(format!("model '{victim}' vanished while evicting"))
                 })?;
                 let old = std::mem::replace(&mut entry.state, EntryState::Unloaded);
                 (victim, old)
@@ -546,6 +557,24 @@ impl Runtime {
             retire(old);
             self.update_memory();
         }
+    }
+
+    /// Starts the autoscaler of a version just loaded, when its configuration asks for one;
+    /// one that starts at zero replicas lets its first go now.
+    fn start_autoscaling(
+        &self,
+        v: &Arc<crate::version::Version>,
+        config: Option<crate::Autoscaling>,
+    ) -> Result<()> {
+        let Some(config) = config else {
+            return Ok(());
+        };
+        let initial = config.initial();
+        v.set_autoscaling(Some(config), self.metrics.deployment(&v.config.name))?;
+        if initial == 0 {
+            v.scale_to(0)?;
+        }
+        Ok(())
     }
 
     /// Updates the memory gauges.
@@ -563,16 +592,6 @@ impl Runtime {
         }
         for (d, bytes) in used {
             self.metrics.memory(d, bytes, budget.limit(d));
-        }
-    }
-
-    /// `NotFound` for a name no model has (checked before a lock is made for the name, so
-    /// requests naming made-up models do not grow the lock map).
-    fn known(&self, name: &str) -> Result<()> {
-        if self.read_models().contains_key(name) {
-            Ok(())
-        } else {
-            Err(Error::NotFound(format!("unknown model '{name}'")))
         }
     }
 
@@ -605,18 +624,6 @@ fn estimate(layout: &ModelLayout, dir: &Path) -> BTreeMap<Device, u64> {
     }
     out
 }
-/// Why a new entry does not fully serve, if it does not.
-fn failure_of(state: &EntryState) -> Option<String> {
-    match state {
-        EntryState::Unavailable(reason) => Some(reason.clone()),
-        EntryState::Loaded(versions) => versions.iter().find_map(|(n, v)| match v {
-            VersionState::Unavailable(r) => Some(format!("version {n}: {r}")),
-            VersionState::Ready(_) => None,
-        }),
-        EntryState::Unloaded => None,
-    }
-}
-
 fn describe(specs: &[ferroserve_core::TensorSpec]) -> String {
     specs
         .iter()

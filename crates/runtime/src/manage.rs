@@ -5,8 +5,11 @@ use serde::Serialize;
 
 use ferroserve_core::{Error, Result};
 
+use crate::autoscale::Autoscaling;
 use crate::config::DynamicBatching;
-use crate::registry::{EntryState, ModelState, Runtime, VersionState};
+use crate::response::ModelState;
+use crate::runtime::Runtime;
+use crate::table::{EntryState, VersionState};
 
 /// A model as `GET /models/{model}` describes it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,9 +65,15 @@ pub struct VersionDescription {
     /// Its dynamic batching settings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_batching: Option<DynamicBatching>,
-    /// Backend platform.
+    /// Backend platform (Triton's name).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub platform: String,
+    /// Backend (`model.yaml`'s name).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub backend: String,
+    /// The autoscaling in force, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
     /// Built-in task.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<&'static str>,
@@ -125,7 +134,7 @@ impl ScaleRequest {
 pub const MAX_REPLICAS: usize = 64;
 
 fn taken(name: &str) -> Error {
-    Error::AlreadyExists(format!(
+    Error::already_exists(format!(
         "model '{name}' is registered already; unregister it first, or register under another model_name"
     ))
 }
@@ -175,7 +184,7 @@ impl Runtime {
         let models = self.read_models();
         let entry = models
             .get(model)
-            .ok_or_else(|| Error::NotFound(format!("unknown model '{model}'")))?;
+            .ok_or_else(|| Error::not_found(format!("unknown model '{model}'")))?;
         let mut versions = Vec::new();
         let mut reason_all = None;
         match &entry.state {
@@ -201,13 +210,15 @@ impl Runtime {
                                 max_batch_size: config.max_batch_size,
                                 dynamic_batching: config.dynamic_batching.clone(),
                                 platform: config.platform.clone(),
+                                backend: config.backend.clone(),
                                 task: config.task.map(|t| t.as_str()),
+                                autoscaling: v.autoscaling(),
                             }
                         }
                         VersionState::Unavailable(r) => VersionDescription {
                             version: number.to_string(),
                             state: ModelState::Unavailable,
-                            reason: Some(r.clone()),
+                            reason: Some(r.to_string()),
                             replicas: 0,
                             devices: Vec::new(),
                             memory_bytes: 0,
@@ -218,12 +229,14 @@ impl Runtime {
                             max_batch_size: 0,
                             dynamic_batching: None,
                             platform: String::new(),
+                            backend: String::new(),
                             task: None,
+                            autoscaling: None,
                         },
                     });
                 }
             }
-            EntryState::Unavailable(r) => reason_all = Some(r.clone()),
+            EntryState::Unavailable(r) => reason_all = Some(r.to_string()),
             EntryState::Unloaded => {}
         }
         let state = match &entry.state {
@@ -281,14 +294,14 @@ impl Runtime {
         let mut models = self.write_models();
         let entry = models
             .get_mut(model)
-            .ok_or_else(|| Error::NotFound(format!("unknown model '{model}'")))?;
+            .ok_or_else(|| Error::not_found(format!("unknown model '{model}'")))?;
         let number = version
             .parse::<u64>()
             .ok()
             .filter(|n| entry.ready().any(|v| v.number == *n))
             .ok_or_else(|| {
                 let ready: Vec<String> = entry.ready().map(|v| v.number.to_string()).collect();
-                Error::NotFound(format!(
+                Error::not_found(format!(
                     "model '{model}' has no ready version '{version}' (ready: {})",
                     ready.join(", ")
                 ))
@@ -298,8 +311,11 @@ impl Runtime {
     }
 
     /// Changes the replicas of `model` at `version` (or its default version) as TorchServe's
-    /// `PUT /models/{m}?min_worker=&max_worker=` does: to `min` when given, else down to `max`.
-    /// Returns the replicas now serving.
+    /// `PUT /models/{m}?min_worker=&max_worker=` does. With both, and `max` above `min`, the
+    /// autoscaler moves the replicas between them (with `model.yaml`'s other autoscaling
+    /// settings, or Ray Serve's defaults); with `min` alone (or equal bounds) the model runs
+    /// that many, autoscaling off; with `max` alone the count (and the autoscaler's upper bound)
+    /// is lowered to it. Returns the replicas now serving.
     pub fn rescale(
         &self,
         model: &str,
@@ -307,22 +323,67 @@ impl Runtime {
         request: ScaleRequest,
     ) -> Result<usize> {
         request.check()?;
-        let current = match version {
-            None => self.load_of(model)?.2,
-            Some(_) => self.resolve(model, version)?.replicas(),
+        let v = self.resolve(model, version)?;
+        let current = v.replicas();
+        let autoscaling = v.autoscaling();
+        let (target, autoscaling) = match (request.min, request.max) {
+            (Some(min), Some(max)) if max > min => {
+                let base = autoscaling.unwrap_or_default();
+                let a = Autoscaling {
+                    min_replicas: min,
+                    max_replicas: max,
+                    initial_replicas: None,
+                    ..base
+                };
+                (current.clamp(min, max), Some(a))
+            }
+            (Some(min), _) => (min, None),
+            (None, Some(max)) => (
+                current.min(max),
+                autoscaling.map(|a| Autoscaling {
+                    min_replicas: a.min_replicas.min(max),
+                    max_replicas: max,
+                    initial_replicas: None,
+                    ..a
+                }),
+            ),
+            (None, None) => (current, autoscaling),
         };
-        let target = match (request.min, request.max) {
-            (Some(min), _) => min,
-            (None, Some(max)) => current.min(max),
-            (None, None) => current,
-        };
-        if target == 0 {
+        if target == 0 && autoscaling.is_none() {
             return Err(Error::invalid(
                 "max_worker must be at least 1; unregister the model to stop serving it",
             ));
         }
-        let replicas = self.scale_version(model, version, target)?;
+        let replicas = v.scale_to(target)?;
+        v.set_autoscaling(autoscaling, self.metrics.deployment(model))?;
         self.update_memory();
         Ok(replicas)
+    }
+
+    /// Sets the replicas of `model`'s default version to `replicas`: new ones are loaded (on
+    /// the devices its placement gives them) before they take work; extra ones stop after the
+    /// batch they are running, so no request fails. At 0, requests wait in the bounded queue for
+    /// the next replica. Blocks while replicas load; returns the replicas now serving.
+    pub fn scale(&self, model: &str, replicas: usize) -> Result<usize> {
+        self.scale_version(model, None, replicas)
+    }
+
+    /// [`Runtime::scale`] for one version (or the default one).
+    pub fn scale_version(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        replicas: usize,
+    ) -> Result<usize> {
+        let n = self.resolve(model, version)?.scale_to(replicas)?;
+        self.update_memory();
+        Ok(n)
+    }
+
+    /// `model`'s default version's load: `(requests queued, requests computing, replicas)`.
+    pub fn load_of(&self, model: &str) -> Result<(usize, usize, usize)> {
+        let v = self.peek(model, None)?;
+        let (queued, running) = v.load();
+        Ok((queued, running, v.replicas()))
     }
 }

@@ -1,7 +1,7 @@
 //! The CPU pool that runs task pre- and post-processing (image decoding and resizing,
 //! tokenising, pooling) off the async runtime's threads.
 //!
-//! Requests beyond the bound are refused at once with [`Error::Overloaded`], as a full model
+//! Requests beyond the bound are refused at once with [`ErrorKind::Overloaded`](ferroserve_core::ErrorKind::Overloaded), as a full model
 //! queue is, so a flood of large images cannot pile up unbounded work.
 
 use std::panic::AssertUnwindSafe;
@@ -42,7 +42,7 @@ impl CpuPool {
             .try_acquire_owned()
             .map(Admission)
             .map_err(|_| {
-                Error::Overloaded(format!(
+                Error::overloaded(format!(
                     "{} requests are being preprocessed already; retry shortly",
                     self.capacity
                 ))
@@ -65,14 +65,14 @@ impl CpuPool {
             let gone = || tx.is_closed();
             let result =
                 std::panic::catch_unwind(AssertUnwindSafe(|| job(&gone))).unwrap_or_else(|_| {
-                    Err(Error::Internal(
-                        "preprocessing panicked; the server is still running".into(),
+                    Err(Error::internal(
+                        "preprocessing panicked; the server is still running",
                     ))
                 });
             let _ = tx.send(result);
         });
         rx.await
-            .map_err(|_| Error::Internal("the preprocessing pool stopped".into()))?
+            .map_err(|_| Error::internal("the preprocessing pool stopped"))?
     }
 }
 

@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigError, ModelConfig};
+use crate::backend::{version_folders, Backends, Detected};
+use crate::config::{ConfigError, ModelConfig, CONFIG_FILE};
 
 /// A model folder found in the repository, before anything is loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +28,8 @@ pub struct ModelSource {
 /// A model folder's configuration and the model file of each version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelLayout {
-    /// Parsed `model.yaml` (or defaults).
+    /// Parsed `model.yaml` (or defaults), with what the folder implies filled in: the backend,
+    /// the model file and, for a checkpoint that implies one, the task.
     pub config: ModelConfig,
     /// Version number → model file.
     pub versions: BTreeMap<u64, PathBuf>,
@@ -87,40 +89,77 @@ pub fn scan(root: &Path) -> std::io::Result<Vec<ModelSource>> {
 }
 
 impl ModelSource {
-    /// Reads the folder's configuration and finds its versions.
+    /// Reads the folder's configuration, picks its backend (the one `model.yaml` names, else
+    /// the first of `backends` that recognises a version folder) and finds its versions.
     ///
     /// Numeric sub-folders that contain the model file are versions. A model file directly in
     /// the folder is version 1, unless a folder `1/` exists too, which wins.
-    pub fn layout(&self) -> Result<ModelLayout, LayoutError> {
-        let config = ModelConfig::load(&self.dir)?;
+    pub fn layout(&self, backends: &Backends) -> Result<ModelLayout, LayoutError> {
+        let mut config = ModelConfig::load(&self.dir)?;
         let io = |e: std::io::Error| LayoutError::Io {
             dir: self.dir.clone(),
             reason: e.to_string(),
         };
-        let mut versions = BTreeMap::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            let Some(version) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let file = entry.path().join(&config.model_file);
-            if file.is_file() {
-                versions.insert(version, file);
+        let config_error = |message: String| {
+            LayoutError::Config(ConfigError {
+                file: self.dir.join(CONFIG_FILE),
+                message,
+            })
+        };
+        let folders = version_folders(&self.dir).map_err(io)?;
+        let first_match = |loader: &std::sync::Arc<dyn crate::backend::BackendLoader>| {
+            folders.iter().find_map(|(_, f)| loader.detect(f, &config))
+        };
+        let (loader, detected): (_, Option<Detected>) = match &config.backend {
+            Some(name) => {
+                let loader = backends.named(name).map_err(config_error)?;
+                (loader.clone(), first_match(loader))
             }
+            None => {
+                let candidates: Vec<_> = backends.for_task(config.task).collect();
+                let found = candidates
+                    .iter()
+                    .find_map(|l| first_match(l).map(|d| ((*l).clone(), Some(d))));
+                match (found, candidates.first()) {
+                    (Some(found), _) => found,
+                    // Nothing recognised: report what the first backend would have wanted.
+                    (None, Some(first)) => ((*first).clone(), None),
+                    (None, None) => {
+                        return Err(config_error(format!(
+                            "no backend of this server serves task {} (it has: {})",
+                            config.task.map_or("none", |t| t.as_str()),
+                            backends.names().collect::<Vec<_>>().join(", ")
+                        )))
+                    }
+                }
+            }
+        };
+        if config.task.is_none() {
+            config.task = detected.as_ref().and_then(|d| d.task);
         }
-        let bare = self.dir.join(&config.model_file);
-        if bare.is_file() {
-            versions.entry(1).or_insert(bare);
-        }
-        if versions.is_empty() {
+        loader.check(&config).map_err(config_error)?;
+        let Some(detected) = detected else {
             return Err(LayoutError::NoModelFile {
-                file: config.model_file.clone(),
+                file: loader.expected_file(&config),
                 dir: self.dir.clone(),
             });
+        };
+        config.backend = Some(loader.name().to_string());
+        config.model_file = Some(detected.model_file.clone());
+        let mut versions = BTreeMap::new();
+        for (number, folder) in &folders {
+            let file = folder.join(&detected.model_file);
+            if !file.is_file() {
+                continue;
+            }
+            match number {
+                Some(n) => {
+                    versions.insert(*n, file);
+                }
+                None => {
+                    versions.entry(1).or_insert(file);
+                }
+            }
         }
         let served = config.version_policy.select(versions.keys().copied());
         if served.is_empty() {
@@ -199,6 +238,10 @@ pub fn weights_bytes(file: &Path, model_dir: &Path) -> u64 {
 mod tests {
     use super::*;
 
+    fn backends() -> Backends {
+        Backends::builtin(None)
+    }
+
     fn touch(p: &Path) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, b"x").unwrap();
@@ -218,12 +261,12 @@ mod tests {
         let names: Vec<_> = models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "empty"]);
 
-        let a = models[0].layout().unwrap();
+        let a = models[0].layout(&backends()).unwrap();
         assert_eq!(a.versions.keys().copied().collect::<Vec<_>>(), [1, 3]);
-        let b = models[1].layout().unwrap();
+        let b = models[1].layout(&backends()).unwrap();
         assert_eq!(b.versions.keys().copied().collect::<Vec<_>>(), [1]);
         assert!(matches!(
-            models[2].layout(),
+            models[2].layout(&backends()),
             Err(LayoutError::NoModelFile { .. })
         ));
     }
@@ -237,7 +280,7 @@ mod tests {
         let versions = |yaml: &str| {
             std::fs::write(root.path().join("m/model.yaml"), yaml).unwrap();
             scan(root.path()).unwrap()[0]
-                .layout()
+                .layout(&backends())
                 .map(|l| l.versions.keys().copied().collect::<Vec<_>>())
         };
         assert_eq!(versions("").unwrap(), [1, 2, 5]);
@@ -263,7 +306,7 @@ mod tests {
         std::fs::write(root.path().join("m/model.yaml"), "model_file: net.onnx\n").unwrap();
         let m = &scan(root.path()).unwrap()[0];
         assert_eq!(
-            m.layout()
+            m.layout(&backends())
                 .unwrap()
                 .versions
                 .keys()

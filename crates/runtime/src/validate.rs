@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+#[cfg(test)]
+use ferroserve_core::ErrorKind;
 use ferroserve_core::{DataType, Error, InferRequest, Result, Signature};
 
 /// What one request may ask of the server, checked before any work is queued.
@@ -24,7 +26,7 @@ impl Default for RequestLimits {
     }
 }
 
-/// Refuses a request whose element counts pass `limits` ([`Error::TooLarge`], HTTP 413).
+/// Refuses a request whose element counts pass `limits` ([`ErrorKind::TooLarge`](ferroserve_core::ErrorKind::TooLarge), HTTP 413).
 pub fn cost(request: &InferRequest, limits: &RequestLimits) -> Result<()> {
     let mut all = 0usize;
     let mut strings = 0usize;
@@ -36,13 +38,13 @@ pub fn cost(request: &InferRequest, limits: &RequestLimits) -> Result<()> {
         }
     }
     if strings > limits.max_bytes_elements {
-        return Err(Error::TooLarge(format!(
+        return Err(Error::too_large(format!(
             "the request has {strings} BYTES elements; the server accepts at most {} per request (--max-bytes-elements)",
             limits.max_bytes_elements
         )));
     }
     if all > limits.max_elements {
-        return Err(Error::TooLarge(format!(
+        return Err(Error::too_large(format!(
             "the request has {all} tensor elements; the server accepts at most {} per request (--max-request-elements)",
             limits.max_elements
         )));
@@ -83,7 +85,7 @@ pub fn check(model: &str, signature: &Signature, request: &InferRequest) -> Resu
             )));
         }
         spec.check_shape(input.tensor.shape())
-            .map_err(Error::InvalidArgument)?;
+            .map_err(Error::invalid)?;
     }
     let missing: Vec<String> = signature
         .inputs
@@ -166,7 +168,7 @@ mod tests {
         .unwrap();
         let e = cost(&req(vec![strings(4)], &[]), &limits).unwrap_err();
         assert!(
-            matches!(e, Error::TooLarge(ref m) if m.contains("4 BYTES elements")),
+            e.kind() == ErrorKind::TooLarge && e.message().contains("4 BYTES elements"),
             "{e}"
         );
         let e = cost(
@@ -175,7 +177,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(e, Error::TooLarge(ref m) if m.contains("11 tensor elements")),
+            e.kind() == ErrorKind::TooLarge && e.message().contains("11 tensor elements"),
             "{e}"
         );
     }

@@ -48,7 +48,7 @@ impl GeneratedImage {
             self.height,
             image::ExtendedColorType::Rgb8,
         )
-        .map_err(|e| Error::Internal(format!("cannot encode the image as PNG: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot encode the image as PNG: {e}")))?;
         Ok(out)
     }
 }
@@ -112,7 +112,7 @@ impl Summarizer {
             }
         }
         if texts.len() != plan.truncated.len() {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "the model gave {} outputs for {} inputs",
                 texts.len(),
                 plan.truncated.len()
@@ -129,7 +129,7 @@ impl Summarizer {
 /// Rows of an INT64 tensor of `rows` rows.
 fn int64_rows(t: &Tensor, rows: usize) -> Result<Vec<Vec<i64>>> {
     if t.dtype() != DataType::Int64 || t.shape().len() != 2 || t.shape()[0] != rows {
-        return Err(Error::Internal(format!(
+        return Err(Error::internal(format!(
             "output is {} {:?}, expected INT64 [{rows}, length]",
             t.dtype(),
             t.shape()
@@ -215,7 +215,7 @@ impl PromptPipeline {
         parameters: &mut Parameters,
     ) -> Result<Prepared> {
         if prompts.len() > MAX_PROMPTS {
-            return Err(Error::TooLarge(format!(
+            return Err(Error::too_large(format!(
                 "the request has {} prompts; at most {MAX_PROMPTS} are accepted in one request",
                 prompts.len()
             )));
@@ -288,13 +288,13 @@ impl PromptPipeline {
         for (out, &rows) in outputs.iter().zip(&plan.rows) {
             let t = find(out, IMAGE)?;
             let &[n, h, w, 3] = t.shape() else {
-                return Err(Error::Internal(format!(
+                return Err(Error::internal(format!(
                     "output '{IMAGE}' has shape {:?}, expected [batch, height, width, 3]",
                     t.shape()
                 )));
             };
             if n != rows || t.dtype() != DataType::Fp32 {
-                return Err(Error::Internal(format!(
+                return Err(Error::internal(format!(
                     "output '{IMAGE}' is {} {:?} for {rows} prompts",
                     t.dtype(),
                     t.shape()
@@ -343,5 +343,5 @@ fn pad_token(files: &Files, tokenizer: &Tokenizer) -> Option<u32> {
 fn int64(shape: Vec<usize>, values: &[i64]) -> Result<Tensor> {
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     Tensor::new(DataType::Int64, shape, Bytes::from(data))
-        .map_err(|e| Error::Internal(e.to_string()))
+        .map_err(|e| Error::internal(e.to_string()))
 }

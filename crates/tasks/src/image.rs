@@ -184,10 +184,10 @@ impl ImagePipeline {
         let r0 = (by - reach).floor().max(0.0) as u32;
         let r1 = ((by + bh + reach).ceil() as u32).min(h);
         let failed = |e: fast_image_resize::ResizeError| {
-            Error::Internal(format!("image {index}: resizing failed: {e}"))
+            Error::internal(format!("image {index}: resizing failed: {e}"))
         };
         let src = Image::from_vec_u8(w, h, rgb.into_raw(), PixelType::U8x3)
-            .map_err(|e| Error::Internal(format!("image {index}: {e}")))?;
+            .map_err(|e| Error::internal(format!("image {index}: {e}")))?;
         let mut resizer = Resizer::new();
         let mut rows = Image::new(cw, r1 - r0, PixelType::U8x3);
         let across = ResizeOptions::new()
@@ -294,7 +294,7 @@ pub(crate) fn header(index: usize, bytes: &[u8], max_pixels: u64) -> Result<Head
         None => dims.map_err(|e| corrupt(index, name.clone(), e))?,
     };
     if w as u64 * h as u64 > max_pixels {
-        return Err(Error::TooLarge(format!(
+        return Err(Error::too_large(format!(
             "input {index} is a {w}x{h} {name} image, over the limit of {max_pixels} pixels (image.max_pixels)"
         )));
     }

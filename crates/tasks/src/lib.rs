@@ -323,7 +323,7 @@ impl Task {
                         .get(1..)
                         .map_or(1, |s| s.iter().product::<usize>());
                     if t.shape().first() != Some(&rows) || per != classes.labels.len() {
-                        return Err(Error::Internal(format!(
+                        return Err(Error::internal(format!(
                             "output '{}' has shape {:?}, expected [{rows}, {}]",
                             classes.output,
                             t.shape(),
@@ -356,7 +356,7 @@ impl Task {
                     let values = floats(t)?;
                     let shape = t.shape();
                     if shape.first() != Some(&rows) || !(2..=3).contains(&shape.len()) {
-                        return Err(Error::Internal(format!(
+                        return Err(Error::internal(format!(
                             "output '{output}' has shape {shape:?} for {rows} inputs"
                         )));
                     }
@@ -376,7 +376,7 @@ impl Task {
                     }
                 }
                 if vectors.len() != plan.tokens.len() {
-                    return Err(Error::Internal(format!(
+                    return Err(Error::internal(format!(
                         "the model gave {} vectors for {} inputs",
                         vectors.len(),
                         plan.tokens.len()
@@ -454,7 +454,7 @@ impl Task {
                         })
                         .collect();
                     let t = Tensor::from_bytes_elements(vec![n], labels)
-                        .map_err(|e| Error::Internal(e.to_string()))?;
+                        .map_err(|e| Error::internal(e.to_string()))?;
                     out.push(named(LABEL_OUTPUT, t));
                 }
             }
@@ -464,7 +464,7 @@ impl Task {
                         vec![texts.len()],
                         texts.iter().map(|g| g.text.as_bytes()),
                     )
-                    .map_err(|e| Error::Internal(e.to_string()))?;
+                    .map_err(|e| Error::internal(e.to_string()))?;
                     out.push(named(SUMMARY_OUTPUT, t));
                 }
             }
@@ -475,7 +475,7 @@ impl Task {
                         .map_or((0, 0), |i| (i.height as usize, i.width as usize));
                     let data: Vec<u8> = images.iter().flat_map(|i| i.rgb.iter().copied()).collect();
                     let t = Tensor::new(DataType::Uint8, vec![images.len(), h, w, 3], data.into())
-                        .map_err(|e| Error::Internal(e.to_string()))?;
+                        .map_err(|e| Error::internal(e.to_string()))?;
                     out.push(named(IMAGE_OUTPUT, t));
                 }
             }
@@ -598,7 +598,7 @@ fn prepare_images(
     gone: &(dyn Fn() -> bool + Sync),
 ) -> Result<Prepared> {
     if images.len() > MAX_IMAGES {
-        return Err(Error::TooLarge(format!(
+        return Err(Error::too_large(format!(
             "the request has {} images; at most {MAX_IMAGES} are accepted in one request",
             images.len()
         )));
@@ -612,7 +612,7 @@ fn prepare_images(
         .collect::<Result<Vec<_>>>()?;
     let pixels: u64 = headers.iter().map(|h| h.pixels()).sum();
     if pixels > pipe.max_request_pixels {
-        return Err(Error::TooLarge(format!(
+        return Err(Error::too_large(format!(
             "the request's {} images have {pixels} pixels together, over the limit of {} per request (image.max_request_pixels)",
             images.len(),
             pipe.max_request_pixels
@@ -627,8 +627,8 @@ fn prepare_images(
         .try_for_each(|(i, (out, (img, head)))| {
             // A client that left is not decoded for.
             if gone() {
-                return Err(Error::Unavailable(
-                    "the client went away before its images were decoded".into(),
+                return Err(Error::unavailable(
+                    "the client went away before its images were decoded",
                 ));
             }
             pipe.process(i, img, head, out)
@@ -661,7 +661,7 @@ fn prepare_images(
                 Bytes::copy_from_slice(bytemuck_f32(slice)),
             ),
         }
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|e| Error::internal(e.to_string()))?;
         requests.push(vec![named(&pipe.input, tensor)]);
         rows.push(n);
     }
@@ -688,7 +688,7 @@ fn prepare_texts_with(
     encode: impl Fn(usize, &str) -> Result<Encoded> + Sync,
 ) -> Result<Prepared> {
     if texts.len() > text.max_inputs {
-        return Err(Error::TooLarge(format!(
+        return Err(Error::too_large(format!(
             "the request has {} texts; at most {} are accepted in one request (text.max_inputs)",
             texts.len(),
             text.max_inputs
@@ -732,7 +732,7 @@ fn find<'a>(outputs: &'a [NamedTensor], name: &str) -> Result<&'a Tensor> {
         .iter()
         .find(|t| t.name == name)
         .map(|t| &t.tensor)
-        .ok_or_else(|| Error::Internal(format!("the model returned no output '{name}'")))
+        .ok_or_else(|| Error::internal(format!("the model returned no output '{name}'")))
 }
 
 /// The values of an FP32 or FP16 tensor as f32.
@@ -747,7 +747,7 @@ fn floats(t: &Tensor) -> Result<Vec<f32>> {
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect()),
-        other => Err(Error::Internal(format!(
+        other => Err(Error::internal(format!(
             "the model output is {other}; tasks read FP32 or FP16 outputs"
         ))),
     }
@@ -759,7 +759,7 @@ fn f32_tensor(shape: Vec<usize>, values: &[f32]) -> Result<Tensor> {
         shape,
         Bytes::copy_from_slice(bytemuck_f32(values)),
     )
-    .map_err(|e| Error::Internal(e.to_string()))
+    .map_err(|e| Error::internal(e.to_string()))
 }
 
 fn bytemuck_f32(values: &[f32]) -> &[u8] {

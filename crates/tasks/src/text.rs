@@ -162,7 +162,7 @@ impl TextPipeline {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
             .decode(ids, true)
-            .map_err(|e| Error::Internal(format!("cannot decode the model's tokens: {e}")))
+            .map_err(|e| Error::internal(format!("cannot decode the model's tokens: {e}")))
     }
 
     /// Splits `encoded` (in order) into runs that each fit `max_rows` rows and the token budget
@@ -190,7 +190,7 @@ impl TextPipeline {
                 }
             }
             let tensor = Tensor::new(*dtype, vec![encoded.len(), longest], Bytes::from(data))
-                .map_err(|e| Error::Internal(e.to_string()))?;
+                .map_err(|e| Error::internal(e.to_string()))?;
             Ok::<_, Error>(NamedTensor {
                 name: name.clone(),
                 tensor,

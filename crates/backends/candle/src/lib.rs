@@ -83,8 +83,8 @@ impl CandleError {
 impl From<CandleError> for ferroserve_core::Error {
     fn from(e: CandleError) -> Self {
         match e {
-            CandleError::Invalid(m) => ferroserve_core::Error::InvalidArgument(m),
-            other => ferroserve_core::Error::Internal(other.to_string()),
+            CandleError::Invalid(m) => ferroserve_core::Error::invalid(m),
+            other => ferroserve_core::Error::internal(other.to_string()),
         }
     }
 }

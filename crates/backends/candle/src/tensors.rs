@@ -58,7 +58,7 @@ pub(crate) fn int64(name: &str, rows: &[Vec<i64>]) -> Result<NamedTensor> {
         .flat_map(|v| v.to_le_bytes())
         .collect();
     let tensor = Tensor::new(DataType::Int64, vec![rows.len(), width], data.into())
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|e| Error::internal(e.to_string()))?;
     Ok(NamedTensor {
         name: name.to_string(),
         tensor,
@@ -69,7 +69,7 @@ pub(crate) fn int64(name: &str, rows: &[Vec<i64>]) -> Result<NamedTensor> {
 pub(crate) fn fp32(name: &str, shape: Vec<usize>, values: &[f32]) -> Result<NamedTensor> {
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let tensor = Tensor::new(DataType::Fp32, shape, data.into())
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|e| Error::internal(e.to_string()))?;
     Ok(NamedTensor {
         name: name.to_string(),
         tensor,

@@ -7,8 +7,7 @@ use ort::environment::Environment;
 /// Environment variable that names the ONNX Runtime library (ort's own convention).
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
-/// Environment variable that moves ferroserve's home directory (default `~/.ferroserve`).
-pub const HOME_ENV: &str = "FERROSERVE_HOME";
+pub use ferroserve_core::{default_home, HOME_ENV};
 
 /// File name of the library inside `$FERROSERVE_HOME/lib`.
 pub const LIBRARY_FILE: &str = "libonnxruntime.so";
@@ -40,15 +39,6 @@ pub fn library_path(explicit: Option<&Path>) -> PathBuf {
         return PathBuf::from(p);
     }
     default_home().join("lib").join(LIBRARY_FILE)
-}
-
-/// ferroserve's home directory: `$FERROSERVE_HOME`, else `$HOME/.ferroserve`.
-pub fn default_home() -> PathBuf {
-    if let Some(p) = std::env::var_os(HOME_ENV).filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".ferroserve")
 }
 
 /// A loaded ONNX Runtime: the process-wide environment that sessions are created in.

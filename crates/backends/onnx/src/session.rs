@@ -124,7 +124,7 @@ impl Backend for OnnxBackend {
         } else {
             outputs.to_vec()
         };
-        let run_failed = |e: ort::Error| Error::Internal(format!("ONNX Runtime failed: {e}"));
+        let run_failed = |e: ort::Error| Error::internal(format!("ONNX Runtime failed: {e}"));
         // Ask ONNX Runtime for the requested outputs only, so it can skip the rest.
         let options = if outputs.is_empty() {
             None
@@ -147,10 +147,10 @@ impl Backend for OnnxBackend {
             .into_iter()
             .map(|name| {
                 let value = results.remove(name.as_str()).ok_or_else(|| {
-                    Error::Internal(format!("ONNX Runtime returned no output '{name}'"))
+                    Error::internal(format!("ONNX Runtime returned no output '{name}'"))
                 })?;
                 let tensor = from_ort(value)
-                    .map_err(|e| Error::Internal(format!("output '{name}': {e}")))?;
+                    .map_err(|e| Error::internal(format!("output '{name}': {e}")))?;
                 Ok(NamedTensor { name, tensor })
             })
             .collect()
@@ -248,7 +248,7 @@ fn element_type(t: DataType) -> TensorElementType {
 /// aligned, for every fixed-size type alike.
 fn to_ort(session: &Session, tensor: &Tensor) -> Result<DynValue> {
     let shape: Vec<i64> = tensor.shape().iter().map(|&d| d as i64).collect();
-    let alloc_failed = |e: ort::Error| Error::Internal(format!("ONNX Runtime allocation: {e}"));
+    let alloc_failed = |e: ort::Error| Error::internal(format!("ONNX Runtime allocation: {e}"));
     if tensor.dtype() == DataType::Bytes {
         let strings = tensor
             .bytes_elements()

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferroserve_core::{DataType, Device, Error};
-use ferroserve_runtime::{ModelConfigInfo, Runtime};
+use ferroserve_core::{Error, ErrorKind};
+use ferroserve_runtime::{admin, RepositoryAccess, Runtime};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -21,8 +21,7 @@ const STREAM_IN_FLIGHT: usize = 64;
 #[derive(Clone)]
 pub struct InferenceService {
     runtime: Arc<Runtime>,
-    token: Option<ferroserve_core::Token>,
-    open: bool,
+    access: RepositoryAccess,
 }
 
 impl InferenceService {
@@ -30,55 +29,44 @@ impl InferenceService {
     pub fn new(runtime: Arc<Runtime>) -> Self {
         Self {
             runtime,
-            token: None,
-            open: true,
+            access: RepositoryAccess::Open,
         }
     }
 
     /// Requires `token` (`authorization: Bearer TOKEN` metadata) for repository load and unload;
     /// without a token, `open` says whether they are served at all.
     pub fn with_token(mut self, token: Option<ferroserve_core::Token>, open: bool) -> Self {
-        self.token = token;
-        self.open = open;
+        self.access = match (token, open) {
+            (Some(t), _) => RepositoryAccess::Token(t),
+            (None, true) => RepositoryAccess::Open,
+            (None, false) => RepositoryAccess::Closed,
+        };
         self
     }
 
     fn check_token<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let Some(token) = &self.token else {
-            return if self.open {
-                Ok(())
-            } else {
-                Err(Status::permission_denied(
-                    ferroserve_core::REMOTE_CHANGES_NEED_TOKEN,
-                ))
-            };
-        };
         let presented = req
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if token.matches_header(presented) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated(
-                "repository load and unload need the server's management token: send authorization: Bearer TOKEN",
-            ))
-        }
+            .and_then(|v| v.to_str().ok());
+        self.access.check(presented).map_err(status)
     }
 }
 
 /// The gRPC status for each kind of error; the one place that mapping lives.
 pub fn status(e: Error) -> Status {
-    match e {
-        Error::InvalidArgument(m) => Status::invalid_argument(m),
-        Error::NotFound(m) => Status::not_found(m),
-        Error::Unavailable(m) | Error::Overloaded(m) => Status::unavailable(m),
-        Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
-        Error::TooLarge(m) => Status::resource_exhausted(m),
-        Error::AlreadyExists(m) => Status::already_exists(m),
-        Error::PermissionDenied(m) => Status::permission_denied(m),
-        Error::Internal(m) => Status::internal(m),
+    let kind = e.kind();
+    let m = e.into_message();
+    match kind {
+        ErrorKind::InvalidArgument => Status::invalid_argument(m),
+        ErrorKind::NotFound => Status::not_found(m),
+        ErrorKind::Unavailable | ErrorKind::Overloaded => Status::unavailable(m),
+        ErrorKind::DeadlineExceeded => Status::deadline_exceeded(m),
+        ErrorKind::TooLarge => Status::resource_exhausted(m),
+        ErrorKind::AlreadyExists => Status::already_exists(m),
+        ErrorKind::PermissionDenied => Status::permission_denied(m),
+        ErrorKind::Unauthenticated => Status::unauthenticated(m),
+        ErrorKind::Internal => Status::internal(m),
     }
 }
 
@@ -161,17 +149,11 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
+        let m = ferroserve_runtime::admin::ServerMetadata::default();
         Ok(Response::new(ServerMetadataResponse {
-            name: "ferroserve".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            extensions: [
-                "binary_tensor_data",
-                "model_configuration",
-                "statistics",
-                "model_repository",
-            ]
-            .map(String::from)
-            .to_vec(),
+            name: m.name,
+            version: m.version,
+            extensions: m.extensions,
         }))
     }
 
@@ -271,7 +253,7 @@ impl GrpcInferenceService for InferenceService {
             .model_config(&r.name, version(&r.version))
             .map_err(status)?;
         Ok(Response::new(ModelConfigResponse {
-            config: Some(model_config(info)),
+            config: Some(model_config(&info.triton())),
         }))
     }
 
@@ -294,22 +276,26 @@ impl GrpcInferenceService for InferenceService {
             })
         };
         let model_stats = stats
+            .model_stats
             .into_iter()
-            .map(|s| ModelStatistics {
-                name: s.name,
-                version: s.version,
-                last_inference: s.last_inference_ms,
-                inference_count: s.inference_count,
-                execution_count: s.execution_count,
-                inference_stats: Some(InferStatistics {
-                    success: d(s.success),
-                    fail: d(s.fail),
-                    queue: d(s.queue),
-                    compute_input: d(s.compute_input),
-                    compute_infer: d(s.compute_infer),
-                    compute_output: d(s.compute_output),
-                }),
-                batch_stats: Vec::new(),
+            .map(|s| {
+                let i = s.inference_stats;
+                ModelStatistics {
+                    name: s.name,
+                    version: s.version,
+                    last_inference: s.last_inference,
+                    inference_count: s.inference_count,
+                    execution_count: s.execution_count,
+                    inference_stats: Some(InferStatistics {
+                        success: d(i.success),
+                        fail: d(i.fail),
+                        queue: d(i.queue),
+                        compute_input: d(i.compute_input),
+                        compute_infer: d(i.compute_infer),
+                        compute_output: d(i.compute_output),
+                    }),
+                    batch_stats: Vec::new(),
+                }
             })
             .collect();
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
@@ -351,10 +337,7 @@ impl GrpcInferenceService for InferenceService {
             .map(|e| repository_index_response::ModelIndex {
                 name: e.name,
                 version: e.version.unwrap_or_default(),
-                state: match e.state {
-                    ferroserve_runtime::ModelState::Ready => "READY".into(),
-                    ferroserve_runtime::ModelState::Unavailable => "UNAVAILABLE".into(),
-                },
+                state: e.state.as_str().into(),
                 reason: e.reason.unwrap_or_default(),
             })
             .collect();
@@ -389,82 +372,89 @@ pub fn inline_model(key: &str) -> bool {
     key == "config" || key.starts_with("file:")
 }
 
-/// Triton's `ModelConfig` for a model version: dims without the batch dimension when the server
-/// batches the model, as Triton's tools expect.
-pub fn model_config(info: ModelConfigInfo) -> ModelConfig {
-    let gpus: Vec<i32> = info
-        .devices
-        .iter()
-        .filter_map(|&d| match d {
-            Device::Cuda(i) => i32::try_from(i).ok(),
-            Device::Cpu => None,
-        })
-        .collect();
-    let kind = if gpus.is_empty() {
-        model_instance_group::Kind::Cpu
-    } else {
-        model_instance_group::Kind::Gpu
+/// Triton's `ModelConfig` message for the runtime's [`admin::ModelConfig`].
+pub fn model_config(c: &admin::ModelConfig) -> ModelConfig {
+    let int = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let policy = match &c.version_policy {
+        admin::VersionPolicyConfig::All {} => {
+            model_version_policy::PolicyChoice::All(model_version_policy::All {})
+        }
+        admin::VersionPolicyConfig::Latest { num_versions } => {
+            model_version_policy::PolicyChoice::Latest(model_version_policy::Latest {
+                num_versions: u32::try_from(*num_versions).unwrap_or(u32::MAX),
+            })
+        }
+        admin::VersionPolicyConfig::Specific { versions } => {
+            model_version_policy::PolicyChoice::Specific(model_version_policy::Specific {
+                versions: versions
+                    .iter()
+                    .map(|&v| i64::try_from(v).unwrap_or(i64::MAX))
+                    .collect(),
+            })
+        }
+    };
+    let data_type = |name: &str| {
+        crate::proto::DataType::from_str_name(name).unwrap_or(crate::proto::DataType::TypeInvalid)
+            as i32
     };
     ModelConfig {
-        name: info.name.clone(),
-        platform: info.platform.clone(),
+        name: c.name.clone(),
+        platform: c.platform.clone(),
+        backend: c.backend.clone(),
         version_policy: Some(ModelVersionPolicy {
-            policy_choice: Some(model_version_policy::PolicyChoice::All(
-                model_version_policy::All {},
-            )),
+            policy_choice: Some(policy),
         }),
-        max_batch_size: i32::try_from(info.max_batch_size).unwrap_or(i32::MAX),
-        input: info
-            .signature
-            .inputs
+        max_batch_size: int(c.max_batch_size),
+        input: c
+            .input
             .iter()
-            .map(|s| ModelInput {
-                name: s.name.clone(),
-                data_type: data_type(s.datatype),
+            .map(|t| ModelInput {
+                name: t.name.clone(),
+                data_type: data_type(&t.data_type),
                 format: model_input::Format::None as i32,
-                dims: info.dims(&s.shape),
+                dims: t.dims.clone(),
             })
             .collect(),
-        output: info
-            .signature
-            .outputs
+        output: c
+            .output
             .iter()
-            .map(|s| ModelOutput {
-                name: s.name.clone(),
-                data_type: data_type(s.datatype),
-                dims: info.dims(&s.shape),
+            .map(|t| ModelOutput {
+                name: t.name.clone(),
+                data_type: data_type(&t.data_type),
+                dims: t.dims.clone(),
             })
             .collect(),
-        instance_group: vec![ModelInstanceGroup {
-            name: info.name.clone(),
-            count: i32::try_from(info.devices.len()).unwrap_or(i32::MAX),
-            gpus,
-            kind: kind as i32,
-        }],
-        default_model_filename: info.model_file.clone(),
-        scheduling_choice: info.dynamic_batching.as_ref().map(|db| {
-            model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
-                preferred_batch_size: db
-                    .preferred_batch_size
+        instance_group: c
+            .instance_group
+            .iter()
+            .map(|g| ModelInstanceGroup {
+                name: g.name.clone(),
+                count: int(g.count),
+                gpus: g
+                    .gpus
                     .iter()
-                    .map(|&p| i32::try_from(p).unwrap_or(i32::MAX))
+                    .map(|&i| i32::try_from(i).unwrap_or(i32::MAX))
                     .collect(),
-                max_queue_delay_microseconds: db.max_queue_delay_us,
+                kind: match g.kind {
+                    admin::InstanceKind::Cpu => model_instance_group::Kind::Cpu,
+                    admin::InstanceKind::Gpu => model_instance_group::Kind::Gpu,
+                } as i32,
+            })
+            .collect(),
+        default_model_filename: c.default_model_filename.clone(),
+        scheduling_choice: c.dynamic_batching.as_ref().map(|db| {
+            model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
+                preferred_batch_size: db.preferred_batch_size.iter().map(|&p| int(p)).collect(),
+                max_queue_delay_microseconds: db.max_queue_delay_microseconds,
                 preserve_ordering: db.preserve_ordering,
                 default_queue_policy: Some(ModelQueuePolicy {
                     default_timeout_microseconds: db
-                        .default_timeout_ms
-                        .unwrap_or(0)
-                        .saturating_mul(1000),
-                    max_queue_size: u32::try_from(info.max_queue_size).unwrap_or(u32::MAX),
+                        .default_queue_policy
+                        .default_timeout_microseconds,
+                    max_queue_size: u32::try_from(db.default_queue_policy.max_queue_size)
+                        .unwrap_or(u32::MAX),
                 }),
             })
         }),
-        backend: "onnxruntime".into(),
     }
-}
-
-fn data_type(t: DataType) -> i32 {
-    crate::proto::DataType::from_str_name(t.config_name())
-        .unwrap_or(crate::proto::DataType::TypeInvalid) as i32
 }

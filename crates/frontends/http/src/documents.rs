@@ -79,7 +79,7 @@ pub(crate) async fn query(
 ) -> Result<Response, ApiError> {
     let flow = flow(&s)?;
     if !flow.names().contains(&name.as_str()) {
-        return Err(ApiError(Error::NotFound(format!(
+        return Err(ApiError(Error::not_found(format!(
             "no route for /{name}: GET /{{name}}?txt= serves an executor by its name ({})",
             flow.names().join(", ")
         ))));
@@ -98,7 +98,7 @@ pub(crate) async fn query(
     .map_err(flow_error)?;
     let doc = out.pop().unwrap_or_default();
     if let Some(e) = &doc.error {
-        return Err(ApiError(Error::InvalidArgument(format!(
+        return Err(ApiError(Error::invalid(format!(
             "executor '{}': {}",
             e.executor, e.message
         ))));
@@ -143,7 +143,7 @@ async fn run(s: &AppState, endpoint: Option<String>, bytes: Bytes) -> Result<Res
 fn flow(s: &AppState) -> Result<&Arc<Flow>, ApiError> {
     s.flow
         .as_ref()
-        .ok_or_else(|| ApiError(Error::NotFound("this server runs no Flow".into())))
+        .ok_or_else(|| ApiError(Error::not_found("this server runs no Flow")))
 }
 
 /// The executor's error, with its name in the message and its kind for the status.

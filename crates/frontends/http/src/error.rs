@@ -6,7 +6,7 @@ use axum::Json;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use ferroserve_core::{Error, Tally};
+use ferroserve_core::{Error, ErrorKind, Tally};
 
 /// A runtime error on its way to an HTTP client.
 #[derive(Debug)]
@@ -24,25 +24,27 @@ static REJECTED: LazyLock<Tally> =
 
 /// The HTTP status for each kind of error; the one place that mapping lives.
 pub fn status(e: &Error) -> StatusCode {
-    match e {
-        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::Unavailable(_) | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-        Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
-        Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::AlreadyExists(_) => StatusCode::CONFLICT,
-        Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
-        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    match e.kind() {
+        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Unavailable | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status(&self.0);
-        match &self.0 {
-            Error::Internal(_) => tracing::warn!(%status, error = %self.0, "request failed"),
+        match self.0.kind() {
+            ErrorKind::Internal => tracing::warn!(%status, error = %self.0, "request failed"),
             // Refusals under load come by the thousand: one summary line per interval.
-            Error::Overloaded(m) | Error::Unavailable(m) => {
+            ErrorKind::Overloaded | ErrorKind::Unavailable => {
+                let m = self.0.message();
                 tracing::debug!(%status, error = %m, "request rejected");
                 REJECTED.note(m);
             }
@@ -53,7 +55,12 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.0.to_string() })),
         )
             .into_response();
-        if matches!(self.0, Error::Overloaded(_)) {
+        if self.0.kind() == ErrorKind::Unauthenticated {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.0.kind() == ErrorKind::Overloaded {
             // The queue drains in milliseconds; one second is the smallest value the header has.
             response
                 .headers_mut()

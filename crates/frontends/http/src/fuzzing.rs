@@ -25,7 +25,7 @@ pub fn v2_data(data: &[u8]) {
     };
     let dtype = DataType::ALL[*kind as usize % DataType::ALL.len()];
     if let Ok(text) = std::str::from_utf8(json) {
-        let _ = crate::v2::data::decode(text, dtype, *count as usize);
+        let _ = ferroserve_core::json::decode(text, dtype, *count as usize);
     }
 }
 

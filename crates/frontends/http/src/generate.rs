@@ -68,7 +68,7 @@ pub(crate) async fn query(
         TaskOutput::Texts(mut texts) => {
             let g = texts
                 .pop()
-                .ok_or_else(|| Error::Internal("the model gave no text".into()))?;
+                .ok_or_else(|| Error::internal("the model gave no text"))?;
             let mut response = g.text.into_response();
             mark_truncated(&mut response, g.truncated);
             Ok(response)
@@ -76,10 +76,10 @@ pub(crate) async fn query(
         TaskOutput::Images(mut images) => {
             let image = images
                 .pop()
-                .ok_or_else(|| Error::Internal("the model gave no image".into()))?;
+                .ok_or_else(|| Error::internal("the model gave no image"))?;
             Ok(png_response(&image)?)
         }
-        _ => Err(Error::Internal("unexpected answer from a generative task".into()).into()),
+        _ => Err(Error::internal("unexpected answer from a generative task").into()),
     }
 }
 
@@ -97,7 +97,7 @@ fn generative_model(runtime: &Runtime, name: &str) -> Result<(String, TaskKind)>
         "summarize" => TaskKind::Summarization,
         "imagine" => TaskKind::TextToImage,
         _ => {
-            return Err(Error::NotFound(format!(
+            return Err(Error::not_found(format!(
                 "no route for /{name}: GET /{{model}}?txt= serves summarization and text-to-image models"
             )))
         }
@@ -113,7 +113,7 @@ fn generative_model(runtime: &Runtime, name: &str) -> Result<(String, TaskKind)>
         .collect();
     match candidates.as_slice() {
         [one] => Ok((one.clone(), wanted)),
-        [] => Err(Error::NotFound(format!(
+        [] => Err(Error::not_found(format!(
             "/{name} needs a {wanted} model, and none is loaded"
         ))),
         many => Err(Error::invalid(format!(
@@ -182,7 +182,7 @@ pub(crate) async fn predict(
                 .collect::<Result<Vec<_>>>()?;
             Ok(one_or_list(single, items))
         }
-        _ => Err(Error::Internal("unexpected answer from a generative task".into()).into()),
+        _ => Err(Error::internal("unexpected answer from a generative task").into()),
     }
 }
 

@@ -61,6 +61,21 @@ pub struct HttpOptions {
     pub repository_changes_without_token: bool,
 }
 
+impl HttpOptions {
+    /// Who may load and unload repository models through the protocol's repository extension.
+    pub fn repository_access(&self) -> ferroserve_runtime::RepositoryAccess {
+        use ferroserve_runtime::RepositoryAccess;
+        match (
+            &self.management_token,
+            self.repository_changes_without_token,
+        ) {
+            (Some(t), _) => RepositoryAccess::Token(t.clone()),
+            (None, true) => RepositoryAccess::Open,
+            (None, false) => RepositoryAccess::Closed,
+        }
+    }
+}
+
 impl Default for HttpOptions {
     fn default() -> Self {
         Self {
@@ -84,7 +99,7 @@ impl AppState {
     async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
         let limit = self.options.max_request_bytes;
         let too_large = || {
-            ApiError(Error::TooLarge(format!(
+            ApiError(Error::too_large(format!(
                 "request body is larger than the server's limit of {limit} bytes (--max-request-bytes)"
             )))
         };

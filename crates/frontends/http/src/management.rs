@@ -136,7 +136,7 @@ async fn off_thread<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| ApiError(Error::Internal(e.to_string())))?
+        .map_err(|e| ApiError(Error::internal(e.to_string())))?
         .map_err(ApiError)
 }
 
@@ -210,7 +210,7 @@ async fn describe(
         Some(v) => {
             d.versions.retain(|x| x.version == v);
             if d.versions.is_empty() {
-                return Err(Error::NotFound(format!(
+                return Err(Error::not_found(format!(
                     "unknown version '{v}' of model '{}'",
                     p.model
                 ))

@@ -95,7 +95,7 @@ pub(crate) async fn embeddings(
         .run_task(&model, None, TaskInput::Texts(texts), Default::default())
         .await?;
     let TaskOutput::Embeddings { vectors, tokens } = answer.output else {
-        return Err(Error::Internal(format!("model '{model}' answered without embeddings")).into());
+        return Err(Error::internal(format!("model '{model}' answered without embeddings")).into());
     };
     let data: Vec<Datum> = vectors
         .iter()
@@ -171,7 +171,7 @@ fn only_embedding_model(s: &AppState) -> Result<String, Error> {
     names.dedup();
     match names.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(Error::NotFound("no text-embedding model is loaded".into())),
+        [] => Err(Error::not_found("no text-embedding model is loaded")),
         many => Err(Error::invalid(format!(
             "the request has no 'model'; the text-embedding models are {}",
             many.join(", ")

@@ -100,9 +100,7 @@ pub(crate) async fn predict(
             .collect(),
         TaskOutput::Embeddings { vectors, .. } => vectors.iter().map(|v| Item::Vector(v)).collect(),
         TaskOutput::Texts(_) | TaskOutput::Images(_) => {
-            return Err(
-                Error::Internal("generative answers go through generate::predict".into()).into(),
-            )
+            return Err(Error::internal("generative answers go through generate::predict").into())
         }
     };
     // One input answers with its result; several with a list of results, in order.

@@ -118,7 +118,7 @@ pub fn merge(
                     .find(|i| i.name == input.name)
                     .map(|i| &i.tensor)
                     .ok_or_else(|| {
-                        Error::Internal(format!("batch member lacks input '{}'", input.name))
+                        Error::internal(format!("batch member lacks input '{}'", input.name))
                     })
             })
             .collect::<Result<_>>()?;
@@ -133,7 +133,7 @@ pub fn merge(
             concat(&tensors)
         } else {
             let value = pad.get(&input.name).copied().ok_or_else(|| {
-                Error::Internal(format!(
+                Error::internal(format!(
                     "input '{}' needs padding but has no pad value",
                     input.name
                 ))
@@ -166,7 +166,7 @@ pub fn merge(
             }
             Bytes::from(out)
         };
-        let tensor = Tensor::new(dtype, shape, data).map_err(|e| Error::Internal(e.to_string()))?;
+        let tensor = Tensor::new(dtype, shape, data).map_err(|e| Error::internal(e.to_string()))?;
         merged.push(NamedTensor {
             name: input.name.clone(),
             tensor,
@@ -195,7 +195,7 @@ pub fn split(
     for output in outputs {
         let shape = output.tensor.shape().to_vec();
         if shape.first() != Some(&total) {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "output '{}' has shape {shape:?} for a batch of {total} rows; the model does not batch along its first dimension (set max_batch_size: 0)",
                 output.name
             )));
@@ -224,7 +224,7 @@ pub fn split(
 
 /// The block of shape `block` starting at row `row` of `t`.
 fn slice(t: &Tensor, row: usize, block: &[usize]) -> Result<Tensor> {
-    let internal = |e: ferroserve_core::TensorError| Error::Internal(e.to_string());
+    let internal = |e: ferroserve_core::TensorError| Error::internal(e.to_string());
     let Some(elem) = t.dtype().size() else {
         // BYTES: only whole rows are split off; the elements are variable length.
         let per_row: usize = t.shape()[1..].iter().product();

@@ -156,8 +156,8 @@ impl Scheduler {
 
     /// Queues `request` and waits for its outputs.
     ///
-    /// Refuses at once when the queue is full ([`Error::Overloaded`]); answers
-    /// [`Error::DeadlineExceeded`] without running it when its timeout passes while queued.
+    /// Refuses at once when the queue is full ([`ErrorKind::Overloaded`](ferroserve_core::ErrorKind::Overloaded)); answers
+    /// [`ErrorKind::DeadlineExceeded`](ferroserve_core::ErrorKind::DeadlineExceeded) without running it when its timeout passes while queued.
     /// Dropping the future withdraws a queued request.
     pub async fn submit(&self, request: InferRequest) -> Result<Vec<NamedTensor>> {
         let (rows, width, key) = if self.config.max_batch_size > 0 {
@@ -171,7 +171,7 @@ impl Scheduler {
             let width = batch::padded_width(&request, &self.config.pad);
             if let Some(budget) = self.config.max_batch_tokens {
                 if rows * width > budget {
-                    return Err(Error::TooLarge(format!(
+                    return Err(Error::too_large(format!(
                         "the request has {rows} rows of {width} tokens, more than model '{}' takes in one batch ({budget}, max_batch_tokens)",
                         self.config.model
                     )));
@@ -203,13 +203,13 @@ impl Scheduler {
         match self.queue.push(pending) {
             Push::Queued => {}
             Push::Full => {
-                return Err(Error::Overloaded(format!(
+                return Err(Error::overloaded(format!(
                     "model '{}' has {} requests queued already; retry shortly",
                     self.config.model, self.config.max_queue_size
                 )))
             }
             Push::Closed => {
-                return Err(Error::Unavailable(format!(
+                return Err(Error::unavailable(format!(
                     "model '{}' is being unloaded",
                     self.config.model
                 )))
@@ -232,7 +232,7 @@ impl Scheduler {
             }
         };
         result.map_err(|_| {
-            Error::Internal(format!(
+            Error::internal(format!(
                 "model '{}' stopped before answering",
                 self.config.model
             ))
@@ -267,7 +267,7 @@ impl Drop for Withdraw {
 
 fn expired(model: &str, timeout: Option<Duration>) -> Error {
     let ms = timeout.map_or(0, |t| t.as_millis());
-    Error::DeadlineExceeded(format!(
+    Error::deadline_exceeded(format!(
         "the request waited {ms} ms in model '{model}''s queue, its timeout, and was not run"
     ))
 }
@@ -337,7 +337,7 @@ impl Replica {
         let results =
             std::panic::catch_unwind(AssertUnwindSafe(|| self.compute(&items, &mut phases)))
                 .unwrap_or_else(|_| {
-                    Err(Error::Internal(format!(
+                    Err(Error::internal(format!(
                         "model '{}' panicked while computing",
                         self.config.model
                     )))

@@ -3,7 +3,6 @@
 //! Spec: <https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/>, plus
 //! Triton's binary tensor data extension and the repository index.
 
-pub mod data;
 pub(crate) mod request;
 mod response;
 
@@ -48,12 +47,8 @@ pub(crate) async fn ready(State(s): State<Arc<AppState>>) -> Response {
     (status, Json(json!({ "ready": ready }))).into_response()
 }
 
-pub(crate) async fn server_metadata() -> Json<serde_json::Value> {
-    Json(json!({
-        "name": "ferroserve",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_configuration", "statistics", "model_repository"],
-    }))
+pub(crate) async fn server_metadata() -> Json<ferroserve_runtime::admin::ServerMetadata> {
+    Json(Default::default())
 }
 
 pub(crate) async fn model_metadata(
@@ -157,58 +152,7 @@ pub(crate) async fn model_config(
     Path(p): Path<ModelPath>,
 ) -> Result<Response, ApiError> {
     let c = s.runtime.model_config(&p.model, p.version.as_deref())?;
-    let tensors = |specs: &[ferroserve_core::TensorSpec], input: bool| {
-        specs
-            .iter()
-            .map(|t| {
-                let mut v = json!({
-                    "name": t.name,
-                    "data_type": t.datatype.config_name(),
-                    "dims": c.dims(&t.shape),
-                });
-                if input {
-                    v["format"] = json!("FORMAT_NONE");
-                }
-                v
-            })
-            .collect::<Vec<_>>()
-    };
-    let gpus: Vec<u32> = c
-        .devices
-        .iter()
-        .filter_map(|d| match d {
-            ferroserve_core::Device::Cuda(i) => Some(*i),
-            ferroserve_core::Device::Cpu => None,
-        })
-        .collect();
-    let mut config = json!({
-        "name": c.name,
-        "platform": c.platform,
-        "backend": "onnxruntime",
-        "version_policy": {"all": {}},
-        "max_batch_size": c.max_batch_size,
-        "input": tensors(&c.signature.inputs, true),
-        "output": tensors(&c.signature.outputs, false),
-        "instance_group": [{
-            "name": c.name,
-            "count": c.devices.len(),
-            "kind": if gpus.is_empty() { "KIND_CPU" } else { "KIND_GPU" },
-            "gpus": gpus,
-        }],
-        "default_model_filename": c.model_file,
-    });
-    if let Some(db) = &c.dynamic_batching {
-        config["dynamic_batching"] = json!({
-            "preferred_batch_size": db.preferred_batch_size,
-            "max_queue_delay_microseconds": db.max_queue_delay_us,
-            "preserve_ordering": db.preserve_ordering,
-            "default_queue_policy": {
-                "default_timeout_microseconds": db.default_timeout_ms.unwrap_or(0).saturating_mul(1000),
-                "max_queue_size": c.max_queue_size,
-            },
-        });
-    }
-    Ok(Json(config).into_response())
+    Ok(Json(c.triton()).into_response())
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]/stats`: Triton's statistics extension.
@@ -225,31 +169,7 @@ pub(crate) async fn all_stats(State(s): State<Arc<AppState>>) -> Result<Response
 }
 
 fn stats(s: &AppState, model: Option<&str>, version: Option<&str>) -> Result<Response, ApiError> {
-    let stats = s.runtime.statistics(model, version)?;
-    let d =
-        |x: ferroserve_runtime::metrics::StatisticDuration| json!({"count": x.count, "ns": x.ns});
-    let model_stats: Vec<serde_json::Value> = stats
-        .into_iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "version": m.version,
-                "last_inference": m.last_inference_ms,
-                "inference_count": m.inference_count,
-                "execution_count": m.execution_count,
-                "inference_stats": {
-                    "success": d(m.success),
-                    "fail": d(m.fail),
-                    "queue": d(m.queue),
-                    "compute_input": d(m.compute_input),
-                    "compute_infer": d(m.compute_infer),
-                    "compute_output": d(m.compute_output),
-                },
-                "batch_stats": [],
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "model_stats": model_stats })).into_response())
+    Ok(Json(s.runtime.statistics(model, version)?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -284,13 +204,12 @@ async fn repository_op(
     body: Body,
     op: fn(&Runtime, &str) -> ferroserve_core::Result<()>,
 ) -> Result<Response, ApiError> {
-    if let Some(refusal) = s.token_refusal(&headers) {
-        return Ok(refusal);
-    }
-    if s.options.management_token.is_none() && !s.options.repository_changes_without_token {
-        return Err(
-            Error::PermissionDenied(ferroserve_core::REMOTE_CHANGES_NEED_TOKEN.into()).into(),
-        );
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = s.options.repository_access().check(presented) {
+        tracing::warn!(error = %e, "repository change refused");
+        return Err(e.into());
     }
     let body = s.read_body(&headers, body).await?;
     if !body.iter().all(u8::is_ascii_whitespace) {
@@ -309,6 +228,6 @@ async fn repository_op(
     let runtime = s.runtime.clone();
     tokio::task::spawn_blocking(move || op(&runtime, &model))
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        .map_err(|e| Error::internal(e.to_string()))??;
     Ok(Json(json!({})).into_response())
 }

@@ -6,8 +6,6 @@ use ferroserve_core::{Error, InferRequest, NamedTensor, Parameters, Result, Tens
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::data;
-
 /// The JSON part of an inference request.
 #[derive(Deserialize)]
 struct Header<'a> {
@@ -127,7 +125,7 @@ fn decode_input(
             return Err("has both \"data\" and a binary_data_size; send one or the other".into())
         }
         (None, None) => return Err("has no \"data\" and no binary_data_size".into()),
-        (None, Some(raw)) => data::decode(raw.get(), dtype, count)?,
+        (None, Some(raw)) => ferroserve_core::json::decode(raw.get(), dtype, count)?,
         (Some(n), None) => {
             if n > binary.len() {
                 return Err(format!(

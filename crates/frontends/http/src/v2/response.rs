@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ferroserve_core::{Error, InferResponse, Result, Tensor};
 use serde::Serialize;
 
-use super::data::Encode;
+use ferroserve_core::json::Encode;
 
 #[derive(Serialize)]
 struct Body<'a> {

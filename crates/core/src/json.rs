@@ -1,10 +1,11 @@
-//! Tensor `data` in JSON: decoding (flat or nested arrays straight into tensor bytes) and
+//! The Open Inference Protocol's JSON tensor codec, for every frontend and client: tensor `data` in
+//! JSON: decoding (flat or nested arrays straight into tensor bytes) and
 //! encoding (tensor bytes straight into a JSON array), without an intermediate `Value` tree.
 
 use std::fmt;
 
+use crate::{DataType, Tensor};
 use bytes::{BufMut, Bytes, BytesMut};
-use ferroserve_core::{DataType, Tensor};
 use half::{bf16, f16};
 use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
 use serde::ser::{Error as _, SerializeSeq};
