@@ -1,21 +1,22 @@
 //! A registered executor's instances, as the runtime's autoscaler sees them (the rule and the
 //! loop are the runtime's, the same for models and executors).
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
 use ferroserve_runtime::autoscale::{Load, Scaled};
+use ferroserve_runtime::scheduler::Scheduler;
 use ferroserve_runtime::Autoscaling;
 
-use crate::deployment::Instances;
+use crate::work::{DocJob, ExecutorWorker};
 use crate::Executor;
 
 /// Builds instance number `n` of the deployment.
-pub(crate) type Make = Box<dyn Fn(usize) -> Result<Arc<dyn Executor>, String> + Send>;
+pub(crate) type Make = Box<dyn Fn(usize) -> Result<Box<dyn Executor>, String> + Send>;
 
-/// A registered executor's instances.
+/// A registered executor's instances: the replicas of its shard's scheduler.
 pub(crate) struct CustomScaled {
     pub config: Autoscaling,
-    pub instances: Weak<Instances>,
+    pub scheduler: Weak<Scheduler<DocJob>>,
     pub make: Make,
     /// Number of the next instance made.
     pub next: usize,
@@ -27,28 +28,31 @@ impl Scaled for CustomScaled {
     }
 
     fn load(&self) -> Option<Load> {
-        let i = self.instances.upgrade()?;
+        let s = self.scheduler.upgrade()?;
+        let (queued, running) = s.load();
         Some(Load {
-            ongoing: i.ongoing(),
-            waiting: i.waiting(),
-            replicas: i.size(),
+            ongoing: queued + running,
+            waiting: queued,
+            replicas: s.replicas(),
         })
     }
 
     fn scale_to(&mut self, n: usize) -> Result<usize, String> {
-        let Some(instances) = self.instances.upgrade() else {
+        let Some(scheduler) = self.scheduler.upgrade() else {
             return Ok(0);
         };
-        for _ in instances.size()..n {
-            instances.grow((self.make)(self.next)?);
+        let current = scheduler.replicas();
+        for _ in current..n {
+            let instance = (self.make)(self.next)?;
             self.next += 1;
+            scheduler
+                .add(Box::new(ExecutorWorker(instance)))
+                .map_err(|e| e.to_string())?;
         }
-        for _ in n..instances.size() {
-            // Only idle instances go; busy ones are left for a later round.
-            if !instances.shrink() {
-                break;
-            }
+        // Extra instances stop after the request they are running: none fails.
+        if n < current {
+            scheduler.retire(current - n);
         }
-        Ok(instances.size())
+        Ok(scheduler.replicas())
     }
 }

@@ -2,94 +2,27 @@
 //! served by its task) and the handle other executors call it through.
 
 use std::collections::BTreeMap;
-
-use crate::autoscale::CustomScaled;
-use crate::batching::Batcher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ferroserve_core::{DataType, Error, ErrorKind, InferRequest, NamedTensor, Tensor};
+use ferroserve_runtime::scheduler::Scheduler;
 use ferroserve_runtime::{Overrides, Runtime};
 use ferroserve_tasks::{TaskInput, TaskKind, TaskOutput};
-use tokio::sync::Semaphore;
 
+use crate::autoscale::CustomScaled;
 use crate::spec::{ExecutorSpec, Polling};
-use crate::{Document, Executor, ExecutorError, Executors, Init, Parameters};
-
-/// The instances of a custom executor: one request per instance at a time. A semaphore permit
-/// stands for an idle instance, so requests wait for one (or, at zero instances, for the
-/// autoscaler to start one).
-pub(crate) struct Instances {
-    idle: Mutex<Vec<Arc<dyn Executor>>>,
-    free: Semaphore,
-    /// Requests waiting for an instance.
-    waiting: AtomicUsize,
-    /// Requests an instance is running.
-    running: AtomicUsize,
-    /// Instances, busy or idle.
-    size: AtomicUsize,
-    /// Requests that may wait for an instance (the server's `--max-queue-size`); more are
-    /// refused at once.
-    max_waiting: usize,
-}
-
-impl Instances {
-    fn new(instances: Vec<Arc<dyn Executor>>, max_waiting: usize) -> Self {
-        Self {
-            max_waiting,
-            free: Semaphore::new(instances.len()),
-            size: AtomicUsize::new(instances.len()),
-            idle: Mutex::new(instances),
-            waiting: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
-        }
-    }
-
-    /// Requests running or waiting.
-    pub fn ongoing(&self) -> usize {
-        self.waiting.load(Ordering::Acquire) + self.running.load(Ordering::Acquire)
-    }
-
-    /// Requests waiting for an instance.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
-    }
-
-    /// Instances, busy or idle.
-    pub fn size(&self) -> usize {
-        self.size.load(Ordering::Acquire)
-    }
-
-    /// Adds an instance; a waiting request takes it at once.
-    pub fn grow(&self, instance: Arc<dyn Executor>) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(instance);
-        self.size.fetch_add(1, Ordering::AcqRel);
-        self.free.add_permits(1);
-    }
-
-    /// Drops one idle instance; false when every instance is busy (it is never taken from a
-    /// request, so scaling down cannot fail one).
-    pub fn shrink(&self) -> bool {
-        let Ok(permit) = self.free.try_acquire() else {
-            return false;
-        };
-        permit.forget();
-        let dropped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        self.size.fetch_sub(1, Ordering::AcqRel);
-        dropped.is_some()
-    }
-}
+use crate::work::{Admissions, DocJob, ExecutorWorker};
+use crate::{Document, ExecutorError, Executors, Init, Parameters};
 
 enum Node {
-    /// A registered executor: its shards, and the next shard for `ANY` requests.
+    /// A registered executor: one scheduler per shard (its instances are the replicas), and
+    /// the next shard for `ANY` requests.
     Custom {
-        shards: Vec<Arc<Instances>>,
+        shards: Vec<Arc<Scheduler<DocJob>>>,
         next: AtomicUsize,
-        /// Endpoints with `uses_dynamic_batching`.
-        batchers: BTreeMap<String, Batcher>,
+        /// How requests join the queue (batched for endpoints with `uses_dynamic_batching`).
+        admissions: Admissions,
     },
     /// A model folder served by its task, loaded into the runtime under the deployment's name.
     Model {
@@ -210,7 +143,8 @@ impl Deployment {
             }
             let mut shards = Vec::with_capacity(spec.shards);
             for shard in 0..spec.shards {
-                let mut instances: Vec<Arc<dyn Executor>> = Vec::with_capacity(spec.replicas());
+                let scheduler =
+                    Arc::new(runtime.scheduler::<DocJob>("executor", &name, shard as u64));
                 for replica in 0..spec.replicas() {
                     let init = Init {
                         with: &spec.uses_with,
@@ -219,10 +153,10 @@ impl Deployment {
                         replica,
                         handles,
                     };
-                    instances.push(Arc::from(make(&init)?));
+                    scheduler
+                        .add(Box::new(ExecutorWorker(make(&init)?)))
+                        .map_err(|e| e.to_string())?;
                 }
-                let max_waiting = runtime.options().max_queue_size;
-                let instances = Arc::new(Instances::new(instances, max_waiting));
                 if let Some(config) = &spec.autoscaling {
                     let (with, handles, make) =
                         (spec.uses_with.clone(), handles.clone(), make.clone());
@@ -230,8 +164,8 @@ impl Deployment {
                         name: name.clone(),
                         target: Box::new(CustomScaled {
                             config: config.clone(),
-                            next: instances.size(),
-                            instances: Arc::downgrade(&instances),
+                            next: scheduler.replicas(),
+                            scheduler: Arc::downgrade(&scheduler),
                             make: Box::new(move |replica| {
                                 let init = Init {
                                     with: &with,
@@ -240,7 +174,7 @@ impl Deployment {
                                     replica,
                                     handles: &handles,
                                 };
-                                make(&init).map(Arc::from)
+                                make(&init)
                             }),
                         }),
                         gauges: runtime.metrics().deployment(&name),
@@ -248,21 +182,12 @@ impl Deployment {
                     .start()
                     .map_err(|e| format!("cannot start the autoscaler: {e}"))?;
                 }
-                shards.push(instances);
+                shards.push(scheduler);
             }
             Node::Custom {
                 shards,
                 next: AtomicUsize::new(0),
-                batchers: spec
-                    .uses_dynamic_batching
-                    .iter()
-                    .map(|(endpoint, b)| {
-                        (
-                            endpoint.clone(),
-                            Batcher::new(*b, runtime.options().max_queue_size),
-                        )
-                    })
-                    .collect(),
+                admissions: Admissions::new(&spec.uses_dynamic_batching),
             }
         } else {
             let dir = base.join(&spec.uses);
@@ -317,44 +242,48 @@ impl Deployment {
         })
     }
 
-    /// Runs `docs` through this deployment for `endpoint`, through the endpoint's batcher when
-    /// it has one.
+    /// Runs `docs` through this deployment for `endpoint`.
     pub async fn call(
-        self: &Arc<Self>,
-        endpoint: &str,
-        docs: Vec<Document>,
-        parameters: &Parameters,
-    ) -> Result<Vec<Document>, Error> {
-        if let Node::Custom { batchers, .. } = &self.node {
-            if let Some(b) = batchers.get(endpoint) {
-                return b.submit(self, endpoint, docs, parameters).await;
-            }
-        }
-        self.call_direct(endpoint, docs, parameters).await
-    }
-
-    /// Runs `docs` through this deployment for `endpoint`, now.
-    pub async fn call_direct(
         &self,
         endpoint: &str,
         docs: Vec<Document>,
         parameters: &Parameters,
     ) -> Result<Vec<Document>, Error> {
         match &self.node {
-            Node::Custom { shards, next, .. } => match self.spec.polling_for(endpoint) {
-                Polling::Any => {
-                    let shard = &shards[next.fetch_add(1, Ordering::Relaxed) % shards.len()];
-                    call_custom(shard, endpoint, docs, parameters).await
+            Node::Custom {
+                shards,
+                next,
+                admissions,
+            } => {
+                // Executors run on replica threads; their deployment handles need the async
+                // runtime the request came from.
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                    Error::internal("deployments are called from within the server's async runtime")
+                })?;
+                let call = |shard: &Arc<Scheduler<DocJob>>, docs: Vec<Document>| {
+                    let job = DocJob {
+                        endpoint: endpoint.to_string(),
+                        docs,
+                        parameters: parameters.clone(),
+                        runtime: runtime.clone(),
+                    };
+                    let admission = admissions.of(&job);
+                    let shard = shard.clone();
+                    async move { shard.submit(job, admission).await }
+                };
+                match self.spec.polling_for(endpoint) {
+                    Polling::Any => {
+                        let shard = &shards[next.fetch_add(1, Ordering::Relaxed) % shards.len()];
+                        call(shard, docs).await
+                    }
+                    Polling::All => {
+                        let calls = shards.iter().map(|s| call(s, docs.clone()));
+                        let results = futures_util::future::join_all(calls).await;
+                        let lists = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+                        keep_best_chunks(crate::flow::merge(lists.into_iter()), parameters)
+                    }
                 }
-                Polling::All => {
-                    let calls = shards
-                        .iter()
-                        .map(|s| call_custom(s, endpoint, docs.clone(), parameters));
-                    let results = futures_util::future::join_all(calls).await;
-                    let lists = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-                    keep_best_chunks(crate::flow::merge(lists.into_iter()), parameters)
-                }
-            },
+            }
             Node::Model { kind, runtime } => {
                 call_model(runtime, &self.name, *kind, docs, parameters).await
             }
@@ -586,64 +515,6 @@ async fn call_model(
         }
     }
     Ok(docs)
-}
-
-/// Runs a custom executor on an idle instance, on a blocking thread; waits for one when all are
-/// busy, up to the server's queue bound.
-async fn call_custom(
-    instances: &Instances,
-    endpoint: &str,
-    docs: Vec<Document>,
-    parameters: &Parameters,
-) -> Result<Vec<Document>, Error> {
-    let most = instances.max_waiting;
-    if instances.waiting.fetch_add(1, Ordering::AcqRel) >= most {
-        instances.waiting.fetch_sub(1, Ordering::AcqRel);
-        return Err(Error::overloaded(format!(
-            "{most} requests are waiting for this executor already; retry shortly"
-        )));
-    }
-    let permit = instances.free.acquire().await;
-    instances.running.fetch_add(1, Ordering::AcqRel);
-    instances.waiting.fetch_sub(1, Ordering::AcqRel);
-    let _running = Running(&instances.running);
-    let _permit = permit.map_err(|_| Error::unavailable("the executor is stopping"))?;
-    let executor = instances
-        .idle
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .pop()
-        .ok_or_else(|| Error::internal("no idle executor instance"))?;
-    let result = if executor.handles(endpoint) {
-        let (e, endpoint, parameters) =
-            (executor.clone(), endpoint.to_string(), parameters.clone());
-        tokio::task::spawn_blocking(move || e.handle(&endpoint, docs, &parameters))
-            .await
-            .map_err(|_| Error::internal("the executor panicked"))
-            .and_then(|r| {
-                r.map_err(|e| match e {
-                    ExecutorError::BadInput(m) => Error::invalid(m),
-                    ExecutorError::Failed(m) => Error::internal(m),
-                })
-            })
-    } else {
-        Ok(docs)
-    };
-    instances
-        .idle
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(executor);
-    result
-}
-
-/// Counts a request as running until dropped (answered, or abandoned by its client).
-struct Running<'a>(&'a AtomicUsize);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// After an `ALL` call, keeps each document's `limit` best chunks (by their highest score) when

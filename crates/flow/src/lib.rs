@@ -11,12 +11,12 @@
 #![warn(missing_docs)]
 
 mod autoscale;
-mod batching;
 mod deployment;
 mod document;
 mod executor;
 mod flow;
 pub mod spec;
+mod work;
 
 pub use deployment::{DeploymentHandle, Handles};
 pub use document::{DocError, DocTensor, Document};

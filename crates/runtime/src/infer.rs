@@ -32,7 +32,7 @@ impl Runtime {
             validate::cost(&request, &self.options.request_limits)?;
             validate::check(model, &v.config.signature, &request)?;
             match &v.task {
-                None => v.scheduler.submit(request).await,
+                None => v.submit(request).await,
                 Some(task) => {
                     let input = task.input_from_v2(&request)?;
                     let output = self.run_task_on(&v, task, input, &request).await?;
@@ -105,7 +105,7 @@ impl Runtime {
         // letting one large request take the whole queue from everybody else.
         let outputs: Vec<Vec<NamedTensor>> = futures_util::stream::iter(prepared.requests)
             .map(|inputs| {
-                v.scheduler.submit(InferRequest {
+                v.submit(InferRequest {
                     inputs,
                     parameters: parameters.clone(),
                     ..Default::default()

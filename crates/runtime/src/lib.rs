@@ -43,7 +43,7 @@ mod pool;
 pub mod repository;
 mod response;
 mod runtime;
-mod scheduler;
+pub mod scheduler;
 mod table;
 mod validate;
 mod version;

@@ -12,6 +12,7 @@ use crate::catalog::Catalog;
 use crate::config::Devices;
 use crate::metrics::Metrics;
 use crate::pool::CpuPool;
+use crate::scheduler::{Job, Scheduler, SchedulerConfig};
 use crate::table::ModelEntry;
 use crate::version::Version;
 
@@ -97,6 +98,22 @@ impl Runtime {
             budget_lock: Mutex::new(()),
             cpu,
         })
+    }
+
+    /// A scheduler for work that is not a repository model (a Flow executor's shard): the
+    /// server's queue bound (`max_queue_size`), and the metrics of a model called `name` at
+    /// version `group`. Add its replicas with [`Scheduler::add`].
+    pub fn scheduler<J: Job>(&self, kind: &'static str, name: &str, group: u64) -> Scheduler<J> {
+        Scheduler::new(
+            SchedulerConfig {
+                kind,
+                name: name.to_string(),
+                max_queue_size: self.options.max_queue_size,
+                default_timeout: None,
+                preserve_ordering: false,
+            },
+            self.metrics.model(name, group),
+        )
     }
 
     /// The settings it was made with.

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 
-use ferroserve_core::{Backend, DataType, Device, Error, Result, Signature};
+use ferroserve_core::{
+    Backend, DataType, Device, Error, InferRequest, NamedTensor, Result, Signature,
+};
 use ferroserve_tasks::{Files, Task};
 
 use crate::admin::ModelConfigInfo;
@@ -16,13 +18,15 @@ use crate::config::ModelConfig;
 use crate::metrics::{Gauge, ModelMetrics};
 use crate::placement;
 use crate::runtime::Runtime;
-use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig, TensorBatching};
 
 /// One loaded model version: its configuration (signature included) and the scheduler that
 /// feeds its replicas.
 pub(crate) struct Version {
     pub(crate) number: u64,
-    pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) scheduler: Arc<Scheduler<InferRequest>>,
+    /// How its requests are admitted and batched.
+    batching: TensorBatching,
     pub(crate) metrics: ModelMetrics,
     /// As clients see it: with a task, `signature` is the task's (images or text in).
     pub(crate) config: ModelConfigInfo,
@@ -130,10 +134,16 @@ impl Version {
                     .recipe
                     .load(device)
                     .map_err(|e| e.context(format_args!("model '{}'", self.recipe.model)))?;
-                self.scheduler.add(backend);
+                self.scheduler.add(self.batching.worker(backend))?;
             }
         }
         Ok(self.scheduler.replicas())
+    }
+
+    /// Queues one model request and waits for its outputs.
+    pub(crate) async fn submit(&self, request: InferRequest) -> Result<Vec<NamedTensor>> {
+        let admission = self.batching.admit(&request)?;
+        self.scheduler.submit(request, admission).await
     }
 
     /// The autoscaling in force.
@@ -261,16 +271,14 @@ impl Runtime {
             pad.entry(name).or_insert(value);
         }
         check_batching(config, &pad, &signature).map_err(Error::invalid)?;
-        let batching = config.dynamic_batching.clone().unwrap_or_default();
+        let db = config.dynamic_batching.clone().unwrap_or_default();
         let max_batch_size = if config.dynamic_batching.is_some() {
             config.batch_limit()
         } else {
             0
         };
         let metrics = self.metrics.model(model, number);
-        let max_queue_size = batching
-            .max_queue_size
-            .unwrap_or(self.options.max_queue_size);
+        let max_queue_size = db.max_queue_size.unwrap_or(self.options.max_queue_size);
         let info = ModelConfigInfo {
             name: model.to_string(),
             backend: loader.name().to_string(),
@@ -297,32 +305,41 @@ impl Runtime {
             Some(&n) if n > 0 => n as usize,
             _ => 0,
         };
-        let scheduler = Arc::new(Scheduler::start(
+        let batching = TensorBatching {
+            model: model.to_string(),
+            policy: (max_batch_size > 0).then(|| {
+                Arc::new(BatchPolicy {
+                    max_rows: max_batch_size,
+                    target_rows: db
+                        .preferred_batch_size
+                        .iter()
+                        .copied()
+                        .max()
+                        .unwrap_or(max_batch_size),
+                    delay: std::time::Duration::from_micros(db.max_queue_delay_us),
+                    max_tokens: task.as_ref().and_then(|t| t.max_batch_tokens()),
+                })
+            }),
+            pad: Arc::new(pad),
+            signature: Arc::new(signature),
+        };
+        let scheduler = Arc::new(Scheduler::new(
             SchedulerConfig {
-                model: model.to_string(),
-                max_batch_size,
-                target_rows: batching
-                    .preferred_batch_size
-                    .iter()
-                    .copied()
-                    .max()
-                    .unwrap_or(max_batch_size),
-                max_queue_delay: std::time::Duration::from_micros(batching.max_queue_delay_us),
+                kind: "model",
+                name: model.to_string(),
                 max_queue_size,
-                default_timeout: batching
-                    .default_timeout_ms
-                    .map(std::time::Duration::from_millis),
-                pad,
-                preserve_ordering: batching.preserve_ordering,
-                max_batch_tokens: task.as_ref().and_then(|t| t.max_batch_tokens()),
+                default_timeout: db.default_timeout_ms.map(std::time::Duration::from_millis),
+                preserve_ordering: db.preserve_ordering,
             },
-            signature,
-            replicas,
             metrics.clone(),
         ));
+        for backend in replicas {
+            scheduler.add(batching.worker(backend))?;
+        }
         Ok(Version {
             number,
             scheduler,
+            batching,
             metrics,
             config: info,
             task,

@@ -284,3 +284,61 @@ fn dynamic_batching_gathers_concurrent_requests_into_one_call() {
     assert_eq!(batch_of(&other), 1);
     assert!(started.elapsed() < std::time::Duration::from_millis(1000));
 }
+
+#[test]
+fn executors_go_through_the_runtimes_scheduler_with_its_queue_bound_and_metrics() {
+    let repo = Repo::with(&[]);
+    repo.write(
+        "slow.yml",
+        b"jtype: Deployment\nwith: {name: slow, uses: Sleep, uses_with: {ms: 400}}\n",
+    );
+    let file = repo.path().join("slow.yml");
+    let server = Server::spawn(
+        env!("CARGO_BIN_EXE_custom-executor"),
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--max-queue-size",
+            "2",
+        ],
+        repo,
+    );
+    // One instance: one request runs, two wait (--max-queue-size), the rest are refused at once.
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..6)
+            .map(|i| {
+                let server = &server;
+                s.spawn(move || server.post_json("/default", &json!({"data": [format!("d{i}")]})))
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 503)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(ok + refused.len(), 6, "{answers:?}");
+    assert!((1..=3).contains(&ok), "{answers:?}");
+    for body in &refused {
+        let e = body["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains("executor 'slow' has 2 requests queued already"),
+            "{e}"
+        );
+    }
+    // The scheduler's metrics, labelled by the deployment and its shard.
+    let shard = [("model", "slow"), ("version", "0")];
+    assert_eq!(server.metric("ferroserve_replicas", &shard), Some(1.0));
+    assert_eq!(
+        server.metric("ferroserve_batch_size_count", &shard),
+        Some(ok as f64)
+    );
+    assert_eq!(server.metric("ferroserve_queue_depth", &shard), Some(0.0));
+    server.assert_healthy();
+}

@@ -1,57 +1,101 @@
-//! The per-model-version scheduler: a bounded queue, dynamic batching, and a pool of replica
-//! threads that each own a backend and take the next batch when idle (so work always goes to a
-//! free replica, the least loaded one).
+//! The scheduler every kind of work goes through: a bounded queue, dynamic batching, and a pool
+//! of replica threads that each own a worker (a model version's backend, a Flow executor's
+//! instance) and take the next batch when idle, so work always goes to a free replica. Deadlines,
+//! withdrawal of abandoned requests, answer ordering and metrics are the same for all.
+//!
+//! A kind of work is a [`Job`] (what a request carries and is answered with) and a [`Worker`]
+//! (one replica's compute). Tensors and model backends are one kind (`tensor`); Flow executors'
+//! documents are another, in the Flow crate.
 
 mod batch;
 mod order;
 mod queue;
+mod tensor;
 
-use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ferroserve_core::{Backend, Error, InferRequest, NamedTensor, Result, RunContext, Signature};
+use ferroserve_core::{Error, Result};
 use tokio::sync::oneshot;
 
-use self::batch::BatchKey;
 use self::order::{Gate, Reply};
-use self::queue::{BatchPolicy, Pending, Push, Queue, Work, ABANDONED, QUEUED};
+use self::queue::{Pending, Push, Queue, Work, ABANDONED, QUEUED};
 use crate::metrics::ModelMetrics;
 
-/// How a scheduler batches and bounds its queue.
+pub use self::queue::BatchPolicy;
+pub(crate) use self::tensor::TensorBatching;
+
+/// A kind of request the scheduler queues.
+pub trait Job: Send + 'static {
+    /// What a request is answered with.
+    type Output: Send + 'static;
+    /// What requests must share to run in one batch.
+    type Key: PartialEq + Send + Sync + 'static;
+}
+
+/// One replica's compute for a kind of job.
+pub trait Worker<J: Job>: Send + 'static {
+    /// Runs `batch` (one request when it is not batched) and answers each request, in order.
+    /// `cancelled(i)` says whether the client of `batch[i]` has gone, for work that can stop
+    /// early.
+    fn run(
+        &mut self,
+        batch: Vec<J>,
+        cancelled: &(dyn Fn(usize) -> bool + Sync),
+        phases: &mut Phases,
+    ) -> Result<Vec<J::Output>>;
+}
+
+/// How one request joins the queue, decided by its kind of work before it is queued.
+#[derive(Debug)]
+pub struct Admission<K> {
+    /// Rows it adds to a batch (documents, tensor rows; 0 when it runs alone).
+    pub rows: usize,
+    /// Elements per row the batch is padded to (tokens), for a token budget; else 0.
+    pub width: usize,
+    /// What it must share with others to join their batch, and how batches form; `None`: it
+    /// runs alone.
+    pub batch: Option<(K, Arc<BatchPolicy>)>,
+    /// Its own timeout, if it set one (the scheduler's default applies too; the smaller wins).
+    pub timeout: Option<Duration>,
+}
+
+impl<K> Admission<K> {
+    /// A request that runs alone, with no timeout of its own.
+    pub fn alone() -> Self {
+        Self {
+            rows: 0,
+            width: 0,
+            batch: None,
+            timeout: None,
+        }
+    }
+}
+
+/// How a scheduler bounds and orders its queue.
 #[derive(Debug, Clone)]
 pub(crate) struct SchedulerConfig {
-    /// Model name, for messages and thread names.
-    pub model: String,
-    /// Most rows per batch; 0 disables dynamic batching.
-    pub max_batch_size: usize,
-    /// A batch goes as soon as it has this many rows.
-    pub target_rows: usize,
-    /// How long the oldest request waits for others.
-    pub max_queue_delay: Duration,
-    /// Requests that may wait.
+    /// What kind of thing it serves (`model`, `executor`), for messages.
+    pub kind: &'static str,
+    /// Its name, for messages and thread names.
+    pub name: String,
+    /// Requests that may wait; more are refused at once.
     pub max_queue_size: usize,
     /// Timeout for requests that set none.
     pub default_timeout: Option<Duration>,
-    /// Pad values of inputs whose non-batch dimensions may differ.
-    pub pad: BTreeMap<String, f64>,
     /// Answer in arrival order, even when a later request finishes first.
     pub preserve_ordering: bool,
-    /// Most padded elements per row of the padded inputs (tokens) times rows in one batch.
-    pub max_batch_tokens: Option<usize>,
 }
 
-/// Runs one model version's requests on its replicas.
-pub(crate) struct Scheduler {
+/// Runs one model version's (or one executor shard's) requests on its replicas.
+pub struct Scheduler<J: Job> {
     config: Arc<SchedulerConfig>,
-    queue: Arc<Queue>,
+    queue: Arc<Queue<J>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
-    gate: Option<Arc<Gate>>,
-    policy: BatchPolicy,
-    signature: Arc<Signature>,
+    gate: Option<Arc<Gate<J::Output>>>,
     metrics: ModelMetrics,
     /// Replicas serving (started and not asked to retire).
     replicas: AtomicUsize,
@@ -59,14 +103,11 @@ pub(crate) struct Scheduler {
     started: AtomicUsize,
 }
 
-impl Scheduler {
-    /// Starts one thread per replica.
-    pub fn start(
-        config: SchedulerConfig,
-        signature: Signature,
-        replicas: Vec<Box<dyn Backend>>,
-        metrics: ModelMetrics,
-    ) -> Self {
+impl<J: Job> Scheduler<J> {
+    /// A scheduler with no replica yet; [`Scheduler::add`] starts them. `metrics` are its
+    /// queue depth, batch sizes, latencies and replica count. Outside the runtime, schedulers
+    /// come from [`crate::Runtime::scheduler`].
+    pub(crate) fn new(config: SchedulerConfig, metrics: ModelMetrics) -> Self {
         let config = Arc::new(config);
         let gate = config.preserve_ordering.then(|| Arc::new(Gate::default()));
         let queue = Arc::new(Queue::new(
@@ -74,51 +115,38 @@ impl Scheduler {
             metrics.queue_depth.clone(),
             gate.clone(),
         ));
-        let policy = BatchPolicy {
-            max_rows: config.max_batch_size,
-            target_rows: config.target_rows,
-            delay: config.max_queue_delay,
-            max_tokens: config.max_batch_tokens,
-        };
-        let scheduler = Self {
+        Self {
             config,
             queue,
             workers: Mutex::new(Vec::new()),
             gate,
-            policy,
-            signature: Arc::new(signature),
             metrics,
             replicas: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
-        };
-        for backend in replicas {
-            scheduler.add(backend);
         }
-        scheduler
     }
 
-    /// Starts a replica thread on `backend`; it takes the next batch like the others.
-    pub fn add(&self, backend: Box<dyn Backend>) {
+    /// Starts a replica thread on `worker`; it takes the next batch like the others. Fails only
+    /// when the process cannot start a thread.
+    pub fn add(&self, worker: Box<dyn Worker<J>>) -> Result<()> {
         let replica = Replica {
-            backend,
+            worker,
             queue: self.queue.clone(),
             gate: self.gate.clone(),
-            policy: self.policy.clone(),
             config: self.config.clone(),
-            signature: self.signature.clone(),
             metrics: self.metrics.clone(),
         };
         let i = self.started.fetch_add(1, Ordering::AcqRel);
         let worker = std::thread::Builder::new()
-            .name(format!("replica-{}-{i}", self.config.model))
+            .name(format!("replica-{}-{i}", self.config.name))
             .spawn(move || replica.run())
-            // Failing to start a thread means the process is out of resources; nothing to serve.
-            .unwrap_or_else(|e| panic!("cannot start replica threads: {e}"));
+            .map_err(|e| Error::unavailable(format!("cannot start a replica thread: {e}")))?;
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         workers.retain(|w| !w.is_finished());
         workers.push(worker);
         let n = self.replicas.fetch_add(1, Ordering::AcqRel) + 1;
         self.metrics.replicas.set(n as i64);
+        Ok(())
     }
 
     /// Asks up to `n` replicas to stop after their current batch; returns how many will.
@@ -154,34 +182,14 @@ impl Scheduler {
         (queued, running)
     }
 
-    /// Queues `request` and waits for its outputs.
+    /// Queues `request` as `admission` says and waits for its answer.
     ///
-    /// Refuses at once when the queue is full ([`ErrorKind::Overloaded`](ferroserve_core::ErrorKind::Overloaded)); answers
-    /// [`ErrorKind::DeadlineExceeded`](ferroserve_core::ErrorKind::DeadlineExceeded) without running it when its timeout passes while queued.
-    /// Dropping the future withdraws a queued request.
-    pub async fn submit(&self, request: InferRequest) -> Result<Vec<NamedTensor>> {
-        let (rows, width, key) = if self.config.max_batch_size > 0 {
-            let rows = batch::rows(&request)?;
-            if rows > self.config.max_batch_size {
-                return Err(Error::invalid(format!(
-                    "the request has {rows} rows but model '{}' takes at most {} per batch (max_batch_size)",
-                    self.config.model, self.config.max_batch_size
-                )));
-            }
-            let width = batch::padded_width(&request, &self.config.pad);
-            if let Some(budget) = self.config.max_batch_tokens {
-                if rows * width > budget {
-                    return Err(Error::too_large(format!(
-                        "the request has {rows} rows of {width} tokens, more than model '{}' takes in one batch ({budget}, max_batch_tokens)",
-                        self.config.model
-                    )));
-                }
-            }
-            (rows, width, Some(BatchKey::of(&request, &self.config.pad)))
-        } else {
-            (0, 0, None)
-        };
-        let timeout = timeout_of(&request)?
+    /// Refuses at once when the queue is full (`Overloaded`); answers `DeadlineExceeded`
+    /// without running it when its timeout passes while queued. Dropping the future withdraws
+    /// a queued request.
+    pub async fn submit(&self, request: J, admission: Admission<J::Key>) -> Result<J::Output> {
+        let timeout = admission
+            .timeout
             .into_iter()
             .chain(self.config.default_timeout)
             .min();
@@ -191,9 +199,9 @@ impl Scheduler {
         let (reply, mut answer) = oneshot::channel();
         let pending = Pending {
             request,
-            rows,
-            width,
-            key,
+            rows: admission.rows,
+            width: admission.width,
+            batch: admission.batch,
             enqueued: now,
             deadline,
             state: state.clone(),
@@ -204,14 +212,14 @@ impl Scheduler {
             Push::Queued => {}
             Push::Full => {
                 return Err(Error::overloaded(format!(
-                    "model '{}' has {} requests queued already; retry shortly",
-                    self.config.model, self.config.max_queue_size
+                    "{} '{}' has {} requests queued already; retry shortly",
+                    self.config.kind, self.config.name, self.config.max_queue_size
                 )))
             }
             Push::Closed => {
                 return Err(Error::unavailable(format!(
-                    "model '{}' is being unloaded",
-                    self.config.model
+                    "{} '{}' is being unloaded",
+                    self.config.kind, self.config.name
                 )))
             }
         }
@@ -223,7 +231,7 @@ impl Scheduler {
                     r = &mut answer => r,
                     () = tokio::time::sleep_until(deadline.into()) => {
                         if state.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                            return Err(expired(&self.config.model, timeout));
+                            return Err(expired(&self.config, timeout));
                         }
                         // A replica took it just now: it runs, so wait for its answer.
                         answer.await
@@ -233,8 +241,8 @@ impl Scheduler {
         };
         result.map_err(|_| {
             Error::internal(format!(
-                "model '{}' stopped before answering",
-                self.config.model
+                "{} '{}' stopped before answering",
+                self.config.kind, self.config.name
             ))
         })?
     }
@@ -253,6 +261,13 @@ impl Scheduler {
     }
 }
 
+impl<J: Job> Drop for Scheduler<J> {
+    /// A scheduler nobody can submit to any more lets its replicas finish and end.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
 /// On drop (client gone, or answered), marks a still-queued request abandoned so no replica
 /// runs it.
 struct Withdraw(Arc<AtomicU8>);
@@ -265,42 +280,26 @@ impl Drop for Withdraw {
     }
 }
 
-fn expired(model: &str, timeout: Option<Duration>) -> Error {
+fn expired(config: &SchedulerConfig, timeout: Option<Duration>) -> Error {
     let ms = timeout.map_or(0, |t| t.as_millis());
     Error::deadline_exceeded(format!(
-        "the request waited {ms} ms in model '{model}''s queue, its timeout, and was not run"
+        "the request waited {ms} ms in {} '{}''s queue, its timeout, and was not run",
+        config.kind, config.name
     ))
 }
 
-/// The request's own `timeout` parameter, in microseconds (Triton's convention).
-fn timeout_of(request: &InferRequest) -> Result<Option<Duration>> {
-    match request.parameters.get("timeout") {
-        None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(|us| Some(Duration::from_micros(us)))
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "parameter 'timeout' must be a whole number of microseconds, got {v}"
-                ))
-            }),
-    }
-}
-
-/// One replica: a backend and the loop that feeds it.
-struct Replica {
-    backend: Box<dyn Backend>,
-    queue: Arc<Queue>,
-    gate: Option<Arc<Gate>>,
-    policy: BatchPolicy,
+/// One replica: a worker and the loop that feeds it.
+struct Replica<J: Job> {
+    worker: Box<dyn Worker<J>>,
+    queue: Arc<Queue<J>>,
+    gate: Option<Arc<Gate<J::Output>>>,
     config: Arc<SchedulerConfig>,
-    signature: Arc<Signature>,
     metrics: ModelMetrics,
 }
 
-impl Replica {
-    /// Sends an answer, through the ordering gate when the model preserves ordering.
-    fn answer(&self, seq: u64, reply: Reply, result: Result<Vec<NamedTensor>>) {
+impl<J: Job> Replica<J> {
+    /// Sends an answer, through the ordering gate when answers keep arrival order.
+    fn answer(&self, seq: u64, reply: Reply<J::Output>, result: Result<J::Output>) {
         match &self.gate {
             Some(gate) => gate.complete(seq, Some((reply, result))),
             None => {
@@ -310,12 +309,12 @@ impl Replica {
     }
 
     fn run(mut self) {
-        while let Some(work) = self.queue.next(&self.policy) {
+        while let Some(work) = self.queue.next() {
             match work {
                 Work::Expired(items) => {
                     for p in items {
                         let waited = p.deadline.map(|d| d.saturating_duration_since(p.enqueued));
-                        self.answer(p.seq, p.reply, Err(expired(&self.config.model, waited)));
+                        self.answer(p.seq, p.reply, Err(expired(&self.config, waited)));
                     }
                 }
                 Work::Batch(items) => self.run_batch(items),
@@ -323,7 +322,7 @@ impl Replica {
         }
     }
 
-    fn run_batch(&mut self, items: Vec<Pending>) {
+    fn run_batch(&mut self, items: Vec<Pending<J>>) {
         let started = Instant::now();
         for p in &items {
             let waited = started.duration_since(p.enqueued);
@@ -334,21 +333,41 @@ impl Replica {
         self.metrics.inflight.inc_by(n);
         let rows: usize = items.iter().map(|p| p.rows.max(1)).sum();
         let mut phases = Phases::default();
-        let results =
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.compute(&items, &mut phases)))
-                .unwrap_or_else(|_| {
-                    Err(Error::internal(format!(
-                        "model '{}' panicked while computing",
-                        self.config.model
-                    )))
-                });
+        let mut requests = Vec::with_capacity(items.len());
+        let mut waiting = Vec::with_capacity(items.len());
+        for p in items {
+            requests.push(p.request);
+            waiting.push((p.seq, p.reply));
+        }
+        let results = {
+            let cancelled = |i: usize| waiting.get(i).is_some_and(|(_, r)| r.is_closed());
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.worker.run(requests, &cancelled, &mut phases)
+            }))
+            .unwrap_or_else(|_| {
+                Err(Error::internal(format!(
+                    "{} '{}' panicked while computing; the server is still running",
+                    self.config.kind, self.config.name
+                )))
+            })
+        };
+        let results = match results {
+            Ok(out) if out.len() != waiting.len() => Err(Error::internal(format!(
+                "{} '{}' gave {} answers for {} requests",
+                self.config.kind,
+                self.config.name,
+                out.len(),
+                waiting.len()
+            ))),
+            other => other,
+        };
         let elapsed = started.elapsed();
         let compute = elapsed.as_secs_f64();
         self.metrics.batch_size.observe(rows as f64);
         self.metrics.inflight.dec_by(n);
         let stats = &self.metrics.stats;
         stats.execution_count.fetch_add(1, Ordering::Relaxed);
-        for _ in &items {
+        for _ in &waiting {
             self.metrics.compute_seconds.observe(compute);
             phases.record(stats);
         }
@@ -357,60 +376,29 @@ impl Replica {
                 stats
                     .inference_count
                     .fetch_add(rows as u64, Ordering::Relaxed);
-                for (p, out) in items.into_iter().zip(outputs) {
-                    self.answer(p.seq, p.reply, Ok(out));
+                for ((seq, reply), out) in waiting.into_iter().zip(outputs) {
+                    self.answer(seq, reply, Ok(out));
                 }
             }
             Err(e) => {
-                for p in items {
-                    self.answer(p.seq, p.reply, Err(e.clone()));
+                for (seq, reply) in waiting {
+                    self.answer(seq, reply, Err(e.clone()));
                 }
             }
         }
     }
-
-    /// Runs one request as it is, or several merged into one batch and split again.
-    fn compute(&mut self, items: &[Pending], phases: &mut Phases) -> Result<Vec<Vec<NamedTensor>>> {
-        if let [only] = items {
-            let r = &only.request;
-            let gone = |_row: usize| only.reply.is_closed();
-            let context = RunContext::new(&r.parameters, &gone);
-            let t = Instant::now();
-            let out = self.backend.run_with(&r.inputs, &r.outputs, &context);
-            phases.infer = t.elapsed();
-            return Ok(vec![out?]);
-        }
-        let t = Instant::now();
-        let requests: Vec<&InferRequest> = items.iter().map(|p| &p.request).collect();
-        let (inputs, parts) = batch::merge(&requests, &self.config.pad)?;
-        phases.input = t.elapsed();
-        // Batch row → the request it came from, to tell the backend whose client has gone.
-        let owner: Vec<usize> = parts
-            .iter()
-            .enumerate()
-            .flat_map(|(i, p)| std::iter::repeat_n(i, p.rows))
-            .collect();
-        let gone = |row: usize| owner.get(row).is_some_and(|&i| items[i].reply.is_closed());
-        let context = RunContext::new(&requests[0].parameters, &gone);
-        let t = Instant::now();
-        let outputs = self
-            .backend
-            .run_with(&inputs, &requests[0].outputs, &context);
-        phases.infer = t.elapsed();
-        let t = Instant::now();
-        let split = batch::split(outputs?, &parts, &self.signature);
-        phases.output = t.elapsed();
-        split
-    }
 }
 
-/// Where a batch's compute time went: assembling the batch, the backend, splitting the outputs
+/// Where a batch's compute time went: assembling the batch, the worker, splitting the outputs
 /// (Triton's compute_input, compute_infer and compute_output).
-#[derive(Default)]
-struct Phases {
-    input: Duration,
-    infer: Duration,
-    output: Duration,
+#[derive(Debug, Default)]
+pub struct Phases {
+    /// Assembling the batch.
+    pub input: Duration,
+    /// The worker's compute.
+    pub infer: Duration,
+    /// Splitting the outputs.
+    pub output: Duration,
 }
 
 impl Phases {

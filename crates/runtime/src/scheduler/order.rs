@@ -4,33 +4,42 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use ferroserve_core::{NamedTensor, Result};
+use ferroserve_core::Result;
 use tokio::sync::oneshot;
 
 /// Where a request's answer goes.
-pub(crate) type Reply = oneshot::Sender<Result<Vec<NamedTensor>>>;
+pub(crate) type Reply<O> = oneshot::Sender<Result<O>>;
 
 /// An answer and where it goes.
-pub(crate) type Answer = (Reply, Result<Vec<NamedTensor>>);
+pub(crate) type Answer<O> = (Reply<O>, Result<O>);
 
 /// Holds answers back until every earlier request (by arrival number) has been answered or has
 /// left the queue unanswered.
-#[derive(Default)]
-pub(crate) struct Gate {
-    inner: Mutex<GateInner>,
+pub(crate) struct Gate<O> {
+    inner: Mutex<GateInner<O>>,
 }
 
-#[derive(Default)]
-struct GateInner {
+impl<O> Default for Gate<O> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(GateInner {
+                next: 0,
+                held: BTreeMap::new(),
+            }),
+        }
+    }
+}
+
+struct GateInner<O> {
     next: u64,
     /// Finished requests waiting for an earlier one; `None` for one that needs no answer
     /// (its client left).
-    held: BTreeMap<u64, Option<Answer>>,
+    held: BTreeMap<u64, Option<Answer<O>>>,
 }
 
-impl Gate {
+impl<O> Gate<O> {
     /// Request `seq` is finished; sends every answer that is now in order.
-    pub fn complete(&self, seq: u64, answer: Option<Answer>) {
+    pub fn complete(&self, seq: u64, answer: Option<Answer<O>>) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.held.insert(seq, answer);
         loop {
@@ -52,7 +61,7 @@ mod tests {
 
     #[test]
     fn later_answers_wait_for_earlier_ones() {
-        let gate = Gate::default();
+        let gate = Gate::<Vec<u8>>::default();
         let (tx0, mut rx0) = oneshot::channel();
         let (tx1, mut rx1) = oneshot::channel();
         let (tx3, mut rx3) = oneshot::channel();

@@ -5,11 +5,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ferroserve_core::InferRequest;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::batch::BatchKey;
 use super::order::{Gate, Reply};
+use super::Job;
 
 /// A request's claim state: exactly one of the waiting task (on timeout or disconnect) and a
 /// replica (when it takes the request) wins the move away from `QUEUED`.
@@ -18,23 +17,24 @@ pub(crate) const TAKEN: u8 = 1;
 pub(crate) const ABANDONED: u8 = 2;
 
 /// A request waiting for a replica.
-pub(crate) struct Pending {
-    pub request: InferRequest,
-    /// Rows it adds to a batch (0 when the model is not batched).
+pub(crate) struct Pending<J: Job> {
+    pub request: J,
+    /// Rows it adds to a batch (0 when it runs alone).
     pub rows: usize,
     /// Elements per row of its padded inputs (tokens), which the whole batch is padded to.
     pub width: usize,
-    /// What it must share with others to join their batch (`None` when not batched).
-    pub key: Option<BatchKey>,
+    /// What it must share with others to join their batch, and how that batch is formed
+    /// (`None`: it runs alone).
+    pub batch: Option<(J::Key, Arc<BatchPolicy>)>,
     pub enqueued: Instant,
     pub deadline: Option<Instant>,
     pub state: Arc<AtomicU8>,
-    pub reply: Reply,
+    pub reply: Reply<J::Output>,
     /// Arrival number, set when the queue accepts the request.
     pub seq: u64,
 }
 
-impl Pending {
+impl<J: Job> Pending<J> {
     fn claim(&self) -> bool {
         self.state
             .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
@@ -58,8 +58,8 @@ pub(crate) enum Push {
 }
 
 /// How batches are formed.
-#[derive(Debug, Clone)]
-pub(crate) struct BatchPolicy {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPolicy {
     /// Most rows in one batch; 0 runs every request alone.
     pub max_rows: usize,
     /// A batch goes as soon as it has this many rows.
@@ -78,15 +78,15 @@ impl BatchPolicy {
 }
 
 /// What a replica gets from [`Queue::next`].
-pub(crate) enum Work {
+pub(crate) enum Work<J: Job> {
     /// Requests to run together (one, when not batching).
-    Batch(Vec<Pending>),
+    Batch(Vec<Pending<J>>),
     /// Requests whose deadline passed while queued: answer them, do not run them.
-    Expired(Vec<Pending>),
+    Expired(Vec<Pending<J>>),
 }
 
-struct Inner {
-    items: VecDeque<Pending>,
+struct Inner<J: Job> {
+    items: VecDeque<Pending<J>>,
     closed: bool,
     /// Arrival number of the next accepted request.
     next_seq: u64,
@@ -101,17 +101,17 @@ struct Inner {
 }
 
 /// What [`Inner::step`] decided.
-enum Step {
+enum Step<J: Job> {
     /// Work to hand out, or `None` when closed and empty.
-    Done(Option<Work>),
+    Done(Option<Work<J>>),
     /// Nothing to hand out yet: wait for a change, at most this long.
     Wait(Option<Duration>),
 }
 
-impl Inner {
+impl<J: Job> Inner<J> {
     /// One look at the queue: drop abandoned requests, hand out expired ones, and form a batch
     /// if one is due.
-    fn step(&mut self, policy: &BatchPolicy, now: Instant) -> Step {
+    fn step(&mut self, now: Instant) -> Step<J> {
         let mut expired = Vec::new();
         let mut i = 0;
         while i < self.items.len() {
@@ -138,13 +138,13 @@ impl Inner {
                 Step::Wait(None)
             };
         };
-        if policy.max_rows == 0 {
+        let Some((first_key, policy)) = first.batch.as_ref().filter(|(_, p)| p.max_rows > 0) else {
             return match self.items.pop_front().filter(Pending::claim) {
                 Some(p) => Step::Done(Some(Work::Batch(vec![p]))),
                 // Abandoned between the sweep and now: look again.
                 None => Step::Wait(Some(Duration::ZERO)),
             };
-        }
+        };
         // Gather the requests that can share the oldest one's batch, in arrival order.
         let mut picked = Vec::new();
         let mut rows = 0;
@@ -153,13 +153,18 @@ impl Inner {
         // would not grow it.
         let mut full = false;
         for (idx, p) in self.items.iter().enumerate() {
-            if p.key != first.key {
+            if p.batch.as_ref().is_none_or(|(key, _)| key != first_key) {
                 continue;
             }
             if policy.fits(rows + p.rows, width.max(p.width)) {
                 picked.push(idx);
                 rows += p.rows;
                 width = width.max(p.width);
+            } else if picked.is_empty() {
+                // Larger than a batch on its own (the caller allowed it): it runs alone.
+                picked.push(idx);
+                full = true;
+                break;
             } else {
                 full = true;
             }
@@ -189,19 +194,19 @@ impl Inner {
     }
 }
 
-/// A bounded FIFO shared by one model version's replicas.
-pub(crate) struct Queue {
-    inner: Mutex<Inner>,
+/// A bounded FIFO shared by one scheduler's replicas.
+pub(crate) struct Queue<J: Job> {
+    inner: Mutex<Inner<J>>,
     changed: Condvar,
     capacity: usize,
     /// Mirrors the queue's length; only written under the lock, so it never goes stale.
     depth: Gauge,
     /// With `preserve_ordering`: told about requests that leave the queue unanswered.
-    gate: Option<Arc<Gate>>,
+    gate: Option<Arc<Gate<J::Output>>>,
 }
 
-impl Queue {
-    pub fn new(capacity: usize, depth: Gauge, gate: Option<Arc<Gate>>) -> Self {
+impl<J: Job> Queue<J> {
+    pub fn new(capacity: usize, depth: Gauge, gate: Option<Arc<Gate<J::Output>>>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
@@ -219,7 +224,7 @@ impl Queue {
     }
 
     /// Passes abandoned requests swept out of the queue to the ordering gate.
-    fn release_swept(&self, inner: &mut Inner) {
+    fn release_swept(&self, inner: &mut Inner<J>) {
         for seq in inner.swept.drain(..) {
             if let Some(gate) = &self.gate {
                 gate.complete(seq, None);
@@ -227,12 +232,12 @@ impl Queue {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<J>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds a request, or says why not.
-    pub fn push(&self, mut p: Pending) -> Push {
+    pub fn push(&self, mut p: Pending<J>) -> Push {
         let mut inner = self.lock();
         if inner.closed {
             return Push::Closed;
@@ -279,17 +284,17 @@ impl Queue {
         self.changed.notify_all();
     }
 
-    /// Blocks until there is work for a replica: a batch formed under `policy`, or expired
-    /// requests to answer. `None` once the queue is closed and empty, or when this replica is
-    /// to retire.
-    pub fn next(&self, policy: &BatchPolicy) -> Option<Work> {
+    /// Blocks until there is work for a replica: a batch formed under its requests' policy,
+    /// or expired requests to answer. `None` once the queue is closed and empty, or when this
+    /// replica is to retire.
+    pub fn next(&self) -> Option<Work<J>> {
         let mut inner = self.lock();
         loop {
             if inner.retiring > 0 {
                 inner.retiring -= 1;
                 return None;
             }
-            let step = inner.step(policy, Instant::now());
+            let step = inner.step(Instant::now());
             self.release_swept(&mut inner);
             self.depth.set(inner.items.len() as i64);
             let timeout = match step {
@@ -319,36 +324,30 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferroserve_core::{DataType, Tensor};
-    use ferroserve_core::{NamedTensor, Result};
-    use std::collections::BTreeMap;
+    use ferroserve_core::Result;
     use tokio::sync::oneshot;
+
+    /// A made-up job: its rows are all there is to it.
+    struct Rows;
+
+    impl Job for Rows {
+        type Output = ();
+        type Key = ();
+    }
 
     fn pending(
         rows: usize,
         deadline: Option<Instant>,
-    ) -> (
-        Pending,
-        oneshot::Receiver<Result<Vec<NamedTensor>>>,
-        Arc<AtomicU8>,
-    ) {
+        policy: &BatchPolicy,
+    ) -> (Pending<Rows>, oneshot::Receiver<Result<()>>, Arc<AtomicU8>) {
         let (tx, rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
-        let request = InferRequest {
-            inputs: vec![NamedTensor {
-                name: "x".into(),
-                tensor: Tensor::new(DataType::Uint8, vec![rows, 2], vec![0; rows * 2].into())
-                    .unwrap(),
-            }],
-            ..Default::default()
-        };
-        let key = Some(BatchKey::of(&request, &BTreeMap::new()));
         (
             Pending {
-                request,
+                request: Rows,
                 rows,
                 width: 2,
-                key,
+                batch: Some(((), Arc::new(policy.clone()))),
                 enqueued: Instant::now(),
                 deadline,
                 state: state.clone(),
@@ -373,23 +372,23 @@ mod tests {
     fn token_budget_bounds_rows_times_width() {
         let q = Queue::new(10, Gauge::default(), None);
         let mut keep = Vec::new();
-        for (rows, width) in [(2, 10), (2, 30), (1, 10)] {
-            let (mut p, r, _) = pending(rows, None);
-            p.width = width;
-            q.push(p);
-            keep.push(r);
-        }
         let policy = BatchPolicy {
             max_tokens: Some(60),
             ..batching(8, 8, 0)
         };
+        for (rows, width) in [(2, 10), (2, 30), (1, 10)] {
+            let (mut p, r, _) = pending(rows, None, &policy);
+            p.width = width;
+            q.push(p);
+            keep.push(r);
+        }
         // 2 rows of 10 fit; adding 2 rows of 30 would pad 4 rows to 30 = 120 > 60; the 1 row of
         // 10 still fits beside the first (3 × 10).
-        let Some(Work::Batch(b)) = q.next(&policy) else {
+        let Some(Work::Batch(b)) = q.next() else {
             panic!()
         };
         assert_eq!(b.iter().map(|p| p.width).collect::<Vec<_>>(), [10, 10]);
-        let Some(Work::Batch(b)) = q.next(&policy) else {
+        let Some(Work::Batch(b)) = q.next() else {
             panic!()
         };
         assert_eq!(b.iter().map(|p| p.width).collect::<Vec<_>>(), [30]);
@@ -398,9 +397,10 @@ mod tests {
     #[test]
     fn full_queue_refuses() {
         let q = Queue::new(2, Gauge::default(), None);
-        let (a, _ra, _) = pending(1, None);
-        let (b, _rb, _) = pending(1, None);
-        let (c, _rc, _) = pending(1, None);
+        let p = batching(0, 0, 0);
+        let (a, _ra, _) = pending(1, None, &p);
+        let (b, _rb, _) = pending(1, None, &p);
+        let (c, _rc, _) = pending(1, None, &p);
         assert_eq!(q.push(a), Push::Queued);
         assert_eq!(q.push(b), Push::Queued);
         assert_eq!(q.push(c), Push::Full);
@@ -409,10 +409,11 @@ mod tests {
     #[test]
     fn abandoned_requests_free_their_place() {
         let q = Queue::new(1, Gauge::default(), None);
-        let (a, ra, _) = pending(1, None);
+        let p = batching(0, 0, 0);
+        let (a, ra, _) = pending(1, None, &p);
         q.push(a);
         drop(ra);
-        let (b, _rb, _) = pending(1, None);
+        let (b, _rb, _) = pending(1, None, &p);
         assert_eq!(q.push(b), Push::Queued);
         assert_eq!(q.len(), 1);
     }
@@ -421,30 +422,35 @@ mod tests {
     fn batches_up_to_the_row_limit_in_order() {
         let q = Queue::new(10, Gauge::default(), None);
         let mut keep = Vec::new();
-        for rows in [2, 3, 2, 1] {
-            let (p, r, _) = pending(rows, None);
+        for rows in [2, 3, 2, 1, 7, 1] {
+            let (p, r, _) = pending(rows, None, &batching(5, 5, 0));
             q.push(p);
             keep.push(r);
         }
-        let Some(Work::Batch(b)) = q.next(&batching(5, 5, 0)) else {
+        let Some(Work::Batch(b)) = q.next() else {
             panic!()
         };
         // 2 + 3 reach the limit; the 2 that follows does not fit, the 1 is not taken past it
         // because the limit is already reached.
         assert_eq!(b.iter().map(|p| p.rows).collect::<Vec<_>>(), [2, 3]);
-        let Some(Work::Batch(b)) = q.next(&batching(5, 5, 0)) else {
+        let Some(Work::Batch(b)) = q.next() else {
             panic!()
         };
-        assert_eq!(b.iter().map(|p| p.rows).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(b.iter().map(|p| p.rows).collect::<Vec<_>>(), [2, 1, 1]);
+        // One larger than a batch runs alone.
+        let Some(Work::Batch(b)) = q.next() else {
+            panic!()
+        };
+        assert_eq!(b.iter().map(|p| p.rows).collect::<Vec<_>>(), [7]);
     }
 
     #[test]
     fn waits_for_the_delay_unless_the_target_is_reached() {
         let q = Queue::new(10, Gauge::default(), None);
-        let (p, _r, _) = pending(1, None);
+        let (p, _r, _) = pending(1, None, &batching(8, 4, 50));
         q.push(p);
         let started = Instant::now();
-        let Some(Work::Batch(b)) = q.next(&batching(8, 4, 50)) else {
+        let Some(Work::Batch(b)) = q.next() else {
             panic!()
         };
         assert_eq!(b.len(), 1);
@@ -452,12 +458,12 @@ mod tests {
 
         let mut keep = Vec::new();
         for _ in 0..4 {
-            let (p, r, _) = pending(1, None);
+            let (p, r, _) = pending(1, None, &batching(8, 4, 10_000));
             q.push(p);
             keep.push(r);
         }
         let started = Instant::now();
-        let Some(Work::Batch(b)) = q.next(&batching(8, 4, 10_000)) else {
+        let Some(Work::Batch(b)) = q.next() else {
             panic!()
         };
         assert_eq!(b.len(), 4);
@@ -467,9 +473,9 @@ mod tests {
     #[test]
     fn expired_requests_are_returned_unrun() {
         let q = Queue::new(10, Gauge::default(), None);
-        let (p, _r, state) = pending(1, Some(Instant::now()));
+        let (p, _r, state) = pending(1, Some(Instant::now()), &batching(0, 0, 0));
         q.push(p);
-        let Some(Work::Expired(e)) = q.next(&batching(0, 0, 0)) else {
+        let Some(Work::Expired(e)) = q.next() else {
             panic!()
         };
         assert_eq!(e.len(), 1);
@@ -479,15 +485,12 @@ mod tests {
     #[test]
     fn closed_queue_drains_then_ends() {
         let q = Queue::new(10, Gauge::default(), None);
-        let (p, _r, _) = pending(1, None);
+        let (p, _r, _) = pending(1, None, &batching(8, 8, 10_000));
         q.push(p);
         q.close();
-        assert!(matches!(
-            q.next(&batching(8, 8, 10_000)),
-            Some(Work::Batch(_))
-        ));
-        assert!(q.next(&batching(8, 8, 10_000)).is_none());
-        let (p, _r, _) = pending(1, None);
+        assert!(matches!(q.next(), Some(Work::Batch(_))));
+        assert!(q.next().is_none());
+        let (p, _r, _) = pending(1, None, &batching(8, 8, 10_000));
         assert_eq!(q.push(p), Push::Closed);
     }
 }

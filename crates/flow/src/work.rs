@@ -1,0 +1,128 @@
+//! Documents on executor instances as a kind of work for the runtime's scheduler: each shard
+//! of a registered executor is one scheduler, its instances the replicas, so executors get the
+//! same bounded queue, batching (Jina's `uses_dynamic_batching`), replica pool, withdrawal of
+//! abandoned requests and metrics as models.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferroserve_core::{Error, Result};
+use ferroserve_runtime::scheduler::{Admission, BatchPolicy, Job, Phases, Worker};
+
+use crate::spec::DynamicBatchingSpec;
+use crate::{Document, Executor, ExecutorError, Parameters};
+
+/// One request to an executor: documents for an endpoint.
+pub(crate) struct DocJob {
+    pub endpoint: String,
+    pub docs: Vec<Document>,
+    pub parameters: Parameters,
+    /// The async runtime the request came from, entered while the executor runs so that its
+    /// deployment handles can call other deployments.
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Job for DocJob {
+    type Output = Vec<Document>;
+    /// Endpoint and parameters: only requests that agree on both share a batch.
+    type Key = (String, String);
+}
+
+/// How each endpoint's requests join the queue: batched for the endpoints with
+/// `uses_dynamic_batching` (up to `preferred_batch_size` documents, or until the first has
+/// waited `timeout` ms), alone otherwise.
+pub(crate) struct Admissions {
+    batched: BTreeMap<String, Arc<BatchPolicy>>,
+}
+
+impl Admissions {
+    pub fn new(spec: &BTreeMap<String, DynamicBatchingSpec>) -> Self {
+        let batched = spec
+            .iter()
+            .map(|(endpoint, b)| {
+                let policy = BatchPolicy {
+                    max_rows: b.preferred_batch_size.max(1),
+                    target_rows: b.preferred_batch_size.max(1),
+                    delay: Duration::from_millis(b.timeout),
+                    max_tokens: None,
+                };
+                (endpoint.clone(), Arc::new(policy))
+            })
+            .collect();
+        Self { batched }
+    }
+
+    pub fn of(&self, job: &DocJob) -> Admission<(String, String)> {
+        match self.batched.get(&job.endpoint) {
+            None => Admission::alone(),
+            Some(policy) => Admission {
+                rows: job.docs.len(),
+                width: 0,
+                batch: Some((
+                    (
+                        job.endpoint.clone(),
+                        serde_json::Value::Object(job.parameters.clone()).to_string(),
+                    ),
+                    policy.clone(),
+                )),
+                timeout: None,
+            },
+        }
+    }
+}
+
+/// One instance of a registered executor.
+pub(crate) struct ExecutorWorker(pub Box<dyn Executor>);
+
+impl Worker<DocJob> for ExecutorWorker {
+    fn run(
+        &mut self,
+        batch: Vec<DocJob>,
+        _cancelled: &(dyn Fn(usize) -> bool + Sync),
+        phases: &mut Phases,
+    ) -> Result<Vec<Vec<Document>>> {
+        let Some(first) = batch.first() else {
+            return Ok(Vec::new());
+        };
+        if !self.0.handles(&first.endpoint) {
+            return Ok(batch.into_iter().map(|j| j.docs).collect());
+        }
+        let runtime = first.runtime.clone();
+        let _entered = runtime.enter();
+        let sizes: Vec<usize> = batch.iter().map(|j| j.docs.len()).collect();
+        let total: usize = sizes.iter().sum();
+        let mut jobs = batch.into_iter();
+        let Some(first) = jobs.next() else {
+            return Ok(Vec::new());
+        };
+        let (endpoint, parameters) = (first.endpoint, first.parameters);
+        let mut docs = first.docs;
+        for j in jobs {
+            docs.extend(j.docs);
+        }
+        let t = Instant::now();
+        let out = self
+            .0
+            .handle(&endpoint, docs, &parameters)
+            .map_err(|e| match e {
+                ExecutorError::BadInput(m) => Error::invalid(m),
+                ExecutorError::Failed(m) => Error::internal(m),
+            })?;
+        phases.infer = t.elapsed();
+        if sizes.len() == 1 {
+            return Ok(vec![out]);
+        }
+        if out.len() != total {
+            return Err(Error::internal(format!(
+                "the executor returned {} documents for a batch of {total}; with uses_dynamic_batching it must return one per document, in order",
+                out.len()
+            )));
+        }
+        let mut out = out.into_iter();
+        Ok(sizes
+            .into_iter()
+            .map(|n| out.by_ref().take(n).collect())
+            .collect())
+    }
+}
