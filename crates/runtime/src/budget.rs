@@ -1,9 +1,16 @@
 //! `--memory-budget`: how many bytes of model weights may be loaded, on every device or per
-//! device.
+//! device, and keeping loads within it (evicting idle lazy models, least recently used first).
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 
-use ferroserve_core::Device;
+use ferroserve_core::{Device, Error, Result};
+
+use crate::placement::replica_devices;
+use crate::repository::{self, ModelLayout};
+use crate::runtime::Runtime;
+use crate::table::{retire, EntryState, ModelEntry};
 
 /// The memory budget: one limit for every device, and limits for named devices (which win).
 ///
@@ -41,7 +48,7 @@ impl std::str::FromStr for MemoryBudget {
     type Err = String;
 
     /// `BYTES` (every device), or `DEVICE=BYTES,...` (`cpu=8Gi,cuda:0=20Gi`).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
         let mut budget = MemoryBudget::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part.split_once('=') {
@@ -73,7 +80,7 @@ impl std::str::FromStr for MemoryBudget {
 /// assert_eq!(ferroserve_runtime::parse_bytes("4G"), Ok(4_000_000_000));
 /// assert!(ferroserve_runtime::parse_bytes("4 lots").is_err());
 /// ```
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
@@ -96,4 +103,112 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+impl Runtime {
+    /// Makes room for `needed` bytes (by device) under the memory budget by unloading the
+    /// least recently used idle lazy models holding memory on a device that is short (never
+    /// `loading` itself, never one a request holds).
+    pub(crate) fn make_room(&self, loading: &str, needed: &BTreeMap<Device, u64>) -> Result<()> {
+        let budget = &self.options.memory_budget;
+        for (&device, &n) in needed {
+            if let Some(limit) = budget.limit(device).filter(|&l| n > l) {
+                return Err(Error::unavailable(format!(
+                    "model '{loading}' needs about {n} bytes on {device}, more than its whole memory budget ({limit} bytes, --memory-budget)"
+                )));
+            }
+        }
+        loop {
+            let evicted = {
+                let mut models = self.write_models();
+                let mut used: BTreeMap<Device, u64> = BTreeMap::new();
+                for (_, e) in models.iter().filter(|(n, _)| n.as_str() != loading) {
+                    for v in e.ready() {
+                        for (d, b) in v.device_bytes() {
+                            *used.entry(d).or_insert(0) += b;
+                        }
+                    }
+                }
+                let short: Vec<(Device, u64, u64)> = needed
+                    .iter()
+                    .filter_map(|(&d, &n)| {
+                        let held = used.get(&d).copied().unwrap_or(0);
+                        budget
+                            .limit(d)
+                            .filter(|&limit| held + n > limit)
+                            .map(|limit| (d, held, limit))
+                    })
+                    .collect();
+                let Some(&(device, held, limit)) = short.first() else {
+                    return Ok(());
+                };
+                // Under the write lock no request can pick a version up, so a version only the
+                // map holds is idle, and stays so until it is gone.
+                let victim = models
+                    .iter()
+                    .filter(|(n, e)| {
+                        n.as_str() != loading
+                            && e.lazy
+                            && e.ready().any(|v| v.device_bytes().contains_key(&device))
+                            && e.ready().all(|v| Arc::strong_count(v) == 1)
+                    })
+                    .min_by_key(|(_, e)| {
+                        e.ready()
+                            .map(|v| v.last_used.load(std::sync::atomic::Ordering::Relaxed))
+                            .max()
+                    })
+                    .map(|(n, _)| n.clone());
+                let Some(victim) = victim else {
+                    return Err(Error::unavailable(format!(
+                        "model '{loading}' needs about {} bytes on {device}, and {held} of its {limit}-byte memory budget are held by models that are busy or not lazy; retry later",
+                        needed.get(&device).copied().unwrap_or(0)
+                    )));
+                };
+                let entry = models.get_mut(&victim).ok_or_else(|| {
+                    Error::internal(format!("model '{victim}' vanished while evicting"))
+                })?;
+                let old = std::mem::replace(&mut entry.state, EntryState::Unloaded);
+                (victim, old)
+            };
+            let (victim, old) = evicted;
+            tracing::info!(model = %victim, for_model = %loading, "evicting idle lazy model to keep within the memory budget");
+            self.metrics.unloaded(&victim, true);
+            retire(old);
+            self.update_memory();
+        }
+    }
+
+    /// Updates the memory gauges.
+    pub(crate) fn update_memory(&self) {
+        let mut used: BTreeMap<Device, u64> = BTreeMap::new();
+        for v in self.read_models().values().flat_map(ModelEntry::ready) {
+            for (d, b) in v.device_bytes() {
+                *used.entry(d).or_insert(0) += b;
+            }
+        }
+        let budget = &self.options.memory_budget;
+        used.entry(Device::Cpu).or_insert(0);
+        for d in budget.devices.keys() {
+            used.entry(*d).or_insert(0);
+        }
+        for (d, bytes) in used {
+            self.metrics.memory(d, bytes, budget.limit(d));
+        }
+    }
+}
+
+/// The memory a layout's versions will take, by device: their weight files times the replicas
+/// placed there.
+pub(crate) fn estimate(layout: &ModelLayout, dir: &Path) -> BTreeMap<Device, u64> {
+    let per_replica: u64 = layout
+        .versions
+        .values()
+        .map(|file| repository::weights_bytes(file, dir))
+        .sum();
+    let mut out = BTreeMap::new();
+    // A placement that cannot be made fails the load itself, with its own reason.
+    for d in replica_devices(&layout.config).unwrap_or_default() {
+        *out.entry(d).or_insert(0) += per_replica;
+    }
+    out
 }

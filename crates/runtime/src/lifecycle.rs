@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ferroserve_core::{Device, Error, Result};
+use ferroserve_core::{Error, Result};
 use ferroserve_store::{Limits, Selection, Store};
 
+use crate::budget::estimate;
 use crate::catalog::{AccessPolicy, Origin, OriginKind};
 use crate::config::LoadPolicy;
-use crate::placement::replica_devices;
-use crate::repository::{self, ModelLayout, ModelSource};
+use crate::repository::{ModelLayout, ModelSource};
 use crate::runtime::{Overrides, Runtime};
 use crate::table::{retire, EntryState, ModelEntry, VersionState};
 
@@ -487,78 +487,6 @@ impl Runtime {
         EntryState::Loaded(versions)
     }
 
-    /// Makes room for `needed` bytes (by device) under the memory budget by unloading the
-    /// least recently used idle lazy models holding memory on a device that is short (never
-    /// `loading` itself, never one a request holds).
-    fn make_room(&self, loading: &str, needed: &BTreeMap<Device, u64>) -> Result<()> {
-        let budget = &self.options.memory_budget;
-        for (&device, &n) in needed {
-            if let Some(limit) = budget.limit(device).filter(|&l| n > l) {
-                return Err(Error::unavailable(format!(
-                    "model '{loading}' needs about {n} bytes on {device}, more than its whole memory budget ({limit} bytes, --memory-budget)"
-                )));
-            }
-        }
-        loop {
-            let evicted = {
-                let mut models = self.write_models();
-                let mut used: BTreeMap<Device, u64> = BTreeMap::new();
-                for (_, e) in models.iter().filter(|(n, _)| n.as_str() != loading) {
-                    for v in e.ready() {
-                        for (d, b) in v.device_bytes() {
-                            *used.entry(d).or_insert(0) += b;
-                        }
-                    }
-                }
-                let short: Vec<(Device, u64, u64)> = needed
-                    .iter()
-                    .filter_map(|(&d, &n)| {
-                        let held = used.get(&d).copied().unwrap_or(0);
-                        budget
-                            .limit(d)
-                            .filter(|&limit| held + n > limit)
-                            .map(|limit| (d, held, limit))
-                    })
-                    .collect();
-                let Some(&(device, held, limit)) = short.first() else {
-                    return Ok(());
-                };
-                // Under the write lock no request can pick a version up, so a version only the
-                // map holds is idle, and stays so until it is gone.
-                let victim = models
-                    .iter()
-                    .filter(|(n, e)| {
-                        n.as_str() != loading
-                            && e.lazy
-                            && e.ready().any(|v| v.device_bytes().contains_key(&device))
-                            && e.ready().all(|v| Arc::strong_count(v) == 1)
-                    })
-                    .min_by_key(|(_, e)| {
-                        e.ready()
-                            .map(|v| v.last_used.load(std::sync::atomic::Ordering::Relaxed))
-                            .max()
-                    })
-                    .map(|(n, _)| n.clone());
-                let Some(victim) = victim else {
-                    return Err(Error::unavailable(format!(
-                        "model '{loading}' needs about {} bytes on {device}, and {held} of its {limit}-byte memory budget are held by models that are busy or not lazy; retry later",
-                        needed.get(&device).copied().unwrap_or(0)
-                    )));
-                };
-                let entry = models.get_mut(&victim).ok_or_else(|| {
-                    Error::internal(format!("model '{victim}' vanished while evicting"))
-                })?;
-                let old = std::mem::replace(&mut entry.state, EntryState::Unloaded);
-                (victim, old)
-            };
-            let (victim, old) = evicted;
-            tracing::info!(model = %victim, for_model = %loading, "evicting idle lazy model to keep within the memory budget");
-            self.metrics.unloaded(&victim, true);
-            retire(old);
-            self.update_memory();
-        }
-    }
-
     /// Starts the autoscaler of a version just loaded, when its configuration asks for one;
     /// one that starts at zero replicas lets its first go now.
     fn start_autoscaling(
@@ -577,24 +505,6 @@ impl Runtime {
         Ok(())
     }
 
-    /// Updates the memory gauges.
-    pub(crate) fn update_memory(&self) {
-        let mut used: BTreeMap<Device, u64> = BTreeMap::new();
-        for v in self.read_models().values().flat_map(ModelEntry::ready) {
-            for (d, b) in v.device_bytes() {
-                *used.entry(d).or_insert(0) += b;
-            }
-        }
-        let budget = &self.options.memory_budget;
-        used.entry(Device::Cpu).or_insert(0);
-        for d in budget.devices.keys() {
-            used.entry(*d).or_insert(0);
-        }
-        for (d, bytes) in used {
-            self.metrics.memory(d, bytes, budget.limit(d));
-        }
-    }
-
     pub(crate) fn model_lock(&self, name: &str) -> Arc<Mutex<()>> {
         self.model_locks
             .lock()
@@ -609,21 +519,6 @@ impl Runtime {
     }
 }
 
-/// The memory a layout's versions will take, by device: their weight files times the replicas
-/// placed there.
-fn estimate(layout: &ModelLayout, dir: &Path) -> BTreeMap<Device, u64> {
-    let per_replica: u64 = layout
-        .versions
-        .values()
-        .map(|file| repository::weights_bytes(file, dir))
-        .sum();
-    let mut out = BTreeMap::new();
-    // A placement that cannot be made fails the load itself, with its own reason.
-    for d in replica_devices(&layout.config).unwrap_or_default() {
-        *out.entry(d).or_insert(0) += per_replica;
-    }
-    out
-}
 fn describe(specs: &[ferroserve_core::TensorSpec]) -> String {
     specs
         .iter()
