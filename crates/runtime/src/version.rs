@@ -162,7 +162,10 @@ impl Version {
         gauges: (Gauge, Gauge),
     ) -> Result<()> {
         let on = config.is_some();
-        *self.autoscaling.lock().unwrap_or_else(|p| p.into_inner()) = config;
+        // Under the lock that the thread also takes to decide to stop, so a thread that is
+        // stopping cannot miss a new configuration.
+        let mut slot = self.autoscaling.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = config;
         if on && !self.autoscaler.swap(true, Ordering::AcqRel) {
             Autoscaler {
                 name: self.recipe.model.clone(),
@@ -185,12 +188,12 @@ struct VersionScaled(Weak<Version>);
 impl Scaled for VersionScaled {
     fn config(&self) -> Option<Autoscaling> {
         let v = self.0.upgrade()?;
-        let config = v.autoscaling();
-        if config.is_none() {
-            // Off: a later request to turn it on starts a new thread.
+        let slot = v.autoscaling.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            // Off: this thread stops, and a later request to turn it on starts a new one.
             v.autoscaler.store(false, Ordering::Release);
         }
-        config
+        slot.clone()
     }
 
     fn load(&self) -> Option<Load> {
