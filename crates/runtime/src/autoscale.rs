@@ -71,20 +71,44 @@ impl Autoscaling {
                 "autoscaling.initial_replicas must be between min_replicas and max_replicas".into(),
             );
         }
-        let positive = [
+        let within = |name: &str, v: f64, low: f64, high: f64| {
+            if v.is_finite() && (low..=high).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "autoscaling.{name} must be between {low} and {high}, got {v}"
+                ))
+            }
+        };
+        within(
+            "target_ongoing_requests",
             a.target_ongoing_requests,
+            0.001,
+            1e6,
+        )?;
+        within(
+            "metrics_interval_s",
             a.metrics_interval_s,
+            0.01,
+            MAX_SECONDS,
+        )?;
+        within(
+            "look_back_period_s",
             a.look_back_period_s,
-        ];
-        let non_negative = [a.upscale_delay_s, a.downscale_delay_s];
-        if positive.iter().any(|v| !(v.is_finite() && *v > 0.0))
-            || non_negative.iter().any(|v| !(v.is_finite() && *v >= 0.0))
-        {
-            return Err("autoscaling: target_ongoing_requests, metrics_interval_s and look_back_period_s must be above 0, the delays 0 or more".into());
-        }
+            0.01,
+            MAX_SECONDS,
+        )?;
+        within("upscale_delay_s", a.upscale_delay_s, 0.0, MAX_SECONDS)?;
+        within("downscale_delay_s", a.downscale_delay_s, 0.0, MAX_SECONDS)?;
         Ok(())
     }
 }
+
+/// The longest interval, window or delay autoscaling takes, in seconds (a week).
+const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// Load samples kept for the look-back window, at most (older ones are dropped first).
+const MAX_SAMPLES: usize = 10_000;
 
 /// The load of what is scaled, at one look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +228,9 @@ impl Rule {
     ) -> (usize, Decision) {
         let c = &self.config;
         self.samples.push_back((now, ongoing as f64));
+        if self.samples.len() > MAX_SAMPLES {
+            self.samples.pop_front();
+        }
         let window = Duration::from_secs_f64(c.look_back_period_s);
         while self
             .samples

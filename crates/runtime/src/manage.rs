@@ -125,6 +125,12 @@ impl ScaleRequest {
             (Some(n), _) if n > MAX_REPLICAS => Err(Error::invalid(format!(
                 "min_worker must be at most {MAX_REPLICAS}"
             ))),
+            (_, Some(0)) => Err(Error::invalid(
+                "max_worker must be at least 1; unregister the model to stop serving it",
+            )),
+            (_, Some(n)) if n > MAX_REPLICAS => Err(Error::invalid(format!(
+                "max_worker must be at most {MAX_REPLICAS}"
+            ))),
             _ => Ok(()),
         }
     }
@@ -349,13 +355,13 @@ impl Runtime {
             ),
             (None, None) => (current, autoscaling),
         };
-        if target == 0 && autoscaling.is_none() {
-            return Err(Error::invalid(
-                "max_worker must be at least 1; unregister the model to stop serving it",
-            ));
+        if let Some(a) = &autoscaling {
+            a.check().map_err(Error::invalid)?;
         }
-        let replicas = v.scale_to(target)?;
+        // The autoscaler's bounds change first, so a decision it made under the old ones is
+        // not applied after this change.
         v.set_autoscaling(autoscaling, self.metrics.deployment(model))?;
+        let replicas = v.scale_to(target)?;
         self.update_memory();
         Ok(replicas)
     }

@@ -300,6 +300,26 @@ mod tests {
     }
 
     #[test]
+    fn a_named_backend_takes_any_model_file_and_an_unnamed_one_is_inferred() {
+        let root = tempfile::tempdir().unwrap();
+        touch(&root.path().join("m/1/net.bin"));
+        std::fs::write(
+            root.path().join("m/model.yaml"),
+            "backend: onnx\nmodel_file: net.bin\n",
+        )
+        .unwrap();
+        let layout = scan(root.path()).unwrap()[0].layout(&backends()).unwrap();
+        assert_eq!(layout.config.backend.as_deref(), Some("onnx"));
+        assert_eq!(layout.versions.keys().copied().collect::<Vec<_>>(), [1]);
+        // Without backend: a file that is not .onnx is nobody's.
+        std::fs::write(root.path().join("m/model.yaml"), "model_file: net.bin\n").unwrap();
+        assert!(matches!(
+            scan(root.path()).unwrap()[0].layout(&backends()),
+            Err(LayoutError::NoModelFile { .. })
+        ));
+    }
+
+    #[test]
     fn model_file_from_config_is_used() {
         let root = tempfile::tempdir().unwrap();
         touch(&root.path().join("m/2/net.onnx"));

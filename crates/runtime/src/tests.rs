@@ -301,4 +301,16 @@ async fn torchserve_min_and_max_workers_set_the_autoscalers_bounds() {
         .autoscaling
         .is_none());
     assert_eq!(runtime.index(true)[0].state, ModelState::Ready);
+    // Bounds the management API may not set.
+    for (min, max) in [
+        (Some(1), Some(0)),
+        (Some(1), Some(100_000)),
+        (None, Some(0)),
+    ] {
+        let e = runtime
+            .rescale("ts", None, ScaleRequest { min, max })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("max_worker"), "{e}");
+    }
 }

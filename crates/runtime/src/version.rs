@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use ferroserve_core::{
-    Backend, DataType, Device, Error, InferRequest, NamedTensor, Result, Signature,
+    Backend, DataType, Device, Error, ErrorKind, InferRequest, NamedTensor, Result, Signature,
 };
 use ferroserve_tasks::{Files, Task};
 
@@ -123,17 +123,34 @@ impl Version {
     /// they take work; extra ones stop after the batch they are running, so no request fails.
     /// Returns the replicas now serving.
     pub(crate) fn scale_to(&self, n: usize) -> Result<usize> {
-        let _held = self.scaling.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.scaling.lock().unwrap_or_else(|p| p.into_inner());
+        self.scale_locked(n, held)
+    }
+
+    /// [`Version::scale_to`] for the autoscaler: `n` within the bounds in force when the change
+    /// starts (a management request may have changed them since the decision), and nothing
+    /// once autoscaling is off.
+    fn autoscale_to(&self, n: usize) -> Result<usize> {
+        let held = self.scaling.lock().unwrap_or_else(|p| p.into_inner());
+        match self.autoscaling() {
+            None => Ok(self.scheduler.replicas()),
+            Some(a) => self.scale_locked(n.clamp(a.min_replicas, a.max_replicas), held),
+        }
+    }
+
+    fn scale_locked(&self, n: usize, _held: std::sync::MutexGuard<'_, ()>) -> Result<usize> {
         let current = self.scheduler.replicas();
         if n < current {
             self.scheduler.retire(current - n);
         } else if n > current {
             let devices = placement::devices_for(&self.recipe.config, n)?;
             for device in devices.into_iter().skip(current) {
-                let backend = self
-                    .recipe
-                    .load(device)
-                    .map_err(|e| e.context(format_args!("model '{}'", self.recipe.model)))?;
+                // The model loaded before: a replica that does not load now is the server's
+                // lack (memory, a device), not the client's mistake.
+                let backend = self.recipe.load(device).map_err(|e| {
+                    e.with_kind(ErrorKind::Unavailable)
+                        .context(format_args!("model '{}'", self.recipe.model))
+                })?;
                 self.scheduler.add(self.batching.worker(backend))?;
             }
         }
@@ -208,8 +225,19 @@ impl Scaled for VersionScaled {
 
     fn scale_to(&mut self, n: usize) -> std::result::Result<usize, String> {
         match self.0.upgrade() {
-            Some(v) => v.scale_to(n).map_err(|e| e.to_string()),
+            Some(v) => v.autoscale_to(n).map_err(|e| e.to_string()),
             None => Ok(0),
+        }
+    }
+}
+
+impl Drop for VersionScaled {
+    /// An autoscaler thread that died (a panic) lets the next configuration start a new one.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(v) = self.0.upgrade() {
+                v.autoscaler.store(false, Ordering::Release);
+            }
         }
     }
 }

@@ -70,8 +70,11 @@ impl BackendLoader for OnnxLoader {
 
     fn detect(&self, folder: &Path, config: &ModelConfig) -> Option<Detected> {
         let file = self.file(config);
-        // A model file named in model.yaml is ONNX when it says so by its extension.
-        let onnx = config.model_file.is_none() || file.ends_with(".onnx");
+        // A model file named in model.yaml is ONNX when it says so by its extension, or when
+        // model.yaml names this backend.
+        let onnx = config.model_file.is_none()
+            || file.ends_with(".onnx")
+            || config.backend.as_deref() == Some(self.name());
         (onnx && folder.join(file).is_file()).then(|| Detected {
             model_file: file.to_string(),
             task: None,

@@ -131,46 +131,61 @@ impl<J: Job> Inner<J> {
         if !expired.is_empty() {
             return Step::Done(Some(Work::Expired(expired)));
         }
-        let Some(first) = self.items.front() else {
+        if self.items.is_empty() {
             return if self.closed {
                 Step::Done(None)
             } else {
                 Step::Wait(None)
             };
-        };
-        let Some((first_key, policy)) = first.batch.as_ref().filter(|(_, p)| p.max_rows > 0) else {
-            return match self.items.pop_front().filter(Pending::claim) {
-                Some(p) => Step::Done(Some(Work::Batch(vec![p]))),
-                // Abandoned between the sweep and now: look again.
-                None => Step::Wait(Some(Duration::ZERO)),
+        }
+        // Groups of requests that may share a batch, in the order of their oldest member. The
+        // first group that is due goes; one that is still waiting for company does not hold
+        // back the groups behind it (another endpoint's batch, a request that runs alone).
+        let mut seen: Vec<&J::Key> = Vec::new();
+        let mut chosen: Option<Vec<usize>> = None;
+        let mut wait: Option<Duration> = None;
+        for (head, h) in self.items.iter().enumerate() {
+            let Some((key, policy)) = h.batch.as_ref().filter(|(_, p)| p.max_rows > 0) else {
+                chosen = Some(vec![head]);
+                break;
             };
-        };
-        // Gather the requests that can share the oldest one's batch, in arrival order.
-        let mut picked = Vec::new();
-        let mut rows = 0;
-        let mut width = 0;
-        // A companion that does not fit makes the batch as full as it can get: waiting longer
-        // would not grow it.
-        let mut full = false;
-        for (idx, p) in self.items.iter().enumerate() {
-            if p.batch.as_ref().is_none_or(|(key, _)| key != first_key) {
+            if seen.contains(&key) {
                 continue;
             }
-            if policy.fits(rows + p.rows, width.max(p.width)) {
-                picked.push(idx);
-                rows += p.rows;
-                width = width.max(p.width);
-            } else if picked.is_empty() {
-                // Larger than a batch on its own (the caller allowed it): it runs alone.
-                picked.push(idx);
-                full = true;
-                break;
-            } else {
-                full = true;
+            seen.push(key);
+            // Gather the requests that can share this group's batch, in arrival order.
+            let mut picked = Vec::new();
+            let mut rows = 0;
+            let mut width = 0;
+            // A companion that does not fit makes the batch as full as it can get: waiting
+            // longer would not grow it.
+            let mut full = false;
+            for (idx, p) in self.items.iter().enumerate().skip(head) {
+                if p.batch.as_ref().is_none_or(|(k, _)| k != key) {
+                    continue;
+                }
+                if policy.fits(rows + p.rows, width.max(p.width)) {
+                    picked.push(idx);
+                    rows += p.rows;
+                    width = width.max(p.width);
+                } else if picked.is_empty() {
+                    // Larger than a batch on its own (the caller allowed it): it runs alone.
+                    picked.push(idx);
+                    full = true;
+                    break;
+                } else {
+                    full = true;
+                }
             }
+            let ready_at = h.enqueued + policy.delay;
+            if full || rows >= policy.target_rows || now >= ready_at || self.closed {
+                chosen = Some(picked);
+                break;
+            }
+            let w = ready_at - now;
+            wait = Some(wait.map_or(w, |x| x.min(w)));
         }
-        let ready_at = first.enqueued + policy.delay;
-        if full || rows >= policy.target_rows || now >= ready_at || self.closed {
+        if let Some(picked) = chosen {
             let mut batch = Vec::with_capacity(picked.len());
             for idx in picked.into_iter().rev() {
                 if let Some(p) = self.items.remove(idx).filter(Pending::claim) {
@@ -179,18 +194,19 @@ impl<J: Job> Inner<J> {
             }
             batch.reverse();
             if batch.is_empty() {
+                // Abandoned between the sweep and now: look again.
                 return Step::Wait(Some(Duration::ZERO));
             }
             return Step::Done(Some(Work::Batch(batch)));
         }
-        // Wake for the batch's delay, or earlier for a deadline that falls inside it.
+        // Wake when the first group is due, or earlier for a deadline.
         let wait = self
             .items
             .iter()
             .filter_map(|p| p.deadline)
             .map(|d| d.saturating_duration_since(now))
-            .fold(ready_at - now, Duration::min);
-        Step::Wait(Some(wait))
+            .fold(wait, |w, d| Some(w.map_or(d, |w| w.min(d))));
+        Step::Wait(wait)
     }
 }
 
@@ -468,6 +484,30 @@ mod tests {
         };
         assert_eq!(b.len(), 4);
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_batch_waiting_for_company_does_not_hold_back_other_work() {
+        let q = Queue::new(10, Gauge::default(), None);
+        let slow = batching(8, 8, 10_000);
+        let (a, _ra, _) = pending(1, None, &slow);
+        q.push(a);
+        // Behind it: one that runs alone, and one of another batch group that is due at once.
+        let (mut alone, _rb, _) = pending(1, None, &slow);
+        alone.batch = None;
+        q.push(alone);
+        let other = Arc::new(batching(8, 1, 0));
+        let (mut b, _rc, _) = pending(1, None, &slow);
+        b.batch = Some(((), other));
+        // Same key, other policy: it joins the first group, which is not due.
+        q.push(b);
+        let started = Instant::now();
+        let Some(Work::Batch(got)) = q.next() else {
+            panic!()
+        };
+        assert!(got[0].batch.is_none(), "the lone request went first");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(q.len(), 2);
     }
 
     #[test]
