@@ -343,12 +343,12 @@ mod tests {
     use ferroserve_core::Result;
     use tokio::sync::oneshot;
 
-    /// A made-up job: its rows are all there is to it.
+    /// A made-up job: its rows are all there is to it, and its batch group a number.
     struct Rows;
 
     impl Job for Rows {
         type Output = ();
-        type Key = ();
+        type Key = u8;
     }
 
     fn pending(
@@ -363,7 +363,7 @@ mod tests {
                 request: Rows,
                 rows,
                 width: 2,
-                batch: Some(((), Arc::new(policy.clone()))),
+                batch: Some((0, Arc::new(policy.clone()))),
                 enqueued: Instant::now(),
                 deadline,
                 state: state.clone(),
@@ -492,22 +492,32 @@ mod tests {
         let slow = batching(8, 8, 10_000);
         let (a, _ra, _) = pending(1, None, &slow);
         q.push(a);
-        // Behind it: one that runs alone, and one of another batch group that is due at once.
+        // Behind it: one that runs alone, and a group of another key whose batch is full.
         let (mut alone, _rb, _) = pending(1, None, &slow);
         alone.batch = None;
         q.push(alone);
-        let other = Arc::new(batching(8, 1, 0));
-        let (mut b, _rc, _) = pending(1, None, &slow);
-        b.batch = Some(((), other));
-        // Same key, other policy: it joins the first group, which is not due.
-        q.push(b);
+        let mut keep = Vec::new();
+        for _ in 0..2 {
+            let (mut b, r, _) = pending(1, None, &slow);
+            b.batch = Some((1, Arc::new(batching(8, 2, 10_000))));
+            q.push(b);
+            keep.push(r);
+        }
         let started = Instant::now();
         let Some(Work::Batch(got)) = q.next() else {
             panic!()
         };
         assert!(got[0].batch.is_none(), "the lone request went first");
+        let Some(Work::Batch(got)) = q.next() else {
+            panic!()
+        };
+        assert_eq!(got.len(), 2, "the other group, at its target, went next");
+        assert!(got
+            .iter()
+            .all(|p| p.batch.as_ref().is_some_and(|(k, _)| *k == 1)));
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(q.len(), 2);
+        // The first group still waits for its delay.
+        assert_eq!(q.len(), 1);
     }
 
     #[test]
