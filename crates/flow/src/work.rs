@@ -26,7 +26,7 @@ pub(crate) struct DocJob {
 impl Job for DocJob {
     type Output = Vec<Document>;
     /// Endpoint and parameters: only requests that agree on both share a batch.
-    type Key = (String, String);
+    type Key = (String, Parameters);
 }
 
 /// How each endpoint's requests join the queue: batched for the endpoints with
@@ -53,17 +53,14 @@ impl Admissions {
         Self { batched }
     }
 
-    pub fn of(&self, job: &DocJob) -> Admission<(String, String)> {
+    pub fn of(&self, job: &DocJob) -> Admission<(String, Parameters)> {
         match self.batched.get(&job.endpoint) {
             None => Admission::alone(),
             Some(policy) => Admission {
                 rows: job.docs.len(),
                 width: 0,
                 batch: Some((
-                    (
-                        job.endpoint.clone(),
-                        serde_json::Value::Object(job.parameters.clone()).to_string(),
-                    ),
+                    (job.endpoint.clone(), job.parameters.clone()),
                     policy.clone(),
                 )),
                 timeout: None,

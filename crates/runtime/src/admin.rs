@@ -332,6 +332,16 @@ pub enum RepositoryAccess {
 }
 
 impl RepositoryAccess {
+    /// Access with the management `token` when one is set; without one, `open` says whether
+    /// anyone may change the repository through this port.
+    pub fn new(token: Option<Token>, open: bool) -> Self {
+        match (token, open) {
+            (Some(t), _) => Self::Token(t),
+            (None, true) => Self::Open,
+            (None, false) => Self::Closed,
+        }
+    }
+
     /// Whether a caller who sent `authorization` (the header's or metadata's value) may change
     /// the repository. A missing or wrong token is [`ferroserve_core::ErrorKind::Unauthenticated`].
     pub fn check(&self, authorization: Option<&str>) -> Result<()> {
@@ -373,25 +383,7 @@ impl Runtime {
     /// Cumulative statistics of `model` at `version`; with no model, of every ready model
     /// version; with a model but no version, of each of its ready versions.
     pub fn statistics(&self, model: Option<&str>, version: Option<&str>) -> Result<Statistics> {
-        let read = |name: &str, v: &crate::version::Version| {
-            let s = v.metrics.stats.read(name, v.number);
-            ModelStatistics {
-                name: s.name,
-                version: s.version,
-                last_inference: s.last_inference_ms,
-                inference_count: s.inference_count,
-                execution_count: s.execution_count,
-                inference_stats: InferStatistics {
-                    success: s.success,
-                    fail: s.fail,
-                    queue: s.queue,
-                    compute_input: s.compute_input,
-                    compute_infer: s.compute_infer,
-                    compute_output: s.compute_output,
-                },
-                batch_stats: Vec::new(),
-            }
-        };
+        let read = |name: &str, v: &crate::version::Version| v.metrics.stats.read(name, v.number);
         if let (Some(m), Some(_)) = (model, version) {
             let v = self.peek(m, version)?;
             return Ok(Statistics {

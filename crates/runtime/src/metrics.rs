@@ -352,20 +352,23 @@ impl Stats {
         self.last_inference_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// A snapshot for `name` at `version`.
-    pub fn read(&self, name: &str, version: u64) -> ModelStatistics {
-        ModelStatistics {
+    /// A snapshot for `name` at `version`, in Triton's nesting.
+    pub fn read(&self, name: &str, version: u64) -> crate::admin::ModelStatistics {
+        crate::admin::ModelStatistics {
             name: name.to_string(),
             version: version.to_string(),
-            last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
+            last_inference: self.last_inference_ms.load(Ordering::Relaxed),
             inference_count: self.inference_count.load(Ordering::Relaxed),
             execution_count: self.execution_count.load(Ordering::Relaxed),
-            success: self.success.read(),
-            fail: self.fail.read(),
-            queue: self.queue.read(),
-            compute_input: self.compute_input.read(),
-            compute_infer: self.compute_infer.read(),
-            compute_output: self.compute_output.read(),
+            inference_stats: crate::admin::InferStatistics {
+                success: self.success.read(),
+                fail: self.fail.read(),
+                queue: self.queue.read(),
+                compute_input: self.compute_input.read(),
+                compute_infer: self.compute_infer.read(),
+                compute_output: self.compute_output.read(),
+            },
+            batch_stats: Vec::new(),
         }
     }
 }
@@ -377,33 +380,6 @@ pub struct StatisticDuration {
     pub count: u64,
     /// Their total duration in nanoseconds.
     pub ns: u64,
-}
-
-/// Cumulative statistics of a model version, in the shape of Triton's statistics extension.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ModelStatistics {
-    /// Model name.
-    pub name: String,
-    /// Version.
-    pub version: String,
-    /// When the last request arrived, in milliseconds since the Unix epoch (0: never).
-    pub last_inference_ms: u64,
-    /// Rows inferred successfully (a request with 8 rows counts 8).
-    pub inference_count: u64,
-    /// Backend executions (one batch of several requests counts 1).
-    pub execution_count: u64,
-    /// Successful requests, end to end.
-    pub success: StatisticDuration,
-    /// Failed requests, end to end.
-    pub fail: StatisticDuration,
-    /// Time requests waited in the queue.
-    pub queue: StatisticDuration,
-    /// Time assembling the batches that carried each request.
-    pub compute_input: StatisticDuration,
-    /// Backend time of the batches that carried each request.
-    pub compute_infer: StatisticDuration,
-    /// Time splitting those batches' outputs.
-    pub compute_output: StatisticDuration,
 }
 
 /// CPU time and resident memory of this process, from `/proc` (Linux).

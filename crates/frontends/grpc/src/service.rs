@@ -36,11 +36,7 @@ impl InferenceService {
     /// Requires `token` (`authorization: Bearer TOKEN` metadata) for repository load and unload;
     /// without a token, `open` says whether they are served at all.
     pub fn with_token(mut self, token: Option<ferroserve_core::Token>, open: bool) -> Self {
-        self.access = match (token, open) {
-            (Some(t), _) => RepositoryAccess::Token(t),
-            (None, true) => RepositoryAccess::Open,
-            (None, false) => RepositoryAccess::Closed,
-        };
+        self.access = RepositoryAccess::new(token, open);
         self
     }
 

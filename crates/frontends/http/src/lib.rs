@@ -64,15 +64,10 @@ pub struct HttpOptions {
 impl HttpOptions {
     /// Who may load and unload repository models through the protocol's repository extension.
     pub fn repository_access(&self) -> ferroserve_runtime::RepositoryAccess {
-        use ferroserve_runtime::RepositoryAccess;
-        match (
-            &self.management_token,
+        ferroserve_runtime::RepositoryAccess::new(
+            self.management_token.clone(),
             self.repository_changes_without_token,
-        ) {
-            (Some(t), _) => RepositoryAccess::Token(t.clone()),
-            (None, true) => RepositoryAccess::Open,
-            (None, false) => RepositoryAccess::Closed,
-        }
+        )
     }
 }
 
