@@ -1,6 +1,8 @@
 //! The contract between the runtime and a compute backend.
 
-use crate::{NamedTensor, Parameters, Result, Signature};
+use std::time::Instant;
+
+use crate::{Error, InferRequest, NamedTensor, Parameters, Result, Signature};
 
 /// One loaded instance of a model (a replica) that computes outputs from inputs.
 ///
@@ -28,6 +30,27 @@ pub trait Backend: Send {
         let _ = context;
         self.run(inputs, outputs)
     }
+
+    /// Whether a batch reaches this backend as its requests, each with its own tensors (Triton's
+    /// Python backend hands `execute(requests)` a list), instead of merged along the first
+    /// dimension. Default: merged.
+    fn takes_requests(&self) -> bool {
+        false
+    }
+
+    /// Runs a batch of `requests` on a backend that [`Backend::takes_requests`]: one answer per
+    /// request, in order, each its own result, so one request's error leaves the others' outputs.
+    /// The outer error fails them all.
+    fn run_requests(
+        &mut self,
+        requests: &[&InferRequest],
+        context: &RunContext<'_>,
+    ) -> Result<Vec<Result<Vec<NamedTensor>>>> {
+        let _ = (requests, context);
+        Err(Error::internal(
+            "this backend takes merged batches, not requests one by one",
+        ))
+    }
 }
 
 /// What a backend may learn about a batch besides its tensors (see [`Backend::run_with`]).
@@ -44,6 +67,7 @@ pub trait Backend: Send {
 pub struct RunContext<'a> {
     parameters: &'a Parameters,
     cancelled: &'a (dyn Fn(usize) -> bool + Sync),
+    deadline: Option<Instant>,
 }
 
 impl<'a> RunContext<'a> {
@@ -53,7 +77,20 @@ impl<'a> RunContext<'a> {
         Self {
             parameters,
             cancelled,
+            deadline: None,
         }
+    }
+
+    /// The same context, for a batch whose earliest request must be answered by `deadline`.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// When the batch's earliest request times out, if one set a timeout: a backend that can
+    /// hang (a worker process) stops waiting then.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// A context with no parameters whose rows are never cancelled: what [`Backend::run`]

@@ -159,6 +159,18 @@ pub struct RuntimeArgs {
     #[arg(long, value_name = "PATH")]
     pub ort_lib: Option<PathBuf>,
 
+    /// Python interpreter for Python models (`model.py`) and executors (`py_modules`) that name
+    /// none with `python:`: a virtual environment's bin/python holding their dependencies.
+    /// Default: python3 on PATH.
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+
+    /// Let executors with `install_requirements: true` install their requirements.txt into
+    /// their Python with pip before starting. Off by default: installing packages is the
+    /// operator's decision.
+    #[arg(long)]
+    pub install_requirements: bool,
+
     /// Largest request body accepted, in bytes; larger requests get HTTP 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_request_bytes: usize,

@@ -20,8 +20,13 @@ const DEFAULT_GRPC_PORT: u16 = 8081;
 
 /// Checks the file, builds every executor (loading model folders), then serves until SIGINT or
 /// SIGTERM.
-pub fn run(args: RunArgs, executors: Executors) -> anyhow::Result<()> {
+pub fn run(args: RunArgs, mut executors: Executors) -> anyhow::Result<()> {
     let spec = FlowSpec::load(&args.file)?;
+    let defaults = ferroserve_flow::PythonOptions::default();
+    executors.set_python(ferroserve_flow::PythonOptions {
+        python: args.runtime.python.clone().unwrap_or(defaults.python),
+        install_requirements: args.runtime.install_requirements,
+    });
     let runtime = start_runtime(&args.runtime)?;
     let protocols = spec.gateway.protocols();
     let http_port = protocols.iter().any(|p| p == "http").then(|| {

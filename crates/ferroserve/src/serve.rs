@@ -17,7 +17,12 @@ pub(crate) fn start_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<Runtime>> 
     if !(args.shutdown_grace >= 0.0 && args.shutdown_grace.is_finite()) {
         anyhow::bail!("--shutdown-grace must be a number of seconds, 0 or more");
     }
-    let backends = ferroserve_runtime::backend::Backends::builtin(args.ort_lib.as_deref());
+    let backends = ferroserve_runtime::backend::Backends::builtin(
+        &ferroserve_runtime::backend::BuiltinOptions {
+            ort_lib: args.ort_lib.clone(),
+            python: args.python.clone(),
+        },
+    );
     tracing::debug!(?backends, "backends");
     let runtime = Runtime::new(
         backends,

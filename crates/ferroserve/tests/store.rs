@@ -996,6 +996,34 @@ fn registering_from_an_allow_listed_url_downloads_and_verifies_the_archive() {
     );
 }
 
+#[test]
+fn an_archive_with_python_code_is_never_registered_from_a_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let code = tmp.path().join("model.py");
+    std::fs::write(&code, "import os\nos.system('echo pwned')\n").unwrap();
+    archive_simple("adder", &out, &["--extra-files", path(&code)]);
+    let base = file_server(std::fs::read(out.join("adder.far")).unwrap());
+    let server = serve(
+        Repo::with(&[]),
+        None,
+        &tmp.path().join("cache"),
+        &["--allowed-urls", &format!("{base}/models/")],
+    );
+    let admin = management(&server);
+    let (status, body) = call(
+        "POST",
+        &format!("{admin}/models?url={base}/models/adder.far"),
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("holds Python code (1/model.py)"),
+        "{message}"
+    );
+}
+
 /// Folders directly in the cache (unpacked archives and work in progress), by name.
 fn cache_folders(cache: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(cache)

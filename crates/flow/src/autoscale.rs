@@ -7,13 +7,14 @@ use ferroserve_runtime::autoscale::{Load, Scaled};
 use ferroserve_runtime::scheduler::Scheduler;
 use ferroserve_runtime::Autoscaling;
 
-use crate::work::{DocJob, ExecutorWorker};
-use crate::Executor;
+use ferroserve_runtime::scheduler::Worker;
+
+use crate::work::DocJob;
 
 /// Builds instance number `n` of the deployment.
-pub(crate) type Make = Box<dyn Fn(usize) -> Result<Box<dyn Executor>, String> + Send>;
+pub(crate) type Make = Box<dyn Fn(usize) -> Result<Box<dyn Worker<DocJob>>, String> + Send>;
 
-/// A registered executor's instances: the replicas of its shard's scheduler.
+/// A registered (or Python) executor's instances: the replicas of its shard's scheduler.
 pub(crate) struct CustomScaled {
     pub config: Autoscaling,
     pub scheduler: Weak<Scheduler<DocJob>>,
@@ -45,9 +46,7 @@ impl Scaled for CustomScaled {
         for _ in current..n {
             let instance = (self.make)(self.next)?;
             self.next += 1;
-            scheduler
-                .add(Box::new(ExecutorWorker(instance)))
-                .map_err(|e| e.to_string())?;
+            scheduler.add(instance).map_err(|e| e.to_string())?;
         }
         // Extra instances stop after the request they are running: none fails.
         if n < current {

@@ -3,14 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ferroserve_core::{DataType, Error, ErrorKind, InferRequest, NamedTensor, Tensor};
-use ferroserve_runtime::scheduler::Scheduler;
+use ferroserve_runtime::scheduler::{Scheduler, Worker};
 use ferroserve_runtime::{Overrides, Runtime};
 use ferroserve_tasks::{TaskInput, TaskKind, TaskOutput};
 
 use crate::autoscale::CustomScaled;
+use crate::python::{Handlers, PythonExecutorSpec};
 use crate::spec::{ExecutorSpec, Polling};
 use crate::work::{Admissions, DocJob, ExecutorWorker};
 use crate::{Document, ExecutorError, Executors, Init, Parameters};
@@ -137,57 +138,54 @@ impl Deployment {
     ) -> Result<Self, String> {
         let name = spec.name.clone().unwrap_or_default();
         let placement = spec.placement()?;
-        let node = if let Some(make) = executors.get(&spec.uses) {
-            if placement.is_some() {
-                return Err("devices and env apply to model folders; a registered executor takes its device through uses_with".into());
-            }
-            let mut shards = Vec::with_capacity(spec.shards);
-            for shard in 0..spec.shards {
-                let scheduler =
-                    Arc::new(runtime.scheduler::<DocJob>("executor", &name, shard as u64));
-                for replica in 0..spec.replicas() {
-                    let init = Init {
-                        with: &spec.uses_with,
-                        shard,
-                        shards: spec.shards,
-                        replica,
-                        handles,
-                    };
-                    scheduler
-                        .add(Box::new(ExecutorWorker(make(&init)?)))
-                        .map_err(|e| e.to_string())?;
-                }
-                if let Some(config) = &spec.autoscaling {
-                    let (with, handles, make) =
-                        (spec.uses_with.clone(), handles.clone(), make.clone());
-                    ferroserve_runtime::autoscale::Autoscaler {
-                        name: name.clone(),
-                        target: Box::new(CustomScaled {
-                            config: config.clone(),
-                            next: scheduler.replicas(),
-                            scheduler: Arc::downgrade(&scheduler),
-                            make: Box::new(move |replica| {
-                                let init = Init {
-                                    with: &with,
-                                    shard,
-                                    shards: 1,
-                                    replica,
-                                    handles: &handles,
-                                };
-                                make(&init)
-                            }),
-                        }),
-                        gauges: runtime.metrics().deployment(&name),
-                    }
-                    .start()
-                    .map_err(|e| format!("cannot start the autoscaler: {e}"))?;
-                }
-                shards.push(scheduler);
-            }
+        let node = if spec.is_python() {
+            let python = PythonExecutorSpec::new(spec, base, executors.python_options())?;
+            let handlers: Arc<Mutex<Option<Handlers>>> = Arc::default();
+            let seen = handlers.clone();
+            let (shards_n, replicas_n) = (spec.shards, spec.replicas());
+            let make: MakeWorker = Arc::new(move |shard, replica| {
+                let w = python.start(shard, shards_n, replica, replicas_n)?;
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.handlers.clone());
+                Ok(Box::new(w) as Box<dyn Worker<DocJob>>)
+            });
+            let shards = custom_shards(spec, &name, runtime, make)?;
+            let handlers = handlers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            // The YAML's uses_dynamic_batching wins over the class's @dynamic_batching.
+            let mut batching = handlers.batching.clone();
+            batching.extend(spec.uses_dynamic_batching.clone());
             Node::Custom {
                 shards,
                 next: AtomicUsize::new(0),
-                admissions: Admissions::new(&spec.uses_dynamic_batching),
+                admissions: Admissions::new(&batching, Some(handlers.named().clone())),
+            }
+        } else if let Some(make) = executors.get(&spec.uses) {
+            if placement.is_some() {
+                return Err("devices and env apply to model folders and Python executors; a registered executor takes its device through uses_with".into());
+            }
+            let (make, with, handles, shards_n) = (
+                make.clone(),
+                spec.uses_with.clone(),
+                handles.clone(),
+                spec.shards,
+            );
+            let make: MakeWorker = Arc::new(move |shard, replica| {
+                let init = Init {
+                    with: &with,
+                    shard,
+                    shards: shards_n,
+                    replica,
+                    handles: &handles,
+                };
+                Ok(Box::new(ExecutorWorker(make(&init)?)) as Box<dyn Worker<DocJob>>)
+            });
+            Node::Custom {
+                shards: custom_shards(spec, &name, runtime, make)?,
+                next: AtomicUsize::new(0),
+                admissions: Admissions::new(&spec.uses_dynamic_batching, None),
             }
         } else {
             let dir = base.join(&spec.uses);
@@ -290,6 +288,45 @@ impl Deployment {
             Node::Plain { input, runtime } => call_plain(runtime, &self.name, input, docs).await,
         }
     }
+}
+
+/// Builds instance `replica` of shard `shard` of a registered or Python executor.
+type MakeWorker =
+    Arc<dyn Fn(usize, usize) -> Result<Box<dyn Worker<DocJob>>, String> + Send + Sync>;
+
+/// One scheduler per shard of an executor, each with its replicas (and its autoscaler).
+fn custom_shards(
+    spec: &ExecutorSpec,
+    name: &str,
+    runtime: &Arc<Runtime>,
+    make: MakeWorker,
+) -> Result<Vec<Arc<Scheduler<DocJob>>>, String> {
+    let mut shards = Vec::with_capacity(spec.shards);
+    for shard in 0..spec.shards {
+        let scheduler = Arc::new(runtime.scheduler::<DocJob>("executor", name, shard as u64));
+        for replica in 0..spec.replicas() {
+            scheduler
+                .add(make(shard, replica)?)
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(config) = &spec.autoscaling {
+            let make = make.clone();
+            ferroserve_runtime::autoscale::Autoscaler {
+                name: name.to_string(),
+                target: Box::new(CustomScaled {
+                    config: config.clone(),
+                    next: scheduler.replicas(),
+                    scheduler: Arc::downgrade(&scheduler),
+                    make: Box::new(move |replica| make(shard, replica)),
+                }),
+                gauges: runtime.metrics().deployment(name),
+            }
+            .start()
+            .map_err(|e| format!("cannot start the autoscaler: {e}"))?;
+        }
+        shards.push(scheduler);
+    }
+    Ok(shards)
 }
 
 /// The one FP32 input, with a batch dimension, that a plain model executor fills from

@@ -27,6 +27,9 @@ pub struct Document {
     /// Text content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Where the content lives (a file path, a URL, a data URI), as the client gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
     /// Binary content (an encoded image, say); base64 in JSON.
     #[serde(
         default,
@@ -50,6 +53,9 @@ pub struct Document {
     /// Sub-documents.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<Document>,
+    /// Documents found for this one (what a search returns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<Document>,
     /// Why an executor could not process this document. The other documents of the request go
     /// on; later executors pass this one through untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +116,9 @@ impl Document {
         if self.text.is_none() {
             self.text = other.text;
         }
+        if self.uri.is_none() {
+            self.uri = other.uri;
+        }
         if self.blob.is_none() {
             self.blob = other.blob;
         }
@@ -122,6 +131,7 @@ impl Document {
         self.tags.extend(other.tags);
         self.scores.extend(other.scores);
         self.chunks.extend(other.chunks);
+        self.matches.extend(other.matches);
         if self.error.is_none() {
             self.error = other.error;
         }

@@ -107,6 +107,7 @@ pub type Constructor =
 #[derive(Clone, Default)]
 pub struct Executors {
     constructors: BTreeMap<String, Constructor>,
+    python: crate::PythonOptions,
 }
 
 impl Executors {
@@ -129,6 +130,16 @@ impl Executors {
     /// The registered names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.constructors.keys().map(String::as_str)
+    }
+
+    /// Sets how executors written in Python (`py_modules`) are run.
+    pub fn set_python(&mut self, options: crate::PythonOptions) -> &mut Self {
+        self.python = options;
+        self
+    }
+
+    pub(crate) fn python_options(&self) -> &crate::PythonOptions {
+        &self.python
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Constructor> {

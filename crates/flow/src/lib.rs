@@ -3,7 +3,9 @@
 //!
 //! - [`Document`]: the unit that flows (text, blob, tensor, embedding, tags, scores, chunks).
 //! - [`Executor`]: a processing step; users implement it and register it in [`Executors`] so
-//!   YAML can name it. Models with a task are executors too, named by their folder.
+//!   YAML can name it. Models with a task are executors too, named by their folder, and so are
+//!   Jina executor classes written in Python (`uses` a class in `py_modules`), run in worker
+//!   processes ([`PythonOptions`]).
 //! - [`spec::FlowSpec`]: the YAML of `ferroserve run`, checked (unknown keys, unknown or missing
 //!   `needs`, cycles) before anything loads.
 //! - [`Flow`]: the loaded executors and the DAG that runs a request through them.
@@ -15,6 +17,7 @@ mod deployment;
 mod document;
 mod executor;
 mod flow;
+mod python;
 pub mod spec;
 mod work;
 
@@ -22,3 +25,4 @@ pub use deployment::{DeploymentHandle, Handles};
 pub use document::{DocError, DocTensor, Document};
 pub use executor::{Constructor, Executor, ExecutorError, Executors, Init, Parameters};
 pub use flow::{Flow, FlowError};
+pub use python::PythonOptions;

@@ -75,18 +75,44 @@ pub struct ExecutorSpec {
     /// `round-robin`), in place of its `model.yaml`'s.
     #[serde(default)]
     pub devices: Option<Devices>,
-    /// Jina's `env`; only `CUDA_VISIBLE_DEVICES` is understood: `RR` places a model folder's
-    /// replicas round-robin on the visible GPUs, `0,1` on those GPUs.
+    /// Jina's `env`. For a model folder only `CUDA_VISIBLE_DEVICES` is understood: `RR` places
+    /// its replicas round-robin on the visible GPUs, `0,1` on those GPUs. A Python executor's
+    /// workers get every variable; `CUDA_VISIBLE_DEVICES: RR` gives each replica its own GPU
+    /// in turn.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Python files (relative to the YAML file) that define the executor class `uses` names
+    /// (Jina's `py_modules`): the executor runs in Python worker processes.
+    #[serde(default)]
+    pub py_modules: Vec<String>,
+    /// The Python interpreter of this executor's workers (a virtual environment's
+    /// `bin/python`). Default: the server's `--python`, else `python3`.
+    #[serde(default)]
+    pub python: Option<PathBuf>,
+    /// Milliseconds a Python worker may take to start and build the executor; -1 waits
+    /// forever. Default: 600000 (Jina's).
+    #[serde(default)]
+    pub timeout_ready: Option<i64>,
+    /// Install the `requirements.txt` beside the first py_module into the interpreter before
+    /// starting (only when the server runs with `--install-requirements`; otherwise the log
+    /// says how). Default: false.
+    #[serde(default)]
+    pub install_requirements: bool,
 }
 
 impl ExecutorSpec {
     /// The device placement `devices` or `env` asks for.
     pub fn placement(&self) -> Result<Option<Devices>, String> {
+        if self.is_python() {
+            // A Python executor's env goes to its workers as it is.
+            return match &self.devices {
+                Some(_) => Err("devices applies to model folders; a Python executor is placed with env.CUDA_VISIBLE_DEVICES (RR, or GPU numbers)".into()),
+                None => Ok(None),
+            };
+        }
         if let Some(key) = self.env.keys().find(|k| *k != "CUDA_VISIBLE_DEVICES") {
             return Err(format!(
-                "env.{key}: only CUDA_VISIBLE_DEVICES is understood (RR, or GPU numbers like 0,1)"
+                "env.{key}: only CUDA_VISIBLE_DEVICES is understood (RR, or GPU numbers like 0,1) by executors that are not Python"
             ));
         }
         let from_env = match self.env.get("CUDA_VISIBLE_DEVICES").map(|v| v.trim()) {
@@ -127,6 +153,11 @@ fn ten_seconds() -> u64 {
 }
 
 impl ExecutorSpec {
+    /// Whether it is a Python executor (a class in `py_modules`).
+    pub fn is_python(&self) -> bool {
+        !self.py_modules.is_empty()
+    }
+
     /// Instances per shard at start.
     pub fn replicas(&self) -> usize {
         match &self.autoscaling {
@@ -292,6 +323,14 @@ struct DeploymentWith {
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
+    py_modules: Vec<String>,
+    #[serde(default)]
+    python: Option<PathBuf>,
+    #[serde(default)]
+    timeout_ready: Option<i64>,
+    #[serde(default)]
+    install_requirements: bool,
+    #[serde(default)]
     port: Option<Ports>,
     #[serde(default)]
     protocol: Option<Protocols>,
@@ -393,6 +432,10 @@ impl FlowSpec {
                     uses_dynamic_batching: w.uses_dynamic_batching,
                     devices: w.devices,
                     env: w.env,
+                    py_modules: w.py_modules,
+                    python: w.python,
+                    timeout_ready: w.timeout_ready,
+                    install_requirements: w.install_requirements,
                 };
                 let gateway = GatewaySpec {
                     port: w.port,
@@ -515,6 +558,16 @@ impl FlowSpec {
                     a.check().map_err(|m| format!("{what}[{i}].{m}"))?;
                 }
                 check_polling(e).map_err(|m| format!("{what}[{i}].{m}"))?;
+                if e.timeout_ready.is_some_and(|t| t < -1) {
+                    return Err(format!(
+                        "{what}[{i}].timeout_ready is milliseconds, or -1 to wait forever"
+                    ));
+                }
+                if !e.is_python() && (e.python.is_some() || e.install_requirements) {
+                    return Err(format!(
+                        "{what}[{i}]: python and install_requirements apply to Python executors (with py_modules)"
+                    ));
+                }
                 e.placement().map_err(|m| format!("{what}[{i}].{m}"))?;
                 for (endpoint, b) in &e.uses_dynamic_batching {
                     if !endpoint.starts_with('/') || b.preferred_batch_size == 0 {

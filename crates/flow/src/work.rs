@@ -3,12 +3,12 @@
 //! same bounded queue, batching (Jina's `uses_dynamic_batching`), replica pool, withdrawal of
 //! abandoned requests and metrics as models.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferroserve_core::{Error, Result};
-use ferroserve_runtime::scheduler::{Admission, BatchPolicy, Job, Phases, Worker};
+use ferroserve_runtime::scheduler::{Admission, BatchPolicy, Job, Phases, Watch, Worker};
 
 use crate::spec::DynamicBatchingSpec;
 use crate::{Document, Executor, ExecutorError, Parameters};
@@ -34,10 +34,16 @@ impl Job for DocJob {
 /// waited `timeout` ms), alone otherwise.
 pub(crate) struct Admissions {
     batched: BTreeMap<String, Arc<BatchPolicy>>,
+    /// For an executor whose handlers are known (a Python class): the endpoints its handlers
+    /// name. Any other endpoint goes to its default handler, batched as `/default` is.
+    named: Option<BTreeSet<String>>,
 }
 
 impl Admissions {
-    pub fn new(spec: &BTreeMap<String, DynamicBatchingSpec>) -> Self {
+    pub fn new(
+        spec: &BTreeMap<String, DynamicBatchingSpec>,
+        named: Option<BTreeSet<String>>,
+    ) -> Self {
         let batched = spec
             .iter()
             .map(|(endpoint, b)| {
@@ -50,11 +56,19 @@ impl Admissions {
                 (endpoint.clone(), Arc::new(policy))
             })
             .collect();
-        Self { batched }
+        Self { batched, named }
     }
 
     pub fn of(&self, job: &DocJob) -> Admission<(String, Parameters)> {
-        match self.batched.get(&job.endpoint) {
+        let policy = self.batched.get(&job.endpoint).or_else(|| {
+            let named = self.named.as_ref()?;
+            if named.contains(&job.endpoint) {
+                None
+            } else {
+                self.batched.get("/default")
+            }
+        });
+        match policy {
             None => Admission::alone(),
             Some(policy) => Admission {
                 rows: job.docs.len(),
@@ -76,7 +90,7 @@ impl Worker<DocJob> for ExecutorWorker {
     fn run(
         &mut self,
         batch: Vec<DocJob>,
-        _cancelled: &(dyn Fn(usize) -> bool + Sync),
+        _watch: &Watch<'_>,
         phases: &mut Phases,
     ) -> Result<Vec<Vec<Document>>> {
         let Some(first) = batch.first() else {
@@ -88,7 +102,6 @@ impl Worker<DocJob> for ExecutorWorker {
         let runtime = first.runtime.clone();
         let _entered = runtime.enter();
         let sizes: Vec<usize> = batch.iter().map(|j| j.docs.len()).collect();
-        let total: usize = sizes.iter().sum();
         let mut jobs = batch.into_iter();
         let Some(first) = jobs.next() else {
             return Ok(Vec::new());
@@ -107,19 +120,26 @@ impl Worker<DocJob> for ExecutorWorker {
                 ExecutorError::Failed(m) => Error::internal(m),
             })?;
         phases.infer = t.elapsed();
-        if sizes.len() == 1 {
-            return Ok(vec![out]);
-        }
-        if out.len() != total {
-            return Err(Error::internal(format!(
-                "the executor returned {} documents for a batch of {total}; with uses_dynamic_batching it must return one per document, in order",
-                out.len()
-            )));
-        }
-        let mut out = out.into_iter();
-        Ok(sizes
-            .into_iter()
-            .map(|n| out.by_ref().take(n).collect())
-            .collect())
+        split(out, sizes)
     }
+}
+
+/// Splits the documents an executor returned for a batch back into its requests' (`sizes`
+/// documents each), in order.
+pub(crate) fn split(out: Vec<Document>, sizes: Vec<usize>) -> Result<Vec<Vec<Document>>> {
+    if sizes.len() == 1 {
+        return Ok(vec![out]);
+    }
+    let total: usize = sizes.iter().sum();
+    if out.len() != total {
+        return Err(Error::internal(format!(
+            "the executor returned {} documents for a batch of {total}; with dynamic batching it must return one per document, in order",
+            out.len()
+        )));
+    }
+    let mut out = out.into_iter();
+    Ok(sizes
+        .into_iter()
+        .map(|n| out.by_ref().take(n).collect())
+        .collect())
 }

@@ -290,7 +290,14 @@ impl Locator {
         let opened = self.open_local(&file, url);
         // Unpacked (or refused), the download has served its purpose.
         let _ = std::fs::remove_file(&file);
-        opened
+        let (name, origin) = opened?;
+        // Code runs only from places the operator chose, never from where a client points.
+        if let Some(code) = python_code(&origin.dir) {
+            return Err(Error::permission_denied(format!(
+                "{url} holds Python code ({code}); the server runs Python only from its repository, its model store, Flow files and folders under --allowed-paths, never from a URL"
+            )));
+        }
+        Ok((name, origin))
     }
 
     /// A store error as a client sees it: without the server's own folders (the cache's
@@ -353,6 +360,24 @@ fn url_allowed(prefix: &str, url: &str) -> bool {
     };
     let (ps, us) = (segments(&p), segments(&u));
     us.len() > ps.len() && us[..ps.len()] == ps[..]
+}
+
+/// The first Python file (`*.py`) under `dir`, as a path inside it, if there is one.
+fn python_code(dir: &Path) -> Option<String> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            let path = entry.path();
+            let kind = entry.file_type().ok()?;
+            if kind.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "py") {
+                let inner = path.strip_prefix(dir).unwrap_or(&path);
+                return Some(inner.display().to_string());
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -259,6 +259,51 @@ pub struct ModelConfig {
     /// `eager` (load at start) or `lazy` (load on the first request; evictable under
     /// `--memory-budget` when idle). Default: `eager`.
     pub load: LoadPolicy,
+    /// The model's inputs, for backends that cannot read them from a model file (a Python
+    /// `model.py`): `{name, datatype, dims}`, with `dims` as Triton writes them (without the
+    /// batch dimension when `max_batch_size` is above 0). Default: none.
+    pub inputs: Vec<TensorDecl>,
+    /// The model's outputs, as `inputs`. Default: none.
+    pub outputs: Vec<TensorDecl>,
+    /// The Python interpreter of the model's workers (backend `python`): a virtual environment's
+    /// `bin/python` with the model's own dependencies. Default: the server's `--python`, else
+    /// `python3` on `PATH`.
+    pub python: Option<PathBuf>,
+    /// Milliseconds a Python worker may take to start and load the model (Jina's
+    /// `timeout_ready`); -1 waits forever. Default: 600000.
+    pub timeout_ready: Option<i64>,
+}
+
+/// One input or output a model declares (Triton's `input`/`output` entries).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorDecl {
+    /// The tensor's name.
+    pub name: String,
+    /// Its element type: `INT32`, `FP32`, `BYTES`, ... (Triton's `TYPE_INT32` spelling too).
+    #[serde(deserialize_with = "datatype")]
+    pub datatype: ferroserve_core::DataType,
+    /// Its dimensions (`-1`: any size), without the batch dimension when the model batches.
+    pub dims: Vec<i64>,
+}
+
+fn datatype<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ferroserve_core::DataType, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_datatype(&s).map_err(serde::de::Error::custom)
+}
+
+/// A data type by its protocol name (`INT32`) or its configuration name (`TYPE_INT32`).
+pub fn parse_datatype(s: &str) -> Result<ferroserve_core::DataType, String> {
+    let bare = match s.strip_prefix("TYPE_") {
+        Some("STRING") => "BYTES",
+        Some(rest) => rest,
+        None => s,
+    };
+    bare.parse().map_err(|_| {
+        format!(
+            "'{s}' is not a data type (BOOL, UINT8, INT32, INT64, FP16, FP32, FP64, BYTES, ...)"
+        )
+    })
 }
 
 impl Default for ModelConfig {
@@ -282,6 +327,10 @@ impl Default for ModelConfig {
             diffusion: None,
             version_policy: VersionPolicy::All,
             load: LoadPolicy::Eager,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            python: None,
+            timeout_ready: None,
         }
     }
 }
@@ -297,16 +346,36 @@ pub struct ConfigError {
 }
 
 impl ModelConfig {
-    /// Reads `dir/model.yaml`, or returns the defaults when there is none.
+    /// Reads `dir/model.yaml`; without one, Triton's `dir/config.pbtxt` (the fields that
+    /// matter, see [`crate::triton_config`]); without either, the defaults.
     pub fn load(dir: &Path) -> Result<Self, ConfigError> {
         let file = dir.join(CONFIG_FILE);
-        match std::fs::read_to_string(&file) {
-            Ok(text) => Self::parse(&file, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+        let read = |file: &Path| match std::fs::read_to_string(file) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ConfigError {
-                file,
+                file: file.to_path_buf(),
                 message: format!("cannot read: {e}"),
             }),
+        };
+        let pbtxt = dir.join(crate::triton_config::FILE);
+        if let Some(text) = read(&file)? {
+            if pbtxt.is_file() {
+                tracing::info!(
+                    "{}: model.yaml configures the model; config.pbtxt beside it is not read",
+                    dir.display()
+                );
+            }
+            return Self::parse(&file, &text);
+        }
+        match read(&pbtxt)? {
+            Some(text) => crate::triton_config::read(&text)
+                .and_then(Self::checked)
+                .map_err(|message| ConfigError {
+                    file: pbtxt,
+                    message,
+                }),
+            None => Ok(Self::default()),
         }
     }
 
@@ -324,9 +393,16 @@ impl ModelConfig {
             return Ok(Self::default());
         }
         ferroserve_core::check_yaml_depth(text).map_err(fail)?;
-        let mut config: ModelConfig =
+        let config: ModelConfig =
             serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
                 .map_err(|e| fail(describe(&e.path().to_string(), e.inner())))?;
+        config.checked().map_err(fail)
+    }
+
+    /// Checks what serde cannot: fields that go together, bounds.
+    fn checked(mut self) -> Result<Self, String> {
+        let config = &mut self;
+        let fail = |m: String| m;
         config.check_sections().map_err(fail)?;
         if let Some(file) = &config.model_file {
             if file.is_empty() || Path::new(file).components().count() != 1 {
@@ -384,7 +460,28 @@ impl ModelConfig {
                 ));
             }
         }
-        Ok(config)
+        if let Some(t) = config.timeout_ready {
+            if t < -1 {
+                return Err(fail(format!(
+                    "timeout_ready is milliseconds, or -1 to wait forever (got {t})"
+                )));
+            }
+        }
+        for (what, list) in [("inputs", &config.inputs), ("outputs", &config.outputs)] {
+            let mut seen = std::collections::BTreeSet::new();
+            for t in list {
+                if !seen.insert(&t.name) {
+                    return Err(fail(format!("{what}: '{}' is declared twice", t.name)));
+                }
+                if let Some(d) = t.dims.iter().find(|&&d| d < -1) {
+                    return Err(fail(format!(
+                        "{what}: '{}' has dimension {d}; dimensions are sizes, or -1 for any",
+                        t.name
+                    )));
+                }
+            }
+        }
+        Ok(self)
     }
 
     /// Checks that the generative sections go with their task.

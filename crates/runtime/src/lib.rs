@@ -18,7 +18,7 @@
 //! ```no_run
 //! use ferroserve_runtime::{backend::Backends, Runtime, RuntimeOptions};
 //!
-//! let runtime = Runtime::new(Backends::builtin(None), RuntimeOptions::default())?;
+//! let runtime = Runtime::new(Backends::builtin(&Default::default()), RuntimeOptions::default())?;
 //! runtime.load_repository("examples/models".as_ref())?;
 //! for row in runtime.index(false) {
 //!     println!("{} {:?} {:?}", row.name, row.version, row.state);
@@ -38,6 +38,7 @@ mod infer;
 mod lifecycle;
 mod manage;
 pub mod metrics;
+mod pbtxt;
 mod placement;
 mod pool;
 pub mod repository;
@@ -45,6 +46,7 @@ mod response;
 mod runtime;
 pub mod scheduler;
 mod table;
+pub mod triton_config;
 mod validate;
 mod version;
 

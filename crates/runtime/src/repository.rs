@@ -239,7 +239,7 @@ mod tests {
     use super::*;
 
     fn backends() -> Backends {
-        Backends::builtin(None)
+        Backends::builtin(&Default::default())
     }
 
     fn touch(p: &Path) {

@@ -175,7 +175,10 @@ impl Runtime {
                 EntryState::Loaded(versions) => {
                     for (number, state) in versions {
                         let (state, reason) = match state {
-                            VersionState::Ready(_) => (ModelState::Ready, None),
+                            VersionState::Ready(v) => match v.health.failure() {
+                                None => (ModelState::Ready, None),
+                                Some(reason) => (ModelState::Unavailable, Some(reason)),
+                            },
                             VersionState::Unavailable(r) => {
                                 (ModelState::Unavailable, Some(r.to_string()))
                             }
@@ -228,9 +231,15 @@ fn pick(
     version: Option<&str>,
 ) -> Result<Arc<Version>> {
     let Some(v) = version else {
-        return entry.default_version().cloned().ok_or_else(|| {
+        let chosen = entry.default_version().ok_or_else(|| {
             Error::unavailable(format!("model '{model}' has no version that loaded"))
-        });
+        })?;
+        return match chosen.health.failure() {
+            None => Ok(chosen.clone()),
+            Some(reason) => Err(Error::unavailable(format!(
+                "model '{model}' is not available: {reason}"
+            ))),
+        };
     };
     let state = v
         .parse::<u64>()
@@ -244,7 +253,13 @@ fn pick(
             ))
         })?;
     match state {
-        VersionState::Ready(v) => Ok(v.clone()),
+        VersionState::Ready(v) => match v.health.failure() {
+            None => Ok(v.clone()),
+            Some(reason) => Err(Error::unavailable(format!(
+                "model '{model}' version {v} is not available: {reason}",
+                v = v.number
+            ))),
+        },
         VersionState::Unavailable(reason) => Err(Error::unavailable(format!(
             "model '{model}' version {v} is not available: {reason}"
         ))),

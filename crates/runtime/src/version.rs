@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use ferroserve_core::{
-    Backend, DataType, Device, Error, ErrorKind, InferRequest, NamedTensor, Result, Signature,
+    Backend, DataType, Device, Error, ErrorKind, Health, InferRequest, NamedTensor, Result,
+    Signature,
 };
 use ferroserve_tasks::{Files, Task};
 
@@ -51,6 +52,8 @@ pub(crate) struct Version {
     autoscaler: AtomicBool,
     /// Dropped with the version, which is what [`retire`] waits for.
     dropped: Mutex<Option<mpsc::SyncSender<()>>>,
+    /// Whether its backend still says it can serve.
+    pub(crate) health: Health,
 }
 
 /// What loading a replica of a version takes.
@@ -61,6 +64,9 @@ struct Recipe {
     model_dir: PathBuf,
     config: ModelConfig,
     threads: usize,
+    health: Health,
+    /// Replicas loaded so far, to number the next one.
+    replicas: AtomicUsize,
 }
 
 impl Recipe {
@@ -72,6 +78,8 @@ impl Recipe {
             config: &self.config,
             threads: self.threads,
             device,
+            replica: self.replicas.fetch_add(1, Ordering::Relaxed),
+            health: &self.health,
         })
     }
 }
@@ -159,8 +167,11 @@ impl Version {
 
     /// Queues one model request and waits for its outputs.
     pub(crate) async fn submit(&self, request: InferRequest) -> Result<Vec<NamedTensor>> {
+        if let Some(reason) = self.health.failure() {
+            return Err(Error::unavailable(reason));
+        }
         let admission = self.batching.admit(&request)?;
-        self.scheduler.submit(request, admission).await
+        self.scheduler.submit(request, admission).await?
     }
 
     /// The autoscaling in force.
@@ -279,6 +290,8 @@ impl Runtime {
             model_dir: model_dir.to_path_buf(),
             config: config.clone(),
             threads,
+            health: Health::default(),
+            replicas: AtomicUsize::new(0),
         };
         let mut replicas: Vec<Box<dyn Backend>> = Vec::with_capacity(config.replicas);
         for &device in &devices {
@@ -376,7 +389,6 @@ impl Runtime {
             task,
             task_rows,
             replica_bytes: crate::repository::weights_bytes(file, model_dir),
-            recipe,
             loaded_at: std::time::SystemTime::now(),
             load_ms: started.elapsed().as_millis() as u64,
             last_used: AtomicU64::new(epoch_ms()),
@@ -384,6 +396,8 @@ impl Runtime {
             autoscaling: Mutex::new(None),
             autoscaler: AtomicBool::new(false),
             dropped: Mutex::new(None),
+            health: recipe.health.clone(),
+            recipe,
         })
     }
 }

@@ -8,10 +8,10 @@
 //! ```
 //! use ferroserve_runtime::backend::Backends;
 //!
-//! let backends = Backends::builtin(None);
+//! let backends = Backends::builtin(&Default::default());
 //! let names: Vec<&str> = backends.names().collect();
-//! # #[cfg(all(feature = "onnx", feature = "candle"))]
-//! assert_eq!(names, ["onnx", "candle"]);
+//! # #[cfg(all(feature = "onnx", feature = "candle", feature = "python"))]
+//! assert_eq!(names, ["onnx", "candle", "python"]);
 //! ```
 
 #[cfg(feature = "candle")]
@@ -20,11 +20,13 @@ mod candle;
 pub mod fake;
 #[cfg(feature = "onnx")]
 mod onnx;
+#[cfg(feature = "python")]
+mod python;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferroserve_core::{Backend, Device, Result};
+use ferroserve_core::{Backend, Device, Health, Result};
 use ferroserve_tasks::TaskKind;
 
 use crate::config::ModelConfig;
@@ -54,6 +56,11 @@ pub struct LoadSpec<'a> {
     pub threads: usize,
     /// Where the replica runs.
     pub device: Device,
+    /// Which replica of the version this is (0-based, counting every one loaded), for names.
+    pub replica: usize,
+    /// The version's health, shared by its replicas: a backend whose replicas cannot recover
+    /// marks it failed, and the version is then reported unavailable with the reason.
+    pub health: &'a Health,
 }
 
 /// One kind of backend: recognises the model folders it can serve and loads their replicas.
@@ -92,6 +99,15 @@ pub trait BackendLoader: Send + Sync + 'static {
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Box<dyn Backend>>;
 }
 
+/// What the built-in backends are told (see [`Backends::builtin`]).
+#[derive(Debug, Clone, Default)]
+pub struct BuiltinOptions {
+    /// ONNX Runtime's shared library.
+    pub ort_lib: Option<PathBuf>,
+    /// The Python interpreter for models that name none.
+    pub python: Option<PathBuf>,
+}
+
 /// The backends a runtime can load models with, in the order folders are matched against them.
 #[derive(Clone, Default)]
 pub struct Backends {
@@ -104,20 +120,27 @@ impl Backends {
         Self::default()
     }
 
-    /// The backends compiled in: ONNX Runtime (its library looked for at `ort_lib`, else where
-    /// `ferroserve_backend_onnx::library_path` says, and loaded with the first ONNX model) and
-    /// candle.
-    pub fn builtin(ort_lib: Option<&Path>) -> Self {
+    /// The backends compiled in: ONNX Runtime (its library looked for at `options.ort_lib`, else
+    /// where `ferroserve_backend_onnx::library_path` says, and loaded with the first ONNX model),
+    /// candle, and Python (`model.py` folders, run with `options.python` unless the model names
+    /// its own interpreter).
+    pub fn builtin(options: &BuiltinOptions) -> Self {
         #[allow(unused_mut)] // with no backend compiled in, nothing is added
         let mut b = Self::new();
         #[cfg(feature = "onnx")]
         b.add(onnx::OnnxLoader::new(
-            ferroserve_backend_onnx::library_path(ort_lib),
+            ferroserve_backend_onnx::library_path(options.ort_lib.as_deref()),
         ));
-        #[cfg(not(feature = "onnx"))]
-        let _ = ort_lib;
         #[cfg(feature = "candle")]
         b.add(candle::CandleLoader);
+        #[cfg(feature = "python")]
+        b.add(python::PythonLoader {
+            python: options
+                .python
+                .clone()
+                .unwrap_or_else(python::default_python),
+        });
+        let _ = options;
         b
     }
 

@@ -39,14 +39,33 @@ pub trait Job: Send + 'static {
 /// One replica's compute for a kind of job.
 pub trait Worker<J: Job>: Send + 'static {
     /// Runs `batch` (one request when it is not batched) and answers each request, in order.
-    /// `cancelled(i)` says whether the client of `batch[i]` has gone, for work that can stop
-    /// early.
+    /// `watch` says whose clients have gone and when the batch's earliest deadline passes, for
+    /// work that can stop early or hang.
     fn run(
         &mut self,
         batch: Vec<J>,
-        cancelled: &(dyn Fn(usize) -> bool + Sync),
+        watch: &Watch<'_>,
         phases: &mut Phases,
     ) -> Result<Vec<J::Output>>;
+}
+
+/// What a worker may watch while it runs a batch.
+pub struct Watch<'a> {
+    cancelled: &'a (dyn Fn(usize) -> bool + Sync),
+    deadline: Option<Instant>,
+}
+
+impl Watch<'_> {
+    /// Whether the client of `batch[i]` has gone.
+    pub fn is_cancelled(&self, i: usize) -> bool {
+        (self.cancelled)(i)
+    }
+
+    /// When the earliest timeout of the batch's requests passes, if any set one; its client
+    /// has been answered 504 by then (a worker that waits on another process gives up then).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
 }
 
 /// How one request joins the queue, decided by its kind of work before it is queued.
@@ -335,14 +354,19 @@ impl<J: Job> Replica<J> {
         let mut phases = Phases::default();
         let mut requests = Vec::with_capacity(items.len());
         let mut waiting = Vec::with_capacity(items.len());
+        let deadline = items.iter().filter_map(|p| p.deadline).min();
         for p in items {
             requests.push(p.request);
             waiting.push((p.seq, p.reply));
         }
         let results = {
             let cancelled = |i: usize| waiting.get(i).is_some_and(|(_, r)| r.is_closed());
+            let watch = Watch {
+                cancelled: &cancelled,
+                deadline,
+            };
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.worker.run(requests, &cancelled, &mut phases)
+                self.worker.run(requests, &watch, &mut phases)
             }))
             .unwrap_or_else(|_| {
                 Err(Error::internal(format!(

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use ferroserve_core::{Backend, Error, InferRequest, NamedTensor, Result, RunContext, Signature};
 
 use super::batch::{self, BatchKey};
-use super::{Admission, BatchPolicy, Job, Phases, Worker};
+use super::{Admission, BatchPolicy, Job, Phases, Watch, Worker};
 
 impl Job for InferRequest {
-    type Output = Vec<NamedTensor>;
+    /// A batch can fail as a whole (the scheduler's `Err`) or request by request (a backend
+    /// that takes requests one by one answers each with its own result).
+    type Output = Result<Vec<NamedTensor>>;
     type Key = BatchKey;
 }
 
@@ -100,16 +102,27 @@ impl Worker<InferRequest> for BackendWorker {
     fn run(
         &mut self,
         requests: Vec<InferRequest>,
-        cancelled: &(dyn Fn(usize) -> bool + Sync),
+        watch: &Watch<'_>,
         phases: &mut Phases,
-    ) -> Result<Vec<Vec<NamedTensor>>> {
+    ) -> Result<Vec<Result<Vec<NamedTensor>>>> {
+        if self.backend.takes_requests() {
+            let gone = |i: usize| watch.is_cancelled(i);
+            let parameters = requests.first().map(|r| r.parameters.clone());
+            let parameters = parameters.unwrap_or_default();
+            let context = RunContext::new(&parameters, &gone).with_deadline(watch.deadline());
+            let requests: Vec<&InferRequest> = requests.iter().collect();
+            let t = Instant::now();
+            let out = self.backend.run_requests(&requests, &context);
+            phases.infer = t.elapsed();
+            return out;
+        }
         if let [only] = requests.as_slice() {
-            let gone = |_row: usize| cancelled(0);
-            let context = RunContext::new(&only.parameters, &gone);
+            let gone = |_row: usize| watch.is_cancelled(0);
+            let context = RunContext::new(&only.parameters, &gone).with_deadline(watch.deadline());
             let t = Instant::now();
             let out = self.backend.run_with(&only.inputs, &only.outputs, &context);
             phases.infer = t.elapsed();
-            return Ok(vec![out?]);
+            return Ok(vec![Ok(out?)]);
         }
         let t = Instant::now();
         let requests: Vec<&InferRequest> = requests.iter().collect();
@@ -121,8 +134,9 @@ impl Worker<InferRequest> for BackendWorker {
             .enumerate()
             .flat_map(|(i, p)| std::iter::repeat_n(i, p.rows))
             .collect();
-        let gone = |row: usize| owner.get(row).is_some_and(|&i| cancelled(i));
-        let context = RunContext::new(&requests[0].parameters, &gone);
+        let gone = |row: usize| owner.get(row).is_some_and(|&i| watch.is_cancelled(i));
+        let context =
+            RunContext::new(&requests[0].parameters, &gone).with_deadline(watch.deadline());
         let t = Instant::now();
         let outputs = self
             .backend
@@ -131,6 +145,6 @@ impl Worker<InferRequest> for BackendWorker {
         let t = Instant::now();
         let split = batch::split(outputs?, &parts, &self.signature);
         phases.output = t.elapsed();
-        split
+        Ok(split?.into_iter().map(Ok).collect())
     }
 }

@@ -1,0 +1,107 @@
+"""Starts a real ferroserve (`serve` or `run`) on 127.0.0.1 with ephemeral ports, for the tests of
+Python models and executors; stops it by its PID."""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "python"
+# The interpreter the workers run with: this test venv's, which has numpy.
+PYTHON = sys.executable
+
+
+def binary() -> pathlib.Path:
+    if os.environ.get("FERROSERVE_BIN"):
+        return pathlib.Path(os.environ["FERROSERVE_BIN"])
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return target / "release" / "ferroserve"
+
+
+class Server:
+    """`ferroserve <args>`; `.http`/`.grpc` are the listeners' host:port, `.log` what it printed."""
+
+    def __init__(self, args, env=None, ready_path="/v2/health/ready", wait_ready=True):
+        self.log = []
+        self.found = {}
+        self._listening = threading.Event()
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env.setdefault("RUST_LOG", "info")
+        self.proc = subprocess.Popen(
+            [str(binary()), *args, "--python", PYTHON],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=full_env,
+        )
+        threading.Thread(target=self._drain, daemon=True).start()
+        try:
+            if not self._listening.wait(60):
+                raise RuntimeError("ferroserve did not start:\n" + self.text())
+            if wait_ready:
+                self.wait_ready(ready_path)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
+            m = re.search(r"(HTTP|gRPC) listening on http://([0-9.]+:[0-9]+)", line)
+            if m:
+                self.found[m.group(1)] = m.group(2)
+                if "HTTP" in self.found:
+                    self._listening.set()
+
+    @property
+    def http(self):
+        return self.found["HTTP"]
+
+    @property
+    def grpc(self):
+        return self.found.get("gRPC")
+
+    def text(self):
+        return "".join(self.log)
+
+    def wait_ready(self, path, timeout=120):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.http}{path}", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"ferroserve never became ready at {path}:\n" + self.text())
+            time.sleep(0.1)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def serve(repository, env=None, extra=()):
+    """`ferroserve serve` over `repository` with ephemeral ports."""
+    return Server(["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
+                   "--management-port", "0", "--model-repository", str(repository), *extra], env=env)
+
+
+def run(flow_file, env=None, extra=()):
+    """`ferroserve run FILE` with an ephemeral HTTP port."""
+    return Server(["run", str(flow_file), "--host", "127.0.0.1", "--port", "0", *extra], env=env,
+                  ready_path="/v2/health/ready")
