@@ -17,6 +17,9 @@ because the machine is shared and absolute numbers drift.
 6. Generative tasks: tiny-t5 tokens/s (greedy and 4 beams) through GET /t5?txt= beside
    transformers' generate (PyTorch eager, CPU), and tiny-sd denoising steps/s through
    GET /sd?prompt= beside diffusers' StableDiffusionPipeline, one request at a time, alternating.
+8. Users' Python code (scripts/bench_python.py): a no-op Python model beside Triton's Python
+   backend, a 3x224x224 input's overhead through the Python backend, and the tutorial's
+   SentenceEncoder executor beside sentence-transformers in-process.
 
 Usage: scripts/bench.sh [--seconds 5]   (it installs nginx, wrk and onnxruntime first)
 """
@@ -480,7 +483,7 @@ def generative(seconds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks", "generative"])
+    ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks", "generative", "python"])
     args = ap.parse_args()
     for tool in ["nginx", "wrk"]:
         if not shutil.which(tool) and args.only in (None, "ceiling"):
@@ -499,6 +502,9 @@ def main():
         tasks(args.seconds)
     if args.only in (None, "generative"):
         generative(args.seconds)
+    if args.only in (None, "python"):
+        import bench_python
+        bench_python.run(args.seconds, wrk, timed_pair)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,13 @@ BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "relea
 
 class Server:
     """A ferroserve process on an ephemeral port over a temporary repository: `models` as plain
-    models (their version folder only), `whole` as the demo configures them (tasks)."""
+    models (their version folder only), `whole` as the demo configures them (tasks), `folders`
+    ({name: path}) as they are."""
 
-    def __init__(self, models, configs=None, whole=(), extra_args=()):
+    def __init__(self, models, configs=None, whole=(), extra_args=(), folders=None):
         self.repo = tempfile.TemporaryDirectory()
+        for name, src in (folders or {}).items():
+            os.symlink(src, pathlib.Path(self.repo.name) / name)
         for name, src in models.items():
             d = pathlib.Path(self.repo.name) / name
             d.mkdir()

@@ -244,10 +244,11 @@ class Outputs:
             self.cursor = offset + nbytes
             self.pending.append((offset, array))
             return ["shm", offset, nbytes]
-        np = _np()
         offset = len(self.payload)
-        # memoryview, not the array: `bytearray += ndarray` would be numpy addition.
-        self.payload += memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        if not array.flags.c_contiguous:
+            array = _np().ascontiguousarray(array)
+        # The array's buffer, not the array: `bytearray += ndarray` would be numpy addition.
+        self.payload += array.data.cast("B") if array.ndim else array.tobytes()
         return ["frame", offset, nbytes]
 
     def finish(self):
@@ -281,6 +282,9 @@ _WIRE_DTYPES = {
     "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
     "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
 }
+
+
+_NP_DTYPES = {}
 
 
 def _count(shape):
@@ -330,18 +334,23 @@ def _encode_bytes(array):
 def _decode_tensor(spec, payload, shm):
     np = _np()
     datatype = spec.get("datatype")
-    shape = [int(d) for d in spec.get("shape", [])]
+    shape = spec.get("shape", [])
+    if not all(type(d) is int for d in shape):
+        raise ProtocolError("shape {!r} is not whole numbers".format(shape))
     count = _count(shape)
     buf = _resolve(spec.get("data"), payload, shm)
     if datatype == "BYTES":
         return _decode_bytes(buf, count).reshape(shape)
     if datatype == "BF16":
         raise TypeError("BF16 is not supported by the Python backend")
-    code = _WIRE_DTYPES.get(datatype)
-    if code is None:
-        raise ProtocolError("unknown datatype {!r} for tensor {!r}"
-                            .format(datatype, spec.get("name")))
-    dtype = np.dtype(code)
+    dtype = _NP_DTYPES.get(datatype)
+    if dtype is None:
+        code = _WIRE_DTYPES.get(datatype)
+        if code is None:
+            raise ProtocolError("unknown datatype {!r} for tensor {!r}"
+                                .format(datatype, spec.get("name")))
+        # Cached: building a dtype from its code costs more than the rest of a small tensor.
+        dtype = _NP_DTYPES[datatype] = np.dtype(code)
     if len(buf) != count * dtype.itemsize:
         raise ProtocolError("tensor {!r}: {} bytes for shape {} of {}"
                             .format(spec.get("name"), len(buf), shape, datatype))
@@ -614,10 +623,12 @@ class Worker:
         for r in h.get("requests", []):
             inputs = [pb.Tensor(t["name"], _decode_tensor(t, payload, shm))
                       for t in r.get("inputs", [])]
+            parameters = r.get("parameters")
             requests.append(pb.InferenceRequest(
                 request_id=r.get("id", ""), inputs=inputs,
                 requested_output_names=r.get("outputs") or [],
-                parameters=json.dumps(r.get("parameters") or {})))
+                # Triton hands them over as JSON text; most requests have none.
+                parameters=json.dumps(parameters) if parameters else "{}"))
 
         responses = self.model.execute(requests)
         if inspect.isawaitable(responses):

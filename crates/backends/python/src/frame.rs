@@ -230,3 +230,67 @@ fn read_full(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_broken_ones_are_named() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        write(&mut a, &json!({"op": "ready", "n": 1}), b"payload").unwrap();
+        let (h, p) = read(&mut b, None).unwrap();
+        assert_eq!(h["n"], 1);
+        assert_eq!(p, b"payload");
+
+        // A length no frame has: the peer is broken, not slow.
+        a.write_all(&0xffff_ff7fu32.to_le_bytes()).unwrap();
+        assert!(
+            matches!(read(&mut b, None), Err(ReadError::Malformed(m)) if m.contains("frame length"))
+        );
+
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let header = b"not json";
+        a.write_all(&((4 + header.len()) as u32).to_le_bytes())
+            .unwrap();
+        a.write_all(&(header.len() as u32).to_le_bytes()).unwrap();
+        a.write_all(header).unwrap();
+        assert!(matches!(read(&mut b, None), Err(ReadError::Malformed(m)) if m.contains("JSON")));
+
+        // Half a frame, then nothing: the deadline ends the wait.
+        a.write_all(&100u32.to_le_bytes()).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        assert!(matches!(
+            read(&mut b, Some(deadline)),
+            Err(ReadError::TimedOut)
+        ));
+        drop(a);
+        assert!(matches!(read(&mut b, None), Err(ReadError::Closed(_))));
+    }
+
+    #[test]
+    fn big_buffers_go_to_shared_memory_aligned_and_references_are_checked() {
+        let mut shm = Shm::create().unwrap();
+        let mut out = Outbox::new(&mut shm, 1024);
+        let small = out.put(&[7u8; 10]).unwrap();
+        let big = out.put(&[1u8; 5000]).unwrap();
+        let bigger = out.put(&[2u8; 3000]).unwrap();
+        assert_eq!(small, json!(["frame", 0, 10]));
+        assert_eq!(big, json!(["shm", 0, 5000]));
+        assert_eq!(bigger, json!(["shm", 5056, 3000]), "64-byte aligned");
+        let (payload, free, size) = out.finish();
+        assert_eq!((payload.len(), free), (10, 8064));
+        assert!(size >= 8056);
+        let reply = Reply::new(Map::new(), payload, &shm);
+        assert_eq!(reply.bytes(&small).unwrap(), &[7u8; 10]);
+        assert_eq!(reply.bytes(&bigger).unwrap(), &[2u8; 3000]);
+        assert!(reply.bytes(&json!(["shm", size, 1])).is_err());
+        assert!(reply.bytes(&json!(["frame", 5, 6])).is_err());
+        assert!(reply.bytes(&json!(["disk", 0, 1])).is_err());
+        let path = shm.path().unwrap().to_path_buf();
+        drop(shm);
+        assert!(!path.exists(), "the file goes with it");
+    }
+}

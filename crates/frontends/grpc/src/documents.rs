@@ -99,6 +99,12 @@ fn from_proto(d: pb::Document) -> Result<Document, Status> {
             .into_iter()
             .map(from_proto)
             .collect::<Result<_, _>>()?,
+        matches: d
+            .matches
+            .into_iter()
+            .map(from_proto)
+            .collect::<Result<_, _>>()?,
+        uri: d.uri,
         error: d.error.map(|e| DocError {
             executor: e.executor,
             message: e.message,
@@ -128,6 +134,8 @@ fn to_proto(d: Document) -> pb::Document {
         },
         scores: d.scores.into_iter().collect(),
         chunks: d.chunks.into_iter().map(to_proto).collect(),
+        matches: d.matches.into_iter().map(to_proto).collect(),
+        uri: d.uri,
         error: d.error.map(|e| pb::DocError {
             executor: e.executor,
             message: e.message,
