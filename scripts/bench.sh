@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md: set-up, the peers (nginx and wrk from Debian, onnxruntime from
 # PyPI for the in-process baseline, sentence-transformers from PyPI for the Python embedding
-# peer, diffusers for the text-to-image peer), then scripts/bench.py. Loopback traffic only.
+# peer, diffusers for the text-to-image peer), then scripts/bench.py. Table 8's peers
+# (nvidia-pytriton's tritonserver, sentence-transformers for the SentenceEncoder executor) are
+# installed by scripts/bench_python.py into venvs under ~/.cache/ferroserve. Loopback traffic only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh" --test
