@@ -90,6 +90,14 @@ def test_user_code_raising_is_a_500_naming_the_executor_and_exception(tutorial):
     assert post(tutorial, [{"text": "ok"}])[0]["text"] == "OK?"
 
 
+def test_a_handler_past_timeout_send_is_a_504_and_the_worker_is_replaced(tutorial):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        post(tutorial, [{"text": "x"}], endpoint="/sleep", parameters={"seconds": 60})
+    assert e.value.code == 504
+    assert "deadline" in json.loads(e.value.read())["error"]
+    assert post(tutorial, [{"text": "after"}])[0]["text"] == "AFTER?"
+
+
 def test_the_tutorials_deployment_yaml_runs_as_written():
     """jtype: Deployment with py_modules, timeout_ready: -1, replicas: 2, env
     CUDA_VISIBLE_DEVICES: RR and uses_dynamic_batching on /default."""

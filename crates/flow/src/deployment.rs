@@ -160,7 +160,11 @@ impl Deployment {
             Node::Custom {
                 shards,
                 next: AtomicUsize::new(0),
-                admissions: Admissions::new(&batching, Some(handlers.named().clone())),
+                admissions: Admissions::new(
+                    &batching,
+                    Some(handlers.named().clone()),
+                    spec.timeout_send(),
+                ),
             }
         } else if let Some(make) = executors.get(&spec.uses) {
             if placement.is_some() {
@@ -185,7 +189,7 @@ impl Deployment {
             Node::Custom {
                 shards: custom_shards(spec, &name, runtime, make)?,
                 next: AtomicUsize::new(0),
-                admissions: Admissions::new(&spec.uses_dynamic_batching, None),
+                admissions: Admissions::new(&spec.uses_dynamic_batching, None, spec.timeout_send()),
             }
         } else {
             let dir = base.join(&spec.uses);

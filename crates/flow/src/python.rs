@@ -131,10 +131,12 @@ impl PythonExecutorSpec {
                 .map_err(|e| format!("py_modules: {}: {e}", path.display()))?;
             modules.push(Value::from(path.display().to_string()));
         }
-        let python = spec
-            .python
-            .clone()
-            .unwrap_or_else(|| options.python.clone());
+        // A relative path (`.venv/bin/python`) is the YAML file's; a bare name is looked up on PATH.
+        let python = match &spec.python {
+            Some(p) if p.is_relative() && p.components().count() > 1 => base.join(p),
+            Some(p) => p.clone(),
+            None => options.python.clone(),
+        };
         if spec.install_requirements {
             install_requirements(&name, &spec.py_modules, base, &python, options)?;
         }

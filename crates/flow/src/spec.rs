@@ -98,6 +98,11 @@ pub struct ExecutorSpec {
     /// says how). Default: false.
     #[serde(default)]
     pub install_requirements: bool,
+    /// Milliseconds a request to this executor may take, queued and running (Jina's
+    /// `timeout_send`): past it the client gets 504, and a Python worker still running it is
+    /// killed and restarted. For registered and Python executors. Default: none.
+    #[serde(default)]
+    pub timeout_send: Option<u64>,
 }
 
 impl ExecutorSpec {
@@ -153,6 +158,11 @@ fn ten_seconds() -> u64 {
 }
 
 impl ExecutorSpec {
+    /// `timeout_send`, as a duration.
+    pub fn timeout_send(&self) -> Option<std::time::Duration> {
+        self.timeout_send.map(std::time::Duration::from_millis)
+    }
+
     /// Whether it is a Python executor (a class in `py_modules`).
     pub fn is_python(&self) -> bool {
         !self.py_modules.is_empty()
@@ -331,6 +341,8 @@ struct DeploymentWith {
     #[serde(default)]
     install_requirements: bool,
     #[serde(default)]
+    timeout_send: Option<u64>,
+    #[serde(default)]
     port: Option<Ports>,
     #[serde(default)]
     protocol: Option<Protocols>,
@@ -436,6 +448,7 @@ impl FlowSpec {
                     python: w.python,
                     timeout_ready: w.timeout_ready,
                     install_requirements: w.install_requirements,
+                    timeout_send: w.timeout_send,
                 };
                 let gateway = GatewaySpec {
                     port: w.port,

@@ -37,12 +37,15 @@ pub(crate) struct Admissions {
     /// For an executor whose handlers are known (a Python class): the endpoints its handlers
     /// name. Any other endpoint goes to its default handler, batched as `/default` is.
     named: Option<BTreeSet<String>>,
+    /// How long a request may take, queued and running (Jina's `timeout_send`).
+    timeout: Option<Duration>,
 }
 
 impl Admissions {
     pub fn new(
         spec: &BTreeMap<String, DynamicBatchingSpec>,
         named: Option<BTreeSet<String>>,
+        timeout: Option<Duration>,
     ) -> Self {
         let batched = spec
             .iter()
@@ -56,7 +59,11 @@ impl Admissions {
                 (endpoint.clone(), Arc::new(policy))
             })
             .collect();
-        Self { batched, named }
+        Self {
+            batched,
+            named,
+            timeout,
+        }
     }
 
     pub fn of(&self, job: &DocJob) -> Admission<(String, Parameters)> {
@@ -69,7 +76,10 @@ impl Admissions {
             }
         });
         match policy {
-            None => Admission::alone(),
+            None => Admission {
+                timeout: self.timeout,
+                ..Admission::alone()
+            },
             Some(policy) => Admission {
                 rows: job.docs.len(),
                 width: 0,
@@ -77,7 +87,7 @@ impl Admissions {
                     (job.endpoint.clone(), job.parameters.clone()),
                     policy.clone(),
                 )),
-                timeout: None,
+                timeout: self.timeout,
             },
         }
     }

@@ -184,6 +184,10 @@ class SharedFile:
         # Never shrink: the file might already be larger than what this side mapped.
         target = max(target, os.fstat(self.fd).st_size)
         os.ftruncate(self.fd, target)
+        # Reserve the pages now: /dev/shm can be small (64 MiB in a container), and a write
+        # into a page tmpfs cannot supply is a SIGBUS, where this is an exception.
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(self.fd, 0, target)
         self._map(target)
 
 

@@ -33,6 +33,9 @@ pub(crate) enum CallError {
     Hung,
     /// The worker broke the protocol; it was killed.
     Malformed(String),
+    /// The request could not be handed over (its tensors do not fit in shared memory); the
+    /// worker is fine.
+    Refused(String),
 }
 
 /// The last lines a worker wrote, for the message of a failure.
@@ -237,8 +240,7 @@ impl Process {
         deadline: Option<Instant>,
     ) -> Result<T, CallError> {
         let mut outbox = Outbox::new(&mut self.shm, self.threshold);
-        let mut header = build(&mut outbox)
-            .map_err(|e| CallError::Died(format!("cannot pass the request to the worker: {e}")))?;
+        let mut header = build(&mut outbox).map_err(|e| CallError::Refused(e.to_string()))?;
         let (payload, free, size) = outbox.finish();
         header.insert("shm_size".into(), size.into());
         header.insert("shm_free".into(), free.into());

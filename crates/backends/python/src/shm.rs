@@ -79,6 +79,7 @@ impl Shm {
         }
         let size = needed.max(self.len() * 2).min(MAX_SHM);
         self.file.set_len(size as u64)?;
+        reserve(&self.file, size)?;
         self.remap(size)
     }
 
@@ -119,6 +120,23 @@ impl Shm {
     pub fn slice_mut(&mut self, offset: usize, len: usize) -> Option<&mut [u8]> {
         let end = offset.checked_add(len)?;
         self.map.as_mut()?.get_mut(offset..end)
+    }
+}
+
+/// Reserves the file's pages now: `/dev/shm` can be small (64 MiB in a container), and touching
+/// a page tmpfs cannot supply through the mapping is a SIGBUS for the whole server, where this is
+/// an error for one request.
+fn reserve(file: &File, size: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a descriptor this struct owns.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "cannot reserve {size} bytes of shared memory ({}); /dev/shm may be too small for the model's tensors",
+            std::io::Error::from_raw_os_error(rc)
+        )))
     }
 }
 

@@ -112,6 +112,11 @@ impl Worker {
                 tracing::warn!("{name} replica {}: the Python code raised:\n{traceback}", self.spec.replica);
                 return Err(Error::internal(format!("{name} raised {error}")));
             }
+            Err(CallError::Refused(why)) => {
+                return Err(Error::too_large(format!(
+                    "{name}: the request cannot be handed to the Python worker: {why}"
+                )));
+            }
             Err(CallError::Died(why)) => Error::internal(format!("{name}: {why}; it is being restarted")),
             Err(CallError::Hung) => Error::deadline_exceeded(format!(
                 "{name}: the Python worker did not answer before the request's deadline; it was killed and is being restarted"

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferroserve_backend_python::{TritonModel, TritonSpec, DEFAULT_TIMEOUT_READY};
-use ferroserve_core::{Backend, Error, Result, Signature, TensorSpec};
+use ferroserve_core::{Backend, Result, Signature, TensorSpec};
 use ferroserve_tasks::TaskKind;
 use serde_json::json;
 
@@ -88,13 +88,18 @@ impl BackendLoader for PythonLoader {
             model_dir: spec.model_dir,
             config_json: triton_json(spec.model, config).to_string(),
             signature,
-            python: config.python.clone().unwrap_or_else(|| self.python.clone()),
+            // A relative path (`venv/bin/python`) is the model folder's; a bare name is looked
+            // up on PATH.
+            python: match &config.python {
+                Some(p) if p.is_relative() && p.components().count() > 1 => spec.model_dir.join(p),
+                Some(p) => p.clone(),
+                None => self.python.clone(),
+            },
             timeout_ready,
             device: spec.device,
             replica: spec.replica,
             health: spec.health.clone(),
-        })
-        .map_err(|e: Error| e)?;
+        })?;
         Ok(Box::new(model))
     }
 }
