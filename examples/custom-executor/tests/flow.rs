@@ -69,6 +69,25 @@ fn three_executors_in_a_chain_each_leave_their_mark() {
 }
 
 #[test]
+fn python_rust_and_model_executors_in_one_flow() {
+    let server = start("mixed.yml");
+    let (texts, expected) = sentences();
+    let data: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({"text": format!("  {}  ", t.replace(' ', "   "))}))
+        .collect();
+    let (status, answer) = server.post_json("/post", &json!({"data": data}));
+    assert_eq!(status, 200, "{answer}");
+    for (i, d) in answer["data"].as_array().unwrap().iter().enumerate() {
+        // Python squeezed the spaces, Rust upper-cased, the model embedded.
+        assert_eq!(d["text"], texts[i].to_uppercase());
+        assert_eq!(d["tags"]["cleaned"], true);
+        let c = cosine(&as_f32(&d["embedding"]), &expected[i]);
+        assert!(c >= 0.999, "document {i}: cosine {c}");
+    }
+}
+
+#[test]
 fn a_diamond_merges_both_branches_and_routes_endpoints() {
     let server = start("diamond.yml");
     let docs = json!([{"id": "a", "text": "first"}, {"id": "b", "text": "second"}]);
