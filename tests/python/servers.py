@@ -26,6 +26,7 @@ class Server:
     """`ferroserve <args>`; `.http`/`.grpc` are the listeners' host:port, `.log` what it printed."""
 
     def __init__(self, args, env=None, ready_path="/v2/health/ready", wait_ready=True):
+        self._wanted = {"HTTP", "gRPC"} if "--grpc-port" in args else {"HTTP"}
         self.log = []
         self.found = {}
         self._listening = threading.Event()
@@ -52,7 +53,7 @@ class Server:
             m = re.search(r"(HTTP|gRPC) listening on http://([0-9.]+:[0-9]+)", line)
             if m:
                 self.found[m.group(1)] = m.group(2)
-                if "HTTP" in self.found:
+                if self._wanted <= self.found.keys():
                     self._listening.set()
 
     @property

@@ -344,8 +344,9 @@ fn doc_out(outbox: &mut Outbox<'_>, d: &Document) -> std::io::Result<Value> {
         m.insert("blob".into(), outbox.put(b)?);
     }
     let mut array = |shape: &[usize], data: &[f32]| -> std::io::Result<Value> {
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Ok(json!({"shape": shape, "data": outbox.put(&bytes)?}))
+        // Straight from the document's values: the wire is little-endian FP32, as the machines
+        // ferroserve runs on.
+        Ok(json!({"shape": shape, "data": outbox.put(bytemuck::cast_slice(data))?}))
     };
     if let Some(t) = &d.tensor {
         m.insert("tensor".into(), array(&t.shape, &t.data)?);
@@ -381,24 +382,15 @@ fn doc_in(reply: &Reply<'_>, v: &Value) -> Result<Document, String> {
         let Some(a) = m.get(k).filter(|a| !a.is_null()) else {
             return Ok(None);
         };
-        let shape = a
-            .get("shape")
-            .and_then(Value::as_array)
-            .and_then(|s| {
-                s.iter()
-                    .map(|d| d.as_u64().map(|d| d as usize))
-                    .collect::<Option<Vec<_>>>()
-            })
+        let shape = ferroserve_backend_python::tensor::shape(a)
             .ok_or_else(|| format!("{k} without a shape of whole numbers"))?;
         let bytes = reply.bytes(a.get("data").unwrap_or(&Value::Null))?;
         let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         if count.and_then(|c| c.checked_mul(4)) != Some(bytes.len()) {
             return Err(format!("{k} of shape {shape:?} with {} bytes", bytes.len()));
         }
-        let data = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        // The wire is little-endian FP32, as the machines ferroserve runs on.
+        let data = bytemuck::pod_collect_to_vec::<u8, f32>(bytes);
         Ok(Some(DocTensor { shape, data }))
     };
     let docs = |k: &str| -> Result<Vec<Document>, String> {

@@ -319,22 +319,6 @@ def _decode_bytes(buf, count):
     return out
 
 
-def _encode_bytes(array):
-    parts = []
-    pack = _U32.pack
-    for item in array.ravel(order="C").tolist():
-        if isinstance(item, bytes):
-            data = item
-        elif isinstance(item, (bytearray, memoryview)):
-            data = bytes(item)
-        else:
-            # Triton's rule: anything else goes through str() and UTF-8.
-            data = str(item).encode("utf-8")
-        parts.append(pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
 def _decode_tensor(spec, payload, shm):
     np = _np()
     datatype = spec.get("datatype")
@@ -363,41 +347,16 @@ def _decode_tensor(spec, payload, shm):
     return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
 
 
-_WIRE_NAME_CACHE = {}
-
-
-def _wire_datatype(dtype):
-    # Cached: dtype introspection (dtype.name in particular) costs microseconds per call,
-    # which shows at thousands of requests a second.
-    name = _WIRE_NAME_CACHE.get(dtype)
-    if name is None:
-        name = _WIRE_NAME_CACHE[dtype] = _compute_wire_datatype(dtype)
-    return name
-
-
-def _compute_wire_datatype(dtype):
-    kind, size = dtype.kind, dtype.itemsize
-    if kind == "b":
-        return "BOOL"
-    if kind in "ui" and size in (1, 2, 4, 8):
-        return ("UINT%d" if kind == "u" else "INT%d") % (size * 8)
-    if kind == "f" and size in (2, 4, 8):
-        return "FP%d" % (size * 8)
-    if kind in "OS":
-        return "BYTES"
-    if dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (kind 'V')
-        raise TypeError("BF16 is not supported by the Python backend")
-    raise TypeError("numpy dtype {} is not supported by the Python backend".format(dtype))
-
-
-def _encode_tensor(tensor, out):
+def _encode_tensor(tensor, out, pb):
     np = _np()
     array = tensor.as_numpy()
     if not isinstance(array, np.ndarray):
         array = np.asarray(array)
-    datatype = _wire_datatype(array.dtype)
+    # `pb` (triton_python_backend_utils) owns Triton's dtype names and BYTES serialisation;
+    # its dtype lookup is cached.
+    datatype = pb._triton_name_of_dtype(array.dtype)
     if datatype == "BYTES":
-        ref = out.add_bytes(_encode_bytes(array))
+        ref = out.add_bytes(pb._serialize_bytes(array))
     else:
         ref = out.add_array(array)
     # str(): a non-str name would make the reply unserialisable after the file has grown.
@@ -658,7 +617,7 @@ class Worker:
             # As Triton does, only requested outputs go back; none requested means all.
             wanted = request.requested_output_names()
             wire.append({"outputs": [
-                _encode_tensor(t, out) for t in response.output_tensors()
+                _encode_tensor(t, out, pb) for t in response.output_tensors()
                 if not wanted or t.name() in wanted]})
         body = out.finish()
         return {"op": "result", "shm_size": shm.size, "responses": wire}, body

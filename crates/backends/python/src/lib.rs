@@ -17,7 +17,7 @@ mod code;
 mod frame;
 mod process;
 mod shm;
-mod tensor;
+pub mod tensor;
 mod triton;
 mod worker;
 

@@ -80,7 +80,7 @@ impl Shm {
         let size = needed.max(self.len() * 2).min(MAX_SHM);
         self.file.set_len(size as u64)?;
         reserve(&self.file, size)?;
-        self.remap(size)
+        self.remap()
     }
 
     /// Maps the file again at `size`, the size the worker says it grew it to.
@@ -98,10 +98,10 @@ impl Shm {
                 "the worker said the shared memory holds {size} bytes, but it holds {actual}"
             ));
         }
-        self.remap(size).map_err(|e| e.to_string())
+        self.remap().map_err(|e| e.to_string())
     }
 
-    fn remap(&mut self, _size: usize) -> std::io::Result<()> {
+    fn remap(&mut self) -> std::io::Result<()> {
         self.map = None;
         // SAFETY: the file is private to this server and its worker; the worker only writes
         // past `shm_free` while the server waits for its reply, and the server reads those

@@ -27,15 +27,7 @@ pub(crate) fn take(reply: &Reply<'_>, v: &Value) -> Result<NamedTensor, String> 
         .unwrap_or_default()
         .parse()
         .map_err(|e| format!("output '{name}': {e}"))?;
-    let shape = v
-        .get("shape")
-        .and_then(Value::as_array)
-        .and_then(|a| {
-            a.iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect::<Option<Vec<_>>>()
-        })
-        .ok_or_else(|| format!("output '{name}' has no shape of whole numbers"))?;
+    let shape = shape(v).ok_or_else(|| format!("output '{name}' has no shape of whole numbers"))?;
     let data = reply.bytes(v.get("data").unwrap_or(&Value::Null))?;
     // Copied out: the shared memory is written again by the next request.
     let tensor = Tensor::new(dtype, shape, bytes::Bytes::copy_from_slice(data))
@@ -44,4 +36,13 @@ pub(crate) fn take(reply: &Reply<'_>, v: &Value) -> Result<NamedTensor, String> 
         name: name.to_string(),
         tensor,
     })
+}
+
+/// The `shape` of a tensor or array header in a worker's reply, if it is a list of whole numbers.
+pub fn shape(v: &Value) -> Option<Vec<usize>> {
+    v.get("shape")?
+        .as_array()?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect()
 }
