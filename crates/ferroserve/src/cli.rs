@@ -43,6 +43,71 @@ pub enum Command {
     /// Package a model into one archive file (NAME.far) for a model store, or print an
     /// archive's manifest (--inspect).
     Archive(ArchiveArgs),
+    /// TorchServe's command line (`--start --ncs --model-store DIR --models NAME=FILE.mar`,
+    /// `--stop`): serves `.mar` archives with TorchServe's ports and config.properties.
+    Torchserve(TorchServeArgs),
+}
+
+/// `ferroserve torchserve`: TorchServe's own flags.
+#[derive(Debug, Args)]
+pub struct TorchServeArgs {
+    /// Start the server (the default); without --foreground it runs in the background.
+    #[arg(long, conflicts_with = "stop")]
+    pub start: bool,
+
+    /// Stop the server an earlier `--start` put in the background.
+    #[arg(long)]
+    pub stop: bool,
+
+    /// TorchServe's "no config snapshot"; ferroserve never writes snapshots, so it changes
+    /// nothing.
+    #[arg(long)]
+    pub ncs: bool,
+
+    /// Folder of `.mar` (and `.far`) archives.
+    #[arg(long, value_name = "DIR")]
+    pub model_store: Option<PathBuf>,
+
+    /// Models to serve at start: `all`, `NAME=FILE.mar` or `FILE.mar` (named by its manifest),
+    /// space- or comma-separated.
+    #[arg(long, value_name = "all|NAME=FILE", num_args = 1.., value_delimiter = ',')]
+    pub models: Vec<String>,
+
+    /// TorchServe's config.properties (inference_address, management_address,
+    /// metrics_address, model_store, load_models, job_queue_size, max_request_size, ...).
+    #[arg(long, value_name = "FILE")]
+    pub ts_config: Option<PathBuf>,
+
+    /// Stay in the foreground, logging to the terminal.
+    #[arg(long)]
+    pub foreground: bool,
+
+    /// Python interpreter for handlers and TorchScript exports: a virtual environment's
+    /// bin/python with torch (and TorchServe's `ts` package for its built-in handlers).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+
+    /// Install an archive's requirements.txt into the Python interpreter before loading it.
+    #[arg(long)]
+    pub install_requirements: bool,
+
+    /// gRPC inference port (TorchServe's default).
+    #[arg(long, default_value_t = 7070)]
+    pub grpc_port: u16,
+
+    /// Accepted for TorchServe's command lines: the management API takes no token unless
+    /// the server is started with one (it is served on loopback only without one).
+    #[arg(long)]
+    pub disable_token_auth: bool,
+
+    /// Accepted for TorchServe's command lines: registering models from the model store is
+    /// always on.
+    #[arg(long)]
+    pub enable_model_api: bool,
+
+    /// TorchServe's log4j configuration; ignored (RUST_LOG sets the level).
+    #[arg(long, value_name = "FILE")]
+    pub log_config: Option<PathBuf>,
 }
 
 /// `ferroserve serve`.

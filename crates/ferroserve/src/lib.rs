@@ -34,6 +34,7 @@ mod logging;
 mod run;
 mod serve;
 mod tensors;
+mod torchserve;
 
 use clap::Parser;
 pub use ferroserve_flow::{
@@ -58,6 +59,7 @@ pub fn main_with(executors: Executors) -> std::process::ExitCode {
         cli::Command::Infer(args) => infer::run(args),
         cli::Command::Bench(args) => bench::run(args),
         cli::Command::Archive(args) => archive::run(args),
+        cli::Command::Torchserve(args) => torchserve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

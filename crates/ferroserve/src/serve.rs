@@ -21,6 +21,7 @@ pub(crate) fn start_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<Runtime>> 
         &ferroserve_runtime::backend::BuiltinOptions {
             ort_lib: args.ort_lib.clone(),
             python: args.python.clone(),
+            install_requirements: args.install_requirements,
         },
     );
     tracing::debug!(?backends, "backends");

@@ -256,26 +256,8 @@ fn install_requirements(
         );
         return Ok(());
     }
-    tracing::info!(
-        "executor '{name}': installing {} into {}",
-        file.display(),
-        python.display()
-    );
-    let out = std::process::Command::new(python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
-        .arg(&file)
-        .output()
-        .map_err(|e| format!("cannot run {} -m pip: {e}", python.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(10).collect();
-        return Err(format!(
-            "installing {} failed:\n{}",
-            file.display(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ));
-    }
-    Ok(())
+    ferroserve_backend_python::pip_install(python, &file)
+        .map_err(|e| format!("executor '{name}': {e}"))
 }
 
 /// One replica of a Python executor.

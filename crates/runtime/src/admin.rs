@@ -82,6 +82,8 @@ pub struct ModelConfigInfo {
     pub task: Option<ferroserve_tasks::TaskKind>,
     /// Which version folders are served.
     pub version_policy: VersionPolicy,
+    /// The TorchServe handler that takes the requests' bodies, if the model is one.
+    pub handler: Option<String>,
 }
 
 impl ModelConfigInfo {

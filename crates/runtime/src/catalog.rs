@@ -249,7 +249,9 @@ impl Locator {
 
     /// A model folder or archive on this machine.
     fn open_local(&self, real: &Path, url: &str) -> Result<(String, Origin)> {
-        let archive = real.is_file() || real.join(ferroserve_store::MANIFEST_PATH).is_file();
+        let archive = real.is_file()
+            || real.join(ferroserve_store::MANIFEST_PATH).is_file()
+            || real.join(ferroserve_store::mar::MAR_MANIFEST).is_file();
         if archive {
             let u = ferroserve_store::unpack::unpack(real, &self.cache, &self.limits)
                 .map_err(|e| self.client_error(e))?;

@@ -272,6 +272,11 @@ pub struct ModelConfig {
     /// Milliseconds a Python worker may take to start and load the model (Jina's
     /// `timeout_ready`); -1 waits forever. Default: 600000.
     pub timeout_ready: Option<i64>,
+    /// A TorchServe handler (backend `torchserve`): a built-in one's name (`image_segmenter`),
+    /// or a Python file in the version folder (`my_handler.py`, `my_handler.py:handle`). Its
+    /// requests are HTTP bodies on `/predictions/{model}`, and its answers what the handler
+    /// returns. Default: none; a `.mar`'s manifest sets it.
+    pub handler: Option<String>,
 }
 
 /// One input or output a model declares (Triton's `input`/`output` entries).
@@ -331,6 +336,7 @@ impl Default for ModelConfig {
             outputs: Vec::new(),
             python: None,
             timeout_ready: None,
+            handler: None,
         }
     }
 }
@@ -347,7 +353,9 @@ pub struct ConfigError {
 
 impl ModelConfig {
     /// Reads `dir/model.yaml`; without one, Triton's `dir/config.pbtxt` (the fields that
-    /// matter, see [`crate::triton_config`]); without either, the defaults.
+    /// matter, see [`crate::triton_config`]); without either, the newest version folder's
+    /// TorchServe manifest and `model-config.yaml` (see [`crate::torchserve_config`]); without
+    /// any, the defaults.
     pub fn load(dir: &Path) -> Result<Self, ConfigError> {
         let file = dir.join(CONFIG_FILE);
         let read = |file: &Path| match std::fs::read_to_string(file) {
@@ -368,11 +376,28 @@ impl ModelConfig {
             }
             return Self::parse(&file, &text);
         }
-        match read(&pbtxt)? {
-            Some(text) => crate::triton_config::read(&text)
+        if let Some(text) = read(&pbtxt)? {
+            return crate::triton_config::read(&text)
                 .and_then(Self::checked)
                 .map_err(|message| ConfigError {
                     file: pbtxt,
+                    message,
+                });
+        }
+        // A model store's TorchServe archive: its newest version folder is the unpacked `.mar`.
+        let newest_archive = crate::backend::version_folders(dir)
+            .ok()
+            .and_then(|folders| {
+                folders
+                    .into_iter()
+                    .rev()
+                    .find(|(v, f)| v.is_some() && crate::torchserve_config::is_archive(f))
+            });
+        match newest_archive {
+            Some((_, folder)) => crate::torchserve_config::read(&folder)
+                .and_then(Self::checked)
+                .map_err(|message| ConfigError {
+                    file: folder.join(crate::torchserve_config::MANIFEST),
                     message,
                 }),
             None => Ok(Self::default()),

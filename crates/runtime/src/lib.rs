@@ -3,7 +3,8 @@
 //! Where each job lives:
 //!
 //! - [`repository`] and [`config`]: model folders on disk and `model.yaml`, the one documented
-//!   schema for a model; [`backend`]: the backends as plug-ins ([`backend::BackendLoader`]),
+//!   schema for a model, which also reads Triton's `config.pbtxt` ([`triton_config`]) and
+//!   TorchServe's archives ([`torchserve_config`]); [`backend`]: the backends as plug-ins ([`backend::BackendLoader`]),
 //!   which recognise model folders and load replicas.
 //! - [`Runtime`]: the model table (`table`), each loaded version (`version`) and its
 //!   placement on devices (`placement`), the inference path (`infer`, `validate`), the
@@ -46,6 +47,7 @@ mod response;
 mod runtime;
 pub mod scheduler;
 mod table;
+pub mod torchserve_config;
 pub mod triton_config;
 mod validate;
 mod version;

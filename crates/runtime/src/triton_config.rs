@@ -37,6 +37,7 @@ pub(crate) fn read(text: &str) -> Result<ModelConfig, String> {
     }
     config.backend = match (m.text("backend"), m.text("platform")) {
         (Some("onnxruntime"), _) | (None, Some("onnxruntime_onnx")) => Some("onnx".into()),
+        (Some("pytorch"), _) | (None, Some("pytorch_libtorch")) => Some("torchscript".into()),
         (Some(b), _) => Some(b.to_string()),
         (None, Some(p)) => {
             return Err(format!(

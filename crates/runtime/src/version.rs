@@ -336,6 +336,7 @@ impl Runtime {
             model_file: config.model_file.clone().unwrap_or_default(),
             task: config.task,
             version_policy: config.version_policy.clone(),
+            handler: config.handler.clone(),
         };
         // A task splits requests into model requests that fit a batch, or the model's fixed
         // batch dimension when the server does not batch it.

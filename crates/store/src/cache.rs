@@ -37,7 +37,7 @@ pub fn release(cache: &Path, dir: &Path, in_use: &[PathBuf]) -> Vec<PathBuf> {
     let Some(top) = cache_folder(cache, dir) else {
         return removed;
     };
-    for folder in std::iter::once(top.clone()).chain(linked(&top)) {
+    for folder in std::iter::once(top.clone()).chain(linked(cache, &top)) {
         if !keep.contains(&folder) && std::fs::remove_dir_all(&folder).is_ok() {
             removed.push(folder);
         }
@@ -121,7 +121,7 @@ fn needed(cache: &Path, in_use: &[PathBuf]) -> HashSet<PathBuf> {
     let mut keep = HashSet::new();
     for dir in in_use {
         if let Some(top) = cache_folder(cache, dir) {
-            keep.extend(linked(&top));
+            keep.extend(linked(cache, &top));
             keep.insert(top);
         }
     }
@@ -140,15 +140,17 @@ fn cache_folder(cache: &Path, dir: &Path) -> Option<PathBuf> {
     Some(folder)
 }
 
-/// The archive folders a folder of links points into.
-fn linked(folder: &Path) -> Vec<PathBuf> {
+/// The archive folders inside the cache that a folder of links points into. A link to a folder
+/// outside the cache (a `no-archive` folder in the model store) is the operator's, never
+/// counted, so it is never removed.
+fn linked(cache: &Path, folder: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(folder) else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|target| target.parent().map(Path::to_path_buf))
+        .filter_map(|target| cache_folder(cache, &target))
         .collect()
 }
 
@@ -261,5 +263,13 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         assert!(release(cache, outside.path(), &[]).is_empty());
         assert!(outside.path().exists());
+        // Nor a store's no-archive folder that a folder of links in the cache points to.
+        let store = outside.path().join("store");
+        std::fs::create_dir_all(store.join("m")).unwrap();
+        std::fs::create_dir_all(cache.join("models/m-2")).unwrap();
+        std::os::unix::fs::symlink(store.join("m"), cache.join("models/m-2/1")).unwrap();
+        release(cache, &cache.join("models/m-2"), &[]);
+        assert!(!cache.join("models/m-2").exists());
+        assert!(store.join("m").is_dir(), "the store is the operator's");
     }
 }

@@ -7,6 +7,8 @@
 //! - [`unpack`]: an archive into a cache folder named by the archive's sha256, refusing absolute
 //!   paths, `..`, links, device files and archives over a size limit, and verifying every file
 //!   against the manifest before anything is served from it.
+//! - [`mar`]: TorchServe's `.mar` archives (zip, tgz, `no-archive` folders), unpacked with the
+//!   same checks into a version folder, cached by the archive's sha256.
 //! - [`Store`]: a model store folder, and the archives `--models` picks from it.
 //! - [`fetch`]: downloading an archive from an allow-listed URL (the caller checks the list).
 //! - [`cache`]: removing what no served model needs from the cache, within a size limit.
@@ -35,12 +37,14 @@
 
 pub mod archive;
 pub mod cache;
+mod entries;
 mod error;
 pub mod fetch;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod manifest;
+pub mod mar;
 mod store;
 pub mod unpack;
 

@@ -12,9 +12,10 @@ use crate::{archive, StoreError, ARCHIVE_EXTENSION};
 pub enum Selection {
     /// Every archive in the store, each under its manifest's model name.
     All,
-    /// `NAME=FILE` pairs: the archive FILE (inside the store) served as NAME. Several pairs with
-    /// one name are versions of one model.
-    Named(Vec<(String, String)>),
+    /// `NAME=FILE` pairs: the archive FILE (inside the store) served as NAME, or a bare FILE
+    /// (`None`), served under the name its manifest gives. Several pairs with one name are
+    /// versions of one model.
+    Named(Vec<(Option<String>, String)>),
 }
 
 impl Selection {
@@ -32,15 +33,10 @@ impl Selection {
             .iter()
             .map(|v| match v.split_once('=') {
                 Some((name, file)) if !name.is_empty() && !file.is_empty() => {
-                    Ok((name.to_string(), file.to_string()))
+                    Ok((Some(name.to_string()), file.to_string()))
                 }
-                // TorchServe also takes a bare archive name: its stem is the model name.
-                _ if !v.contains('=') => Ok((
-                    v.strip_suffix(&format!(".{ARCHIVE_EXTENSION}"))
-                        .unwrap_or(v)
-                        .to_string(),
-                    v.to_string(),
-                )),
+                // TorchServe also takes a bare archive name, named by its manifest.
+                _ if !v.contains('=') && !v.is_empty() => Ok((None, v.to_string())),
                 _ => Err(StoreError::Invalid(format!(
                     "--models '{v}' must be all, NAME=FILE or FILE"
                 ))),
@@ -104,7 +100,8 @@ impl Store {
         &self.dir
     }
 
-    /// The archives in the store: `*.far` files and folders holding a manifest, sorted.
+    /// The archives in the store: `*.far` and TorchServe's `*.mar` files, and folders holding
+    /// either's manifest, sorted.
     pub fn archives(&self) -> Result<Vec<PathBuf>, StoreError> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(StoreError::io(&self.dir))? {
@@ -116,8 +113,14 @@ impl Store {
             if hidden {
                 continue;
             }
-            let far = path.extension().is_some_and(|e| e == ARCHIVE_EXTENSION) && path.is_file();
-            if far || path.join(MANIFEST_PATH).is_file() {
+            let archive = path.is_file()
+                && path
+                    .extension()
+                    .is_some_and(|e| e == ARCHIVE_EXTENSION || e == crate::mar::MAR_EXTENSION);
+            if archive
+                || path.join(MANIFEST_PATH).is_file()
+                || path.join(crate::mar::MAR_MANIFEST).is_file()
+            {
                 out.push(path);
             }
         }
@@ -173,19 +176,20 @@ impl Store {
                     let name = match &opened {
                         Ok(u) => u.manifest.model_name.clone(),
                         // Named after what the manifest says if it can be read, else the file.
-                        Err(_) => {
-                            archive::inspect(&path).map_or_else(|_| stem(&path), |m| m.model_name)
-                        }
+                        Err(_) => manifest_name(&path),
                     };
                     by_name.entry(name).or_default().push(opened);
                 }
             }
             Selection::Named(pairs) => {
                 for (name, file) in pairs {
-                    by_name
-                        .entry(name.clone())
-                        .or_default()
-                        .push(self.open(file));
+                    let opened = self.open(file);
+                    let name = match (name, &opened) {
+                        (Some(n), _) => n.clone(),
+                        (None, Ok(u)) => u.manifest.model_name.clone(),
+                        (None, Err(_)) => manifest_name(&self.dir.join(file)),
+                    };
+                    by_name.entry(name).or_default().push(opened);
                 }
             }
         }
@@ -264,6 +268,16 @@ impl Store {
     }
 }
 
+/// The model name an archive's manifest gives, else the file's stem.
+fn manifest_name(path: &Path) -> String {
+    let named = if crate::mar::is_mar(path) {
+        crate::mar::model_name(path)
+    } else {
+        archive::inspect(path).ok().map(|m| m.model_name)
+    };
+    named.unwrap_or_else(|| stem(path))
+}
+
 fn stem(path: &Path) -> String {
     path.file_stem()
         .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
@@ -319,8 +333,8 @@ mod tests {
         assert_eq!(
             Selection::parse(&["a=x.far".into(), "b.far".into()]).unwrap(),
             Selection::Named(vec![
-                ("a".into(), "x.far".into()),
-                ("b".into(), "b.far".into())
+                (Some("a".into()), "x.far".into()),
+                (None, "b.far".into())
             ])
         );
         assert!(Selection::parse(&["all".into(), "a=x.far".into()]).is_err());

@@ -7,9 +7,9 @@
 //! used. Entries are written into a fresh temporary folder inside the cache, which is renamed to
 //! the archive's sha256 only once all of that holds; on any failure it is removed.
 
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
+use crate::entries::{write_under, Scan};
 use crate::manifest::{sha256_file, Manifest, MANIFEST_PATH};
 use crate::StoreError;
 
@@ -66,6 +66,9 @@ pub struct Unpacked {
 /// it), verifies every file against the manifest, and returns where it is. A `no-archive` folder
 /// is verified in place.
 pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked, StoreError> {
+    if crate::mar::is_mar(archive) {
+        return crate::mar::unpack(archive, cache, limits);
+    }
     if archive.is_dir() {
         let manifest = Manifest::read(archive, archive)?;
         manifest.verify(archive, archive)?;
@@ -79,15 +82,7 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
     let size = std::fs::metadata(archive)
         .map_err(StoreError::io(archive))?
         .len();
-    if size > limits.max_archive_bytes {
-        return Err(StoreError::TooLarge {
-            archive: archive.to_path_buf(),
-            reason: format!(
-                "{size} bytes, over the limit of {} bytes",
-                limits.max_archive_bytes
-            ),
-        });
-    }
+    check_size(archive, size, limits)?;
     let sha256 = sha256_file(archive)?;
     std::fs::create_dir_all(cache).map_err(StoreError::io(cache))?;
     let dir = cache.join(&sha256);
@@ -109,18 +104,8 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
             }
         }
     }
-    let tmp = cache.join(format!(
-        ".unpack-{sha256}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    let room = limits.max_unpacked_bytes.min(
-        size.saturating_mul(limits.max_expansion)
-            .max(MIN_UNPACK_ROOM),
-    );
-    let result = extract(archive, &tmp, limits, room).and_then(|()| {
+    let tmp = temporary(cache, &sha256);
+    let result = extract(archive, &tmp, limits, room(size, limits)).and_then(|()| {
         let manifest = Manifest::read(&tmp, archive)?;
         manifest.verify(&tmp, archive)?;
         Ok(manifest)
@@ -147,6 +132,39 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
         dir,
         manifest,
     })
+}
+
+/// Refuses an archive file over the size limit.
+pub(crate) fn check_size(archive: &Path, size: u64, limits: &Limits) -> Result<(), StoreError> {
+    if size > limits.max_archive_bytes {
+        return Err(StoreError::TooLarge {
+            archive: archive.to_path_buf(),
+            reason: format!(
+                "{size} bytes, over the limit of {} bytes",
+                limits.max_archive_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Most bytes an archive of `size` bytes may unpack to.
+pub(crate) fn room(size: u64, limits: &Limits) -> u64 {
+    limits.max_unpacked_bytes.min(
+        size.saturating_mul(limits.max_expansion)
+            .max(MIN_UNPACK_ROOM),
+    )
+}
+
+/// A fresh folder name in the cache to unpack into, renamed once the archive checks out.
+pub(crate) fn temporary(cache: &Path, sha256: &str) -> PathBuf {
+    cache.join(format!(
+        ".unpack-{sha256}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ))
 }
 
 /// The manifest of the cached copy `dir` of `archive`, once the copy is checked: its manifest
@@ -178,85 +196,12 @@ fn extract(
 ) -> Result<(), StoreError> {
     let file = std::fs::File::open(archive).map_err(StoreError::io(archive))?;
     let decoder = zstd::Decoder::new(file).map_err(StoreError::io(archive))?;
-    let mut tar = tar::Archive::new(decoder);
     std::fs::create_dir(target).map_err(StoreError::io(target))?;
-    let unreadable = |e: std::io::Error| StoreError::Manifest {
-        archive: archive.to_path_buf(),
-        reason: format!("not a ferroserve archive (a zstd-compressed tar): {e}"),
-    };
-    let mut written = 0u64;
-    for (count, entry) in tar.entries().map_err(unreadable)?.enumerate() {
-        let mut entry = entry.map_err(unreadable)?;
-        if count >= limits.max_entries {
-            return Err(StoreError::TooLarge {
-                archive: archive.to_path_buf(),
-                reason: format!("more than {} entries", limits.max_entries),
-            });
-        }
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let refuse = |reason: &str| StoreError::Unsafe {
-            archive: archive.to_path_buf(),
-            entry: raw.clone(),
-            reason: reason.to_string(),
-        };
-        let rel = safe_relative(&raw).map_err(&refuse)?;
-        let kind = entry.header().entry_type();
-        let path = target.join(&rel);
-        match kind {
-            tar::EntryType::Directory => {
-                std::fs::create_dir_all(&path).map_err(StoreError::io(&path))?;
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(StoreError::io(parent))?;
-                }
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(|e| match e.kind() {
-                        std::io::ErrorKind::AlreadyExists => refuse("the archive holds it twice"),
-                        _ => StoreError::io(&path)(e),
-                    })?;
-                // Counted as written, not as the header claims, and stopped one byte past the
-                // limit so a lying header cannot fill the disk.
-                let room = max_unpacked.saturating_sub(written);
-                let n = std::io::copy(&mut (&mut entry).take(room.saturating_add(1)), &mut out)
-                    .map_err(StoreError::io(&path))?;
-                written += n;
-                if n > room {
-                    return Err(StoreError::TooLarge {
-                        archive: archive.to_path_buf(),
-                        reason: if max_unpacked < limits.max_unpacked_bytes {
-                            format!(
-                                "it unpacks to more than {max_unpacked} bytes, {} times its own size (an archive that expands this much is not a model)",
-                                limits.max_expansion
-                            )
-                        } else {
-                            format!("it unpacks to more than {max_unpacked} bytes")
-                        },
-                    });
-                }
-            }
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                return Err(refuse(
-                    "links are not allowed in archives (they could point outside the model folder)",
-                ));
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                return Err(refuse("device files and FIFOs are not allowed in archives"));
-            }
-            // Metadata entries (pax headers, GNU long names) are consumed by the tar reader;
-            // anything else is not a file a model needs.
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
-            other => {
-                return Err(refuse(&format!(
-                    "entries of type {other:?} are not allowed"
-                )));
-            }
-        }
-    }
-    Ok(())
+    Scan::new(archive, limits, max_unpacked).tar(
+        decoder,
+        "a ferroserve archive (a zstd-compressed tar)",
+        &mut write_under(archive, target),
+    )
 }
 
 /// The entry's path if it is relative and stays inside the target folder.

@@ -16,6 +16,18 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../python/triton_python_backend_utils.py"),
     ),
     (
+        "ferroserve_torchserve.py",
+        include_str!("../python/ferroserve_torchserve.py"),
+    ),
+    (
+        "ferroserve_torchscript.py",
+        include_str!("../python/ferroserve_torchscript.py"),
+    ),
+    (
+        "torchscript_export.py",
+        include_str!("../python/torchscript_export.py"),
+    ),
+    (
         "shim/jina/__init__.py",
         include_str!("../python/shim/jina/__init__.py"),
     ),
@@ -24,6 +36,15 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../python/shim/docarray/__init__.py"),
     ),
 ];
+
+/// The path of a file shipped with the worker (`ferroserve_torchserve.py`, the model that runs
+/// TorchServe handlers; `torchscript_export.py`, ...), written out on first use.
+pub fn bundled(file: &str) -> Result<PathBuf, String> {
+    if !FILES.iter().any(|(path, _)| *path == file) {
+        return Err(format!("no bundled Python file '{file}'"));
+    }
+    Ok(folder()?.join(file))
+}
 
 /// The worker's entry point inside the folder [`folder`] returns.
 pub(crate) const ENTRY: &str = "ferroserve_worker.py";

@@ -16,11 +16,14 @@
 mod code;
 mod frame;
 mod process;
+mod requirements;
 mod shm;
 pub mod tensor;
 mod triton;
 mod worker;
 
+pub use code::bundled;
 pub use frame::{BufRef, Outbox, Reply};
+pub use requirements::pip_install;
 pub use triton::{TritonModel, TritonSpec};
 pub use worker::{Worker, WorkerSpec, DEFAULT_TIMEOUT_READY};

@@ -9,15 +9,21 @@ use ferroserve_tasks::TaskInput;
 use serde_json::Value;
 
 /// Images: every non-empty part of a multipart body, else the whole body. The flag says whether
-/// the client sent exactly one image without a list around it.
+/// the client sent exactly one image without a list around it. As TorchServe's vision handlers
+/// do, text (`text/*`) and a JSON string (`application/json`) are base64 of the image.
 pub(crate) async fn images(headers: &HeaderMap, body: Bytes) -> Result<(TaskInput, bool)> {
     let images = match multipart_boundary(headers)? {
-        Some(boundary) => parts(body, boundary)
+        Some(boundary) => fields(body, boundary)
             .await?
             .into_iter()
-            .map(|(_, b)| b)
-            .collect(),
-        None => vec![body],
+            .map(|f| image(f.content_type.as_deref(), f.data))
+            .collect::<Result<Vec<_>>>()?,
+        None => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            vec![image(content_type, body)?]
+        }
     };
     if images.iter().all(Bytes::is_empty) {
         return Err(Error::invalid(
@@ -102,12 +108,45 @@ pub(crate) fn text_list(value: &Value, field: &str) -> Result<(Vec<String>, bool
     }
 }
 
+/// An image's bytes from a body or field with this content type: as they are, or decoded from
+/// base64 when they are text or a JSON string.
+fn image(content_type: Option<&str>, data: Bytes) -> Result<Bytes> {
+    use base64::Engine as _;
+    let essence = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let text = if essence.starts_with("text/") {
+        utf8(data, "the image's base64 text")?
+    } else if essence == "application/json" {
+        match serde_json::from_slice::<Value>(&data) {
+            Ok(Value::String(s)) => s,
+            _ => {
+                return Err(Error::invalid(
+                    "a JSON image must be one string holding the image in base64",
+                ))
+            }
+        }
+    } else {
+        return Ok(data);
+    };
+    let cleaned: String = text.split_ascii_whitespace().collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(cleaned.as_bytes())
+        .map(Bytes::from)
+        .map_err(|e| {
+            Error::invalid(format!(
+                "the image was sent as text ({essence}), which must be its bytes in base64: {e}"
+            ))
+        })
+}
+
 fn utf8(bytes: Bytes, what: &str) -> Result<String> {
     String::from_utf8(bytes.to_vec())
         .map_err(|e| Error::invalid(format!("{what} is not valid UTF-8 text: {e}")))
 }
 
-fn multipart_boundary(headers: &HeaderMap) -> Result<Option<String>> {
+pub(crate) fn multipart_boundary(headers: &HeaderMap) -> Result<Option<String>> {
     let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -128,15 +167,37 @@ fn multipart_boundary(headers: &HeaderMap) -> Result<Option<String>> {
 
 /// The non-empty parts of a multipart body, with their field names, in order.
 pub(crate) async fn parts(body: Bytes, boundary: String) -> Result<Vec<(String, Bytes)>> {
+    Ok(fields(body, boundary)
+        .await?
+        .into_iter()
+        .map(|f| (f.name, f.data))
+        .collect())
+}
+
+/// One field of a multipart body.
+pub(crate) struct Field {
+    pub name: String,
+    /// The part's own `Content-Type`, when it has one.
+    pub content_type: Option<String>,
+    pub data: Bytes,
+}
+
+/// The non-empty fields of a multipart body, in order.
+pub(crate) async fn fields(body: Bytes, boundary: String) -> Result<Vec<Field>> {
     let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut out = Vec::new();
     let bad = |e: multer::Error| Error::invalid(format!("malformed multipart body: {e}"));
     while let Some(field) = multipart.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or("").to_string();
+        let content_type = field.content_type().map(|m| m.to_string());
         let data = field.bytes().await.map_err(bad)?;
         if !data.is_empty() {
-            out.push((name, data));
+            out.push(Field {
+                name,
+                content_type,
+                data,
+            });
         }
     }
     if out.is_empty() {

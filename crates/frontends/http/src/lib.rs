@@ -24,6 +24,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod generate;
+mod handler;
 mod management;
 mod openai;
 mod torchserve;

@@ -1,7 +1,8 @@
 //! TorchServe's inference routes, so TorchServe clients can switch without changes: `/ping`,
 //! and `/predictions/{model}[/{version}]` answering in the shapes TorchServe's default handlers
 //! use (image classifier: `{"tabby cat": 0.38, ...}`; text classifier:
-//! `[{"label": "POSITIVE", "score": 0.99}]`; embeddings: a vector per text).
+//! `[{"label": "POSITIVE", "score": 0.99}]`; embeddings: a vector per text). A model served by
+//! a TorchServe handler gets the request as TorchServe's workers do (see `handler`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +47,15 @@ pub(crate) async fn predict(
     request: Body,
 ) -> Result<Response, ApiError> {
     let Some(task) = state.runtime.task(&path.model, path.version.as_deref())? else {
+        let handler = state
+            .runtime
+            .model_config(&path.model, path.version.as_deref())?
+            .handler
+            .is_some();
+        if handler {
+            let bytes = state.read_body(&headers, request).await?;
+            return crate::handler::predict(&state, &path, query, &headers, bytes).await;
+        }
         return v2::infer(state, path, headers, request).await;
     };
     if matches!(task.kind(), TaskKind::Summarization | TaskKind::TextToImage) {

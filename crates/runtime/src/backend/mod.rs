@@ -3,7 +3,8 @@
 //! asks the loaders which of them recognises a model folder and has the chosen one load
 //! replicas; it never names a backend itself.
 //!
-//! The built-in loaders sit behind cargo features (`onnx`, `candle`, both on by default):
+//! The built-in loaders sit behind cargo features (`onnx`, `candle`, `python`, all on by
+//! default; `torchscript` needs `python` and `onnx`, `torchserve` needs `python`):
 //!
 //! ```
 //! use ferroserve_runtime::backend::Backends;
@@ -22,6 +23,10 @@ pub mod fake;
 mod onnx;
 #[cfg(feature = "python")]
 mod python;
+#[cfg(all(feature = "python", feature = "onnx"))]
+mod torchscript;
+#[cfg(feature = "python")]
+mod torchserve;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -106,6 +111,9 @@ pub struct BuiltinOptions {
     pub ort_lib: Option<PathBuf>,
     /// The Python interpreter for models that name none.
     pub python: Option<PathBuf>,
+    /// Whether a TorchServe archive's `requirements.txt` is installed into its interpreter
+    /// (`--install-requirements`).
+    pub install_requirements: bool,
 }
 
 /// The backends a runtime can load models with, in the order folders are matched against them.
@@ -128,17 +136,28 @@ impl Backends {
         #[allow(unused_mut)] // with no backend compiled in, nothing is added
         let mut b = Self::new();
         #[cfg(feature = "onnx")]
-        b.add(onnx::OnnxLoader::new(
+        let onnx = Arc::new(onnx::OnnxLoader::new(
             ferroserve_backend_onnx::library_path(options.ort_lib.as_deref()),
         ));
+        #[cfg(feature = "onnx")]
+        b.add_shared(onnx.clone());
         #[cfg(feature = "candle")]
         b.add(candle::CandleLoader);
         #[cfg(feature = "python")]
+        let python = options
+            .python
+            .clone()
+            .unwrap_or_else(python::default_python);
+        #[cfg(feature = "python")]
         b.add(python::PythonLoader {
-            python: options
-                .python
-                .clone()
-                .unwrap_or_else(python::default_python),
+            python: python.clone(),
+        });
+        #[cfg(all(feature = "python", feature = "onnx"))]
+        b.add(torchscript::TorchScriptLoader::new(onnx, python.clone()));
+        #[cfg(feature = "python")]
+        b.add(torchserve::TorchServeLoader {
+            python,
+            install_requirements: options.install_requirements,
         });
         let _ = options;
         b
@@ -147,7 +166,12 @@ impl Backends {
     /// Adds `loader`; it is matched after those added before. A loader of the same name is
     /// replaced in place.
     pub fn add(&mut self, loader: impl BackendLoader) -> &mut Self {
-        let loader: Arc<dyn BackendLoader> = Arc::new(loader);
+        self.add_shared(Arc::new(loader))
+    }
+
+    /// [`Backends::add`] for a loader another one also holds (TorchScript's exports run on the
+    /// ONNX loader's runtime).
+    fn add_shared(&mut self, loader: Arc<dyn BackendLoader>) -> &mut Self {
         match self.loaders.iter_mut().find(|l| l.name() == loader.name()) {
             Some(slot) => *slot = loader,
             None => self.loaders.push(loader),

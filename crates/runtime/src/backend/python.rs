@@ -70,32 +70,15 @@ impl BackendLoader for PythonLoader {
             inputs: config.inputs.iter().map(|t| declared(t, batch)).collect(),
             outputs: config.outputs.iter().map(|t| declared(t, batch)).collect(),
         };
-        let version = spec
-            .file
-            .parent()
-            .filter(|p| *p != spec.model_dir)
-            .and_then(Path::file_name)
-            .map_or_else(|| "1".to_string(), |n| n.to_string_lossy().into_owned());
-        let timeout_ready = match config.timeout_ready {
-            None => Some(DEFAULT_TIMEOUT_READY),
-            Some(-1) => None,
-            Some(ms) => Some(Duration::from_millis(ms.max(0) as u64)),
-        };
         let model = TritonModel::load(TritonSpec {
             model: spec.model,
-            version,
+            version: version_name(spec.file.parent().unwrap_or(spec.model_dir), spec.model_dir),
             model_py: spec.file,
             model_dir: spec.model_dir,
-            config_json: triton_json(spec.model, config).to_string(),
+            config_json: triton_json(spec.model, config, &signature, json!({})).to_string(),
             signature,
-            // A relative path (`venv/bin/python`) is the model folder's; a bare name is looked
-            // up on PATH.
-            python: match &config.python {
-                Some(p) if p.is_relative() && p.components().count() > 1 => spec.model_dir.join(p),
-                Some(p) => p.clone(),
-                None => self.python.clone(),
-            },
-            timeout_ready,
+            python: interpreter(config, spec.model_dir, &self.python),
+            timeout_ready: timeout_ready(config),
             device: spec.device,
             replica: spec.replica,
             health: spec.health.clone(),
@@ -118,28 +101,80 @@ fn declared(t: &TensorDecl, batch: usize) -> TensorSpec {
     }
 }
 
+/// The version's number as its folder names it (`1` for a bare model, whose files sit in the
+/// model folder itself).
+pub(super) fn version_name(version_dir: &Path, model_dir: &Path) -> String {
+    if version_dir == model_dir {
+        return "1".into();
+    }
+    version_dir
+        .file_name()
+        .map_or_else(|| "1".to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// How long a worker may take to start and load, from `timeout_ready` (ms; -1: forever).
+pub(super) fn timeout_ready(config: &ModelConfig) -> Option<Duration> {
+    match config.timeout_ready {
+        None => Some(DEFAULT_TIMEOUT_READY),
+        Some(-1) => None,
+        Some(ms) => Some(Duration::from_millis(ms.max(0) as u64)),
+    }
+}
+
+/// The model's interpreter: its `python:` (a relative path with a folder, `venv/bin/python`,
+/// is the model folder's; a bare name is looked up on PATH), else the server's.
+pub(super) fn interpreter(config: &ModelConfig, model_dir: &Path, default: &Path) -> PathBuf {
+    match &config.python {
+        Some(p) if p.is_relative() && p.components().count() > 1 => model_dir.join(p),
+        Some(p) => p.clone(),
+        None => default.to_path_buf(),
+    }
+}
+
 /// The model's configuration in Triton's JSON, which `initialize(args)` reads as
-/// `args['model_config']` (`pb_utils.get_output_config_by_name` looks in it).
-fn triton_json(model: &str, config: &ModelConfig) -> serde_json::Value {
-    let tensors = |list: &[TensorDecl]| {
+/// `args['model_config']` (`pb_utils.get_output_config_by_name` looks in it); `parameters`
+/// (a flat object of strings) become Triton's `{"key": {"string_value": ...}}`.
+pub(super) fn triton_json(
+    model: &str,
+    config: &ModelConfig,
+    signature: &Signature,
+    parameters: serde_json::Value,
+) -> serde_json::Value {
+    let batch = config.batch_limit();
+    let tensors = |list: &[TensorSpec]| {
         list.iter()
             .map(|t| {
+                // As Triton writes dims: without the batch dimension when the model batches.
+                let dims = if batch > 0 {
+                    &t.shape[1.min(t.shape.len())..]
+                } else {
+                    &t.shape[..]
+                };
                 json!({
                     "name": t.name,
                     "data_type": t.datatype.config_name(),
-                    "dims": t.dims,
+                    "dims": dims,
                 })
             })
             .collect::<Vec<_>>()
     };
+    let parameters: serde_json::Map<String, serde_json::Value> = parameters
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            (k.clone(), json!({ "string_value": text }))
+        })
+        .collect();
     let mut out = json!({
         "name": model,
         "backend": "python",
-        "max_batch_size": config.batch_limit(),
-        "input": tensors(&config.inputs),
-        "output": tensors(&config.outputs),
+        "max_batch_size": batch,
+        "input": tensors(&signature.inputs),
+        "output": tensors(&signature.outputs),
         "instance_group": [{"count": config.replicas, "kind": "KIND_CPU"}],
-        "parameters": {},
+        "parameters": parameters,
     });
     if let Some(db) = &config.dynamic_batching {
         out["dynamic_batching"] = json!({

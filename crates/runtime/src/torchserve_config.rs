@@ -1,0 +1,299 @@
+//! TorchServe's model archive, read as a model configuration: `MAR-INF/MANIFEST.json` (the
+//! handler, the serialized file, the model file) and the archive's `model-config.yaml`
+//! (`configFile`): workers, batching, timeout and devices. Keys that have no meaning here are
+//! logged once when the model loads, not refused.
+//!
+//! The built-in `image_classifier` handler on a TorchScript file is served natively: the model
+//! is exported to ONNX (backend `torchscript`) and TorchServe's processing runs in Rust as the
+//! `image-classification` task. Every other handler (a file of the user's, or another built-in)
+//! runs in Python workers with TorchServe's handler contract (backend `torchserve`).
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{Autoscaling, Devices, DynamicBatching, ModelConfig, TensorDecl};
+use ferroserve_core::{DataType, Device};
+use ferroserve_tasks::TaskKind;
+
+/// A handler model's input holding the request's bytes.
+pub const BODY_INPUT: &str = "body";
+/// A handler model's input describing the request (JSON: its headers, and its parameters as
+/// slices of `body`).
+pub const META_INPUT: &str = "meta";
+/// A handler model's output: what the handler returned for the request.
+pub const HANDLER_OUTPUT: &str = "output";
+/// A handler model's output: the answer's content type.
+pub const CONTENT_TYPE_OUTPUT: &str = "content_type";
+/// A handler model's output: the HTTP status the handler set (`context.set_response_status`).
+pub const STATUS_OUTPUT: &str = "status";
+/// A handler model's output: the response headers the handler set (a JSON object).
+pub const HEADERS_OUTPUT: &str = "headers";
+
+/// Where the manifest sits inside a version folder.
+pub const MANIFEST: &str = ferroserve_store::mar::MAR_MANIFEST;
+
+/// The input name the exported TorchScript image model takes (Triton's `pytorch_libtorch`
+/// naming).
+const IMAGE_INPUT: &str = "INPUT__0";
+
+/// `MAR-INF/MANIFEST.json`'s `model` object.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MarModel {
+    /// The model's name.
+    pub model_name: String,
+    /// TorchServe's version string.
+    pub model_version: Option<String>,
+    /// The weights: a TorchScript file, or a state dict for `model_file`'s class.
+    pub serialized_file: Option<String>,
+    /// A built-in handler's name, or a Python file (optionally `file.py:function`).
+    pub handler: Option<String>,
+    /// An eager-mode model's Python file (with `serialized_file` as its state dict).
+    pub model_file: Option<String>,
+    /// The archive's `requirements.txt`.
+    pub requirements_file: Option<String>,
+    /// The archive's `model-config.yaml`.
+    pub config_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    model: MarModel,
+}
+
+/// TorchServe's built-in handlers (`ts.torch_handler`).
+const BUILTIN_HANDLERS: &[&str] = &[
+    "image_classifier",
+    "image_segmenter",
+    "object_detector",
+    "text_classifier",
+    "base_handler",
+    "vision_handler",
+    "text_handler",
+    "dali_image_classifier",
+];
+
+/// `model-config.yaml` keys read below; the others are logged as ignored.
+const READ: &[&str] = &[
+    "minWorkers",
+    "maxWorkers",
+    "batchSize",
+    "maxBatchDelay",
+    "responseTimeout",
+    "deviceType",
+    "deviceIds",
+    "handler",
+];
+
+/// Whether `version_dir` holds an unpacked TorchServe archive.
+pub fn is_archive(version_dir: &Path) -> bool {
+    version_dir.join(MANIFEST).is_file()
+}
+
+/// The archive's `model` object.
+pub fn manifest(version_dir: &Path) -> Result<MarModel, String> {
+    let path = version_dir.join(MANIFEST);
+    let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice::<Manifest>(&text)
+        .map(|m| m.model)
+        .map_err(|e| format!("{MANIFEST}: {e}"))
+}
+
+/// The configuration of a model whose version folder `version_dir` is an unpacked archive.
+pub(crate) fn read(version_dir: &Path) -> Result<ModelConfig, String> {
+    let model = manifest(version_dir)?;
+    let mut config = ModelConfig::default();
+    let handler = model
+        .handler
+        .clone()
+        .unwrap_or_else(|| "base_handler".into());
+    let torchscript = model.model_file.is_none()
+        && model.serialized_file.as_deref().is_some_and(|f| {
+            f.ends_with(".pt") || f.ends_with(".pth") || f.ends_with(".torchscript")
+        });
+    if handler == "image_classifier" && torchscript {
+        config.backend = Some("torchscript".into());
+        config.model_file = model.serialized_file.clone();
+        config.task = Some(TaskKind::ImageClassification);
+        config.inputs = vec![TensorDecl {
+            name: IMAGE_INPUT.into(),
+            datatype: DataType::Fp32,
+            dims: vec![3, 224, 224],
+        }];
+    } else {
+        if !BUILTIN_HANDLERS.contains(&handler.split(':').next().unwrap_or_default())
+            && !handler.contains(".py")
+            && !handler.contains(':')
+        {
+            tracing::info!(
+                "{}: handler '{handler}' is neither a built-in handler nor a .py file; it is imported as a module",
+                version_dir.display()
+            );
+        }
+        config.backend = Some("torchserve".into());
+        config.handler = Some(handler);
+    }
+    // TorchServe's batchSize defaults to 1: a request is one row.
+    config.max_batch_size = Some(1);
+    if let Some(file) = &model.config_file {
+        apply_model_config(&version_dir.join(file), &mut config)?;
+    }
+    Ok(config)
+}
+
+/// Maps the archive's `model-config.yaml` onto `config`.
+fn apply_model_config(path: &Path, config: &mut ModelConfig) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    ferroserve_core::check_yaml_depth(&text)?;
+    let yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let map: Value = serde_json::to_value(&yaml).map_err(|e| e.to_string())?;
+    let Some(map) = map.as_object() else {
+        return Ok(());
+    };
+    for key in map.keys() {
+        if !READ.contains(&key.as_str()) {
+            tracing::info!(
+                "model-config.yaml: '{key}' has no meaning in ferroserve and is ignored"
+            );
+        }
+    }
+    let whole = |key: &str| -> Result<Option<u64>, String> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("model-config.yaml: {key} must be a whole number, got {v}")),
+        }
+    };
+    let min = whole("minWorkers")?.map(|n| n.max(1) as usize);
+    let max = whole("maxWorkers")?.map(|n| n as usize);
+    match (min, max) {
+        (Some(min), Some(max)) if max > min => {
+            config.autoscaling = Some(Autoscaling {
+                min_replicas: min,
+                max_replicas: max,
+                initial_replicas: Some(min),
+                ..Autoscaling::default()
+            });
+            config.replicas = min;
+        }
+        (Some(n), _) | (None, Some(n)) => config.replicas = n.max(1),
+        (None, None) => {}
+    }
+    if let Some(batch) = whole("batchSize")? {
+        config.max_batch_size = Some(batch as usize);
+        if batch > 1 {
+            config.dynamic_batching = Some(DynamicBatching {
+                preferred_batch_size: vec![batch as usize],
+                max_queue_delay_us: whole("maxBatchDelay")?.unwrap_or(100) * 1000,
+                ..DynamicBatching::default()
+            });
+        }
+    }
+    if let Some(seconds) = whole("responseTimeout")? {
+        let db = config
+            .dynamic_batching
+            .get_or_insert_with(|| DynamicBatching {
+                max_queue_delay_us: 0,
+                ..DynamicBatching::default()
+            });
+        db.default_timeout_ms = Some(seconds * 1000);
+    }
+    let gpu = match map.get("deviceType").and_then(Value::as_str) {
+        None => None,
+        Some("gpu") => Some(true),
+        Some("cpu") => Some(false),
+        Some(other) => {
+            return Err(format!(
+                "model-config.yaml: deviceType must be cpu or gpu, got '{other}'"
+            ))
+        }
+    };
+    let ids: Vec<u32> = match map.get("deviceIds") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_u64().map(|n| n as u32))
+            .collect::<Option<_>>()
+            .ok_or("model-config.yaml: deviceIds must be a list of GPU numbers")?,
+        Some(v) => {
+            return Err(format!(
+                "model-config.yaml: deviceIds must be a list, got {v}"
+            ))
+        }
+    };
+    config.devices = match gpu {
+        Some(false) => Devices::List(vec![Device::Cpu]),
+        _ if !ids.is_empty() => Devices::List(ids.into_iter().map(Device::Cuda).collect()),
+        Some(true) => Devices::RoundRobin,
+        None => config.devices.clone(),
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(dir: &Path, manifest: &str, model_config: Option<&str>) {
+        std::fs::create_dir_all(dir.join("MAR-INF")).unwrap();
+        std::fs::write(dir.join(MANIFEST), manifest).unwrap();
+        if let Some(text) = model_config {
+            std::fs::write(dir.join("model-config.yaml"), text).unwrap();
+        }
+    }
+
+    #[test]
+    fn image_classifier_on_torchscript_is_native() {
+        let tmp = tempfile::tempdir().unwrap();
+        archive(
+            tmp.path(),
+            r#"{"model": {"modelName": "m", "serializedFile": "model.pt", "handler": "image_classifier", "modelVersion": "1.0"}}"#,
+            None,
+        );
+        let c = read(tmp.path()).unwrap();
+        assert_eq!(c.backend.as_deref(), Some("torchscript"));
+        assert_eq!(c.task, Some(TaskKind::ImageClassification));
+        assert_eq!(c.model_file.as_deref(), Some("model.pt"));
+        assert!(c.handler.is_none());
+    }
+
+    #[test]
+    fn custom_handler_with_model_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        archive(
+            tmp.path(),
+            r#"{"model": {"modelName": "m", "handler": "my_handler.py", "configFile": "model-config.yaml"}}"#,
+            Some("minWorkers: 1\nmaxWorkers: 3\nbatchSize: 4\nmaxBatchDelay: 50\nresponseTimeout: 7\ndeviceType: gpu\ndeviceIds: [1, 0]\nparallelType: pp\n"),
+        );
+        let c = read(tmp.path()).unwrap();
+        assert_eq!(c.backend.as_deref(), Some("torchserve"));
+        assert_eq!(c.handler.as_deref(), Some("my_handler.py"));
+        assert_eq!(c.replicas, 1);
+        let a = c.autoscaling.unwrap();
+        assert_eq!((a.min_replicas, a.max_replicas), (1, 3));
+        assert_eq!(c.max_batch_size, Some(4));
+        let db = c.dynamic_batching.unwrap();
+        assert_eq!(db.max_queue_delay_us, 50_000);
+        assert_eq!(db.default_timeout_ms, Some(7000));
+        assert_eq!(
+            c.devices,
+            Devices::List(vec![Device::Cuda(1), Device::Cuda(0)])
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        archive(
+            tmp.path(),
+            r#"{"model": {"modelName": "m", "handler": "h.py", "configFile": "model-config.yaml"}}"#,
+            Some("batchSize: four\n"),
+        );
+        assert!(read(tmp.path()).unwrap_err().contains("batchSize"));
+    }
+}
