@@ -23,18 +23,29 @@ def binary() -> pathlib.Path:
 
 
 class Server:
-    """`ferroserve <args>`; `.http`/`.grpc` are the listeners' host:port, `.log` what it printed."""
+    """`ferroserve <args> --python PYTHON`; `.http`/`.grpc`/`.management` are the listeners'
+    host:port, `.log` what it printed.
 
-    def __init__(self, args, env=None, ready_path="/v2/health/ready", wait_ready=True):
-        self._wanted = {"HTTP", "gRPC"} if "--grpc-port" in args else {"HTTP"}
+    python: the workers' interpreter (default: this test venv's); None passes no --python.
+    listeners: the listeners (as the server logs them: "HTTP", "gRPC", "management API",
+    "metrics") to wait for; default HTTP, and gRPC when --grpc-port is given; empty: wait for none
+    (then ready_path, if waited for, must be a full URL)."""
+
+    def __init__(self, args, env=None, ready_path="/v2/health/ready", wait_ready=True, python=PYTHON,
+                 listeners=None):
+        if listeners is None:
+            listeners = {"HTTP", "gRPC"} if "--grpc-port" in args else {"HTTP"}
+        self._wanted = set(listeners)
         self.log = []
         self.found = {}
         self._listening = threading.Event()
+        if not self._wanted:
+            self._listening.set()
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env.setdefault("RUST_LOG", "info")
         self.proc = subprocess.Popen(
-            [str(binary()), *args, "--python", PYTHON],
+            [str(binary()), *args, *(["--python", str(python)] if python else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=full_env,
         )
         threading.Thread(target=self._drain, daemon=True).start()
@@ -50,7 +61,7 @@ class Server:
     def _drain(self):
         for line in self.proc.stderr:
             self.log.append(line)
-            m = re.search(r"(HTTP|gRPC) listening on http://([0-9.]+:[0-9]+)", line)
+            m = re.search(r"(HTTP|gRPC|management API|metrics) listening on http://([0-9.]+:[0-9]+)", line)
             if m:
                 self.found[m.group(1)] = m.group(2)
                 if self._wanted <= self.found.keys():
@@ -64,20 +75,25 @@ class Server:
     def grpc(self):
         return self.found.get("gRPC")
 
+    @property
+    def management(self):
+        return self.found.get("management API")
+
     def text(self):
         return "".join(self.log)
 
     def wait_ready(self, path, timeout=120):
         deadline = time.time() + timeout
+        url = path if "://" in path else f"http://{self.http}{path}"
         while True:
             try:
-                with urllib.request.urlopen(f"http://{self.http}{path}", timeout=5) as r:
+                with urllib.request.urlopen(url, timeout=5) as r:
                     if r.status == 200:
                         return
             except OSError:
                 pass
             if time.time() > deadline:
-                raise RuntimeError(f"ferroserve never became ready at {path}:\n" + self.text())
+                raise RuntimeError(f"ferroserve never became ready at {url}:\n" + self.text())
             time.sleep(0.1)
 
     def stop(self):

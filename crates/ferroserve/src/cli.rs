@@ -95,6 +95,10 @@ pub struct TorchServeArgs {
     #[arg(long, default_value_t = 7070)]
     pub grpc_port: u16,
 
+    /// ONNX Runtime's library, as for `serve`.
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+
     /// Accepted for TorchServe's command lines: the management API takes no token unless
     /// the server is started with one (it is served on loopback only without one).
     #[arg(long)]

@@ -59,6 +59,7 @@ pub fn run(args: TorchServeArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the ferroserve binary")?;
     let mut command = std::process::Command::new(exe);
     command
+        .arg("serve")
         .args(&serve_args[1..])
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -71,7 +72,21 @@ pub fn run(args: TorchServeArgs) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    let child = command.spawn().context("cannot start the server")?;
+    let mut child = command.spawn().context("cannot start the server")?;
+    // A mistake the server finds at once (a port in use, a missing store) is reported here.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            anyhow::bail!(
+                "the server exited at once ({status}); the end of {}:\n{}",
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::fs::write(&pid_file, child.id().to_string())
         .with_context(|| format!("cannot write {}", pid_file.display()))?;
     println!(
@@ -165,6 +180,9 @@ fn serve_command(args: &TorchServeArgs) -> anyhow::Result<Vec<String>> {
     }
     if args.install_requirements {
         out.push("--install-requirements".into());
+    }
+    if let Some(lib) = &args.ort_lib {
+        out.extend(["--ort-lib".into(), lib.display().to_string()]);
     }
     if args.log_config.is_some() {
         tracing::info!(

@@ -241,8 +241,8 @@ fn pick(
             ))),
         };
     };
-    let state = v
-        .parse::<u64>()
+    // TorchServe's clients name versions as their archives do: "1.0" is version 1.
+    let state = ferroserve_store::mar::numeric_version(Some(v))
         .ok()
         .and_then(|n| versions.get(&n))
         .ok_or_else(|| {

@@ -106,7 +106,7 @@ pub(crate) async fn predict(
         .await
     {
         Ok(a) => a,
-        Err(e) => return Ok(handler_error(e)?),
+        Err(e) => return handler_error(e),
     };
     let output = |name: &str| answer.outputs.iter().find(|t| t.name == name);
     let element = |name: &str| -> Option<Vec<u8>> {

@@ -122,21 +122,27 @@ impl BackendLoader for TorchScriptLoader {
                 .or_insert_with(|| self.export(spec, &python, &key))
                 .clone()
         };
-        match exported {
-            Ok(onnx) => self.onnx.load(&LoadSpec {
+        let why = match exported {
+            Ok(onnx) => match self.onnx.load(&LoadSpec {
                 file: &onnx,
                 ..*spec
-            }),
-            Err(why) => {
-                if spec.replica == 0 {
-                    tracing::warn!(
-                        "model '{}': TorchScript runs in Python workers: {why}",
-                        spec.model
-                    );
+            }) {
+                Ok(backend) => return Ok(backend),
+                // No ONNX Runtime here (or not for this device): TorchScript still serves.
+                Err(e) if e.kind() == ferroserve_core::ErrorKind::Unavailable => {
+                    format!("the checked ONNX export cannot run here: {e}")
                 }
-                fallback(spec, &python, &key)
-            }
+                Err(e) => return Err(e),
+            },
+            Err(why) => why,
+        };
+        if spec.replica == 0 {
+            tracing::warn!(
+                "model '{}': TorchScript runs in Python workers: {why}",
+                spec.model
+            );
         }
+        fallback(spec, &python, &key)
     }
 }
 
