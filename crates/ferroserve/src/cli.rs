@@ -214,6 +214,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub metrics_port: Option<u16>,
 
+    /// Replicas of a TorchServe archive whose model-config.yaml sets no minWorkers (TorchServe's
+    /// default_workers_per_model). Default: 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub default_workers_per_model: Option<u32>,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }

@@ -60,6 +60,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!("--poll-interval must be a number of seconds above 0");
         }
     }
+    if let Some(n) = args.default_workers_per_model {
+        ferroserve_runtime::torchserve_config::set_default_workers(n as usize);
+    }
     let runtime = start_runtime(&args.runtime)?;
     let cache = args
         .store_cache

@@ -172,8 +172,8 @@ fn serve_command(args: &TorchServeArgs) -> anyhow::Result<Vec<String>> {
     if props.contains_key("max_response_size") {
         tracing::info!("config.properties: max_response_size is not needed: ferroserve streams answers of any size");
     }
-    if props.contains_key("default_workers_per_model") {
-        tracing::warn!("config.properties: default_workers_per_model is not applied: each model starts with its model-config.yaml's minWorkers, else 1 (scale with PUT /models/NAME?min_worker=N)");
+    if let Some(n) = props.get("default_workers_per_model") {
+        out.extend(["--default-workers-per-model".into(), n.clone()]);
     }
     if let Some(python) = &args.python {
         out.extend(["--python".into(), python.display().to_string()]);

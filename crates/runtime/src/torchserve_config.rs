@@ -38,6 +38,10 @@ pub const MANIFEST: &str = ferroserve_store::mar::MAR_MANIFEST;
 /// naming).
 const IMAGE_INPUT: &str = "INPUT__0";
 
+/// Most images a native `image_classifier` runs at once when `model-config.yaml` sets no
+/// batching of its own.
+const NATIVE_BATCH: usize = 8;
+
 /// `MAR-INF/MANIFEST.json`'s `model` object.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -86,6 +90,16 @@ const READ: &[&str] = &[
     "deviceIds",
     "handler",
 ];
+
+/// Workers of an archive whose `model-config.yaml` sets none (TorchServe's
+/// `default_workers_per_model`), set once by the server at start; 1 when never set.
+static DEFAULT_WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Sets the replicas of archives whose `model-config.yaml` sets no `minWorkers` (TorchServe's
+/// `default_workers_per_model`). Only the first call counts: it is a server-wide setting.
+pub fn set_default_workers(n: usize) {
+    let _ = DEFAULT_WORKERS.set(n.max(1));
+}
 
 /// Whether `version_dir` holds an unpacked TorchServe archive.
 pub fn is_archive(version_dir: &Path) -> bool {
@@ -137,8 +151,15 @@ pub(crate) fn read(version_dir: &Path) -> Result<ModelConfig, String> {
     }
     // TorchServe's batchSize defaults to 1: a request is one row.
     config.max_batch_size = Some(1);
+    config.replicas = DEFAULT_WORKERS.get().copied().unwrap_or(1);
     if let Some(file) = &model.config_file {
         apply_model_config(&version_dir.join(file), &mut config)?;
+    }
+    if config.task.is_some() && config.dynamic_batching.is_none() {
+        // Natively no handler sees a batch, and each image's answer is the same in one: so
+        // concurrent requests share ONNX Runtime's runs, without waiting for each other.
+        config.max_batch_size = Some(NATIVE_BATCH.max(config.batch_limit()));
+        config.dynamic_batching = Some(DynamicBatching::default());
     }
     Ok(config)
 }
@@ -260,6 +281,8 @@ mod tests {
         assert_eq!(c.task, Some(TaskKind::ImageClassification));
         assert_eq!(c.model_file.as_deref(), Some("model.pt"));
         assert!(c.handler.is_none());
+        assert_eq!(c.max_batch_size, Some(8));
+        assert_eq!(c.dynamic_batching.map(|d| d.max_queue_delay_us), Some(0));
     }
 
     #[test]

@@ -245,8 +245,18 @@ impl Server {
 
     /// `http://host:port` of the listener the log names `what` (`gRPC`, `management API`).
     pub fn listener_url(&self, what: &str) -> String {
-        let log = self.log.lock().unwrap();
         let needle = format!("{what} listening on http://");
+        // The listeners are logged one after another: the one asked for may come a moment after
+        // the HTTP one the server was found by.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let log = loop {
+            let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            if log.contains(&needle) || Instant::now() > deadline {
+                break log;
+            }
+            drop(log);
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let line = log
             .lines()
             .find(|l| l.contains(&needle))

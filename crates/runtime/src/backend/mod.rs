@@ -1,5 +1,5 @@
-//! Backends as plug-ins: each kind of model (ONNX files, Hugging Face checkpoints, and later
-//! Python code or TorchScript) is one [`BackendLoader`], registered in [`Backends`]. The runtime
+//! Backends as plug-ins: each kind of model (ONNX files, Hugging Face checkpoints, Python code,
+//! TorchScript files, TorchServe handlers) is one [`BackendLoader`], registered in [`Backends`]. The runtime
 //! asks the loaders which of them recognises a model folder and has the chosen one load
 //! replicas; it never names a backend itself.
 //!
@@ -12,7 +12,7 @@
 //! let backends = Backends::builtin(&Default::default());
 //! let names: Vec<&str> = backends.names().collect();
 //! # #[cfg(all(feature = "onnx", feature = "candle", feature = "python"))]
-//! assert_eq!(names, ["onnx", "candle", "python"]);
+//! assert_eq!(names, ["onnx", "candle", "python", "torchscript", "torchserve"]);
 //! ```
 
 #[cfg(feature = "candle")]
