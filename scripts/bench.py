@@ -20,6 +20,10 @@ because the machine is shared and absolute numbers drift.
 8. Users' Python code (scripts/bench_python.py): a no-op Python model beside Triton's Python
    backend, a 3x224x224 input's overhead through the Python backend, and the tutorial's
    SentenceEncoder executor beside sentence-transformers in-process.
+9. TorchServe's own archives (scripts/bench_torchserve.py): a ResNet-18 .mar made by
+   torch-model-archiver with --handler image_classifier, JPEG in and labels out at concurrency 16,
+   served by ferroserve beside TorchServe 0.12 serving the same file (with its defaults, and with
+   one torch thread per worker), in alternating rounds: images/s, latency, idle memory.
 
 Usage: scripts/bench.sh [--seconds 5]   (it installs nginx, wrk and onnxruntime first)
 """
@@ -483,7 +487,8 @@ def generative(seconds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks", "generative", "python"])
+    ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks", "generative", "python",
+                                        "torchserve"])
     args = ap.parse_args()
     for tool in ["nginx", "wrk"]:
         if not shutil.which(tool) and args.only in (None, "ceiling"):
@@ -505,6 +510,9 @@ def main():
     if args.only in (None, "python"):
         import bench_python
         bench_python.run(args.seconds, wrk, timed_pair)
+    if args.only in (None, "torchserve"):
+        import bench_torchserve
+        bench_torchserve.run(args.seconds)
 
 
 if __name__ == "__main__":
