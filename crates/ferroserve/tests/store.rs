@@ -925,6 +925,11 @@ fn polling_the_store_serves_new_versions_and_archives() {
 /// A one-file HTTP server on 127.0.0.1: `GET /models/adder.far` answers `body`, anything else
 /// 404. Returns its base URL.
 fn file_server(body: Vec<u8>) -> String {
+    file_server_at("/models/adder.far", body)
+}
+
+/// [`file_server`] answering `GET {path}`.
+fn file_server_at(path: &'static str, body: Vec<u8>) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -938,7 +943,7 @@ fn file_server(body: Vec<u8>) -> String {
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
                 line.clear();
             }
-            let found = request_line.starts_with("GET /models/adder.far ");
+            let found = request_line.starts_with(&format!("GET {path} "));
             let (status, payload) = if found {
                 ("200 OK", body.clone())
             } else {
@@ -1022,6 +1027,43 @@ fn an_archive_with_python_code_is_never_registered_from_a_url() {
         message.contains("holds Python code (1/model.py)"),
         "{message}"
     );
+}
+
+#[test]
+fn a_torchserve_archive_asking_for_code_is_never_registered_from_a_url() {
+    use std::io::Write;
+    // No .py file: a handler named as a module, which Python would import from the compiled
+    // file beside it.
+    let mut mar = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    for (name, data) in [
+        (
+            "MAR-INF/MANIFEST.json",
+            &br#"{"model": {"modelName": "evil", "handler": "evil", "modelVersion": "1.0"}}"#[..],
+        ),
+        ("evil.cpython-311.pyc", b"\x00compiled"),
+    ] {
+        mar.start_file(name, options).unwrap();
+        mar.write_all(data).unwrap();
+    }
+    let bytes = mar.finish().unwrap().into_inner();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = file_server_at("/models/evil.mar", bytes);
+    let server = serve(
+        Repo::with(&[]),
+        None,
+        &tmp.path().join("cache"),
+        &["--allowed-urls", &format!("{base}/models/")],
+    );
+    let admin = management(&server);
+    let (status, body) = call(
+        "POST",
+        &format!("{admin}/models?url={base}/models/evil.mar"),
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("evil.cpython-311.pyc"), "{message}");
 }
 
 /// Folders directly in the cache (unpacked archives and work in progress), by name.

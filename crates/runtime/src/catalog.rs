@@ -364,18 +364,44 @@ fn url_allowed(prefix: &str, url: &str) -> bool {
     us.len() > ps.len() && us[..ps.len()] == ps[..]
 }
 
-/// The first Python file (`*.py`) under `dir`, as a path inside it, if there is one.
+/// Files Python would run: sources, compiled modules, extension modules and importable zips.
+const CODE_EXTENSIONS: &[&str] = &[
+    "py", "pyc", "pyo", "pyw", "so", "pyd", "zip", "egg", "whl", "pth",
+];
+
+/// The first file under `dir` that Python could run (see [`CODE_EXTENSIONS`]), or a TorchServe
+/// archive whose manifest asks for code anyway (a handler module named without a file, which
+/// Python would import from a compiled file; a requirements file, which pip would run), as a
+/// path or a description, if there is one.
 fn python_code(dir: &Path) -> Option<String> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).ok()?.flatten() {
             let path = entry.path();
             let kind = entry.file_type().ok()?;
+            let inner = || {
+                path.strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string()
+            };
             if kind.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "py") {
-                let inner = path.strip_prefix(dir).unwrap_or(&path);
-                return Some(inner.display().to_string());
+                stack.push(path.clone());
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| CODE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
+                return Some(inner());
+            } else if path.ends_with(crate::torchserve_config::MANIFEST) {
+                let model = crate::torchserve_config::manifest(path.parent()?.parent()?).ok()?;
+                if model.requirements_file.is_some() {
+                    return Some(format!("{}: a requirementsFile", inner()));
+                }
+                let handler = model.handler.unwrap_or_default();
+                if !crate::torchserve_config::is_builtin_handler(&handler) {
+                    return Some(format!("{}: handler '{handler}'", inner()));
+                }
             }
         }
     }

@@ -79,6 +79,16 @@ const BUILTIN_HANDLERS: &[&str] = &[
     "dali_image_classifier",
 ];
 
+/// Largest `batchSize` taken.
+const MAX_BATCH: u64 = 4096;
+/// Longest `maxBatchDelay` and `responseTimeout` taken: a week, in milliseconds.
+const MAX_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Whether `handler` names one of TorchServe's built-in handlers.
+pub fn is_builtin_handler(handler: &str) -> bool {
+    BUILTIN_HANDLERS.contains(&handler)
+}
+
 /// `model-config.yaml` keys read below; the others are logged as ignored.
 const READ: &[&str] = &[
     "minWorkers",
@@ -100,6 +110,33 @@ static DEFAULT_WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 pub fn set_default_workers(n: usize) {
     let _ = DEFAULT_WORKERS.set(n.max(1));
 }
+
+/// Whether a file name is a TorchScript file's (`.pt`, `.pth`, `.torchscript`).
+pub fn is_torchscript_file(name: &str) -> bool {
+    [".pt", ".pth", ".torchscript"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}
+
+/// Checks that a path the manifest names stays inside the archive: relative, without `..`.
+fn inside(path: &str) -> Result<(), &'static str> {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return Err("must be a path inside the archive, not an absolute one");
+    }
+    if p.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err("must stay inside the archive (no '..')");
+    }
+    Ok(())
+}
+
+/// Largest `model-config.yaml` read.
+const MAX_MODEL_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Whether `version_dir` holds an unpacked TorchServe archive.
 pub fn is_archive(version_dir: &Path) -> bool {
@@ -123,10 +160,26 @@ pub(crate) fn read(version_dir: &Path) -> Result<ModelConfig, String> {
         .handler
         .clone()
         .unwrap_or_else(|| "base_handler".into());
+    let handler_file = model
+        .handler
+        .as_ref()
+        .map(|h| h.split(':').next().unwrap_or(h).to_string());
+    for (key, value) in [
+        ("serializedFile", model.serialized_file.as_ref()),
+        ("modelFile", model.model_file.as_ref()),
+        ("requirementsFile", model.requirements_file.as_ref()),
+        ("configFile", model.config_file.as_ref()),
+        ("handler", handler_file.as_ref()),
+    ] {
+        if let Some(v) = value {
+            inside(v).map_err(|why| format!("{MANIFEST}: {key} '{v}' {why}"))?;
+        }
+    }
     let torchscript = model.model_file.is_none()
-        && model.serialized_file.as_deref().is_some_and(|f| {
-            f.ends_with(".pt") || f.ends_with(".pth") || f.ends_with(".torchscript")
-        });
+        && model
+            .serialized_file
+            .as_deref()
+            .is_some_and(is_torchscript_file);
     if handler == "image_classifier" && torchscript {
         config.backend = Some("torchscript".into());
         config.model_file = model.serialized_file.clone();
@@ -155,18 +208,34 @@ pub(crate) fn read(version_dir: &Path) -> Result<ModelConfig, String> {
     if let Some(file) = &model.config_file {
         apply_model_config(&version_dir.join(file), &mut config)?;
     }
-    if config.task.is_some() && config.dynamic_batching.is_none() {
+    if config.task.is_some() {
         // Natively no handler sees a batch, and each image's answer is the same in one: so
         // concurrent requests share ONNX Runtime's runs, without waiting for each other.
         config.max_batch_size = Some(NATIVE_BATCH.max(config.batch_limit()));
-        config.dynamic_batching = Some(DynamicBatching::default());
+        let db = config
+            .dynamic_batching
+            .get_or_insert_with(DynamicBatching::default);
+        db.max_queue_delay_us = 0;
+        db.preferred_batch_size.clear();
     }
     Ok(config)
 }
 
 /// Maps the archive's `model-config.yaml` onto `config`.
 fn apply_model_config(path: &Path, config: &mut ModelConfig) -> Result<(), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file, MAX_MODEL_CONFIG_BYTES + 1),
+        &mut text,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_MODEL_CONFIG_BYTES {
+        return Err(format!(
+            "{}: larger than 1 MiB; a model-config.yaml is a few lines",
+            path.display()
+        ));
+    }
     ferroserve_core::check_yaml_depth(&text)?;
     let yaml: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -200,17 +269,29 @@ fn apply_model_config(path: &Path, config: &mut ModelConfig) -> Result<(), Strin
                 initial_replicas: Some(min),
                 ..Autoscaling::default()
             });
-            config.replicas = min;
         }
         (Some(n), _) | (None, Some(n)) => config.replicas = n.max(1),
         (None, None) => {}
     }
+    // Milliseconds from a number of `unit`s, bounded so it cannot overflow.
+    let millis = |key: &str, value: u64, unit: u64| {
+        value
+            .checked_mul(unit)
+            .filter(|&ms| ms <= MAX_MS)
+            .ok_or_else(|| format!("model-config.yaml: {key} {value} is longer than a week"))
+    };
     if let Some(batch) = whole("batchSize")? {
+        if batch == 0 || batch > MAX_BATCH {
+            return Err(format!(
+                "model-config.yaml: batchSize must be 1 to {MAX_BATCH}, got {batch}"
+            ));
+        }
         config.max_batch_size = Some(batch as usize);
         if batch > 1 {
+            let delay = whole("maxBatchDelay")?.unwrap_or(100);
             config.dynamic_batching = Some(DynamicBatching {
                 preferred_batch_size: vec![batch as usize],
-                max_queue_delay_us: whole("maxBatchDelay")?.unwrap_or(100) * 1000,
+                max_queue_delay_us: millis("maxBatchDelay", delay, 1)? * 1000,
                 ..DynamicBatching::default()
             });
         }
@@ -218,11 +299,8 @@ fn apply_model_config(path: &Path, config: &mut ModelConfig) -> Result<(), Strin
     if let Some(seconds) = whole("responseTimeout")? {
         let db = config
             .dynamic_batching
-            .get_or_insert_with(|| DynamicBatching {
-                max_queue_delay_us: 0,
-                ..DynamicBatching::default()
-            });
-        db.default_timeout_ms = Some(seconds * 1000);
+            .get_or_insert_with(DynamicBatching::default);
+        db.default_timeout_ms = Some(millis("responseTimeout", seconds, 1000)?);
     }
     let gpu = match map.get("deviceType").and_then(Value::as_str) {
         None => None,
@@ -238,7 +316,7 @@ fn apply_model_config(path: &Path, config: &mut ModelConfig) -> Result<(), Strin
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_u64().map(|n| n as u32))
+            .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
             .collect::<Option<_>>()
             .ok_or("model-config.yaml: deviceIds must be a list of GPU numbers")?,
         Some(v) => {
@@ -307,6 +385,45 @@ mod tests {
             c.devices,
             Devices::List(vec![Device::Cuda(1), Device::Cuda(0)])
         );
+    }
+
+    #[test]
+    fn worker_bounds_autoscale_through_the_checked_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        archive(
+            &tmp.path().join("1"),
+            r#"{"model": {"modelName": "m", "handler": "h.py", "configFile": "model-config.yaml"}}"#,
+            Some("minWorkers: 2\nmaxWorkers: 4\n"),
+        );
+        let c = ModelConfig::load(tmp.path()).unwrap();
+        let a = c.autoscaling.unwrap();
+        assert_eq!((a.min_replicas, a.max_replicas, a.initial()), (2, 4, 2));
+    }
+
+    #[test]
+    fn manifest_paths_stay_inside_the_archive() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (key, value) in [
+            ("configFile", "/dev/zero"),
+            ("configFile", "../../etc/passwd"),
+            ("requirementsFile", "../r.txt"),
+            ("handler", "/abs/h.py:handle"),
+        ] {
+            archive(
+                tmp.path(),
+                &if key == "handler" {
+                    format!(r#"{{"model": {{"modelName": "m", "handler": "{value}"}}}}"#)
+                } else {
+                    format!(
+                        r#"{{"model": {{"modelName": "m", "handler": "h.py", "{key}": "{value}"}}}}"#
+                    )
+                },
+                None,
+            );
+            let e = read(tmp.path()).unwrap_err();
+            let shown = value.split(':').next().unwrap_or(value);
+            assert!(e.contains(key) && e.contains(shown), "{e}");
+        }
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub fn is_mar(path: &Path) -> bool {
 /// The whole-number version of a TorchServe `modelVersion`: `N`, `N.0` or `N.0.0` is `N`
 /// (absent: 1).
 pub fn numeric_version(version: Option<&str>) -> Result<u64, String> {
-    let Some(v) = version.map(str::trim).filter(|v| !v.is_empty()) else {
+    let Some(v) = version.map(str::trim) else {
         return Ok(1);
     };
     let mut parts = v.split('.');
@@ -237,7 +237,8 @@ fn extract(archive: &Path, tmp: &Path, limits: &Limits, room: u64) -> Result<Man
 /// checksums, nothing more.
 fn recheck(archive: &Path, dir: &Path, limits: &Limits, room: u64) -> Result<Manifest, StoreError> {
     let mut entries: BTreeMap<PathBuf, (u64, String)> = BTreeMap::new();
-    let mut manifest_bytes = None;
+    // Every entry that could be the manifest, by path: which one is depends on the root.
+    let mut manifests: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
     scan(
         archive,
         limits,
@@ -263,7 +264,7 @@ fn recheck(archive: &Path, dir: &Path, limits: &Limits, room: u64) -> Result<Man
                 n += k as u64;
             }
             if keep {
-                manifest_bytes = Some((rel.to_path_buf(), kept));
+                manifests.insert(rel.to_path_buf(), kept);
             }
             entries.insert(rel.to_path_buf(), (n, hex::encode(hasher.finalize())));
             Ok(n)
@@ -273,15 +274,12 @@ fn recheck(archive: &Path, dir: &Path, limits: &Limits, room: u64) -> Result<Man
         archive: archive.to_path_buf(),
         reason: format!("no {MAR_MANIFEST} in it"),
     })?;
-    let bytes = match manifest_bytes {
-        Some((path, bytes)) if path == root.join(MAR_MANIFEST) => bytes,
-        _ => {
-            return Err(StoreError::Manifest {
-                archive: archive.to_path_buf(),
-                reason: format!("no {MAR_MANIFEST} in it"),
-            })
-        }
-    };
+    let bytes = manifests
+        .remove(&root.join(MAR_MANIFEST))
+        .ok_or_else(|| StoreError::Manifest {
+            archive: archive.to_path_buf(),
+            reason: format!("no {MAR_MANIFEST} in it"),
+        })?;
     let (m, version) = parse_manifest(&bytes, archive)?;
     let files = entries
         .into_iter()
@@ -341,21 +339,36 @@ fn folder(archive: &Path, cache: &Path) -> Result<Unpacked, StoreError> {
     })
 }
 
-/// The manifest of a TorchServe archive file or folder, without unpacking it (for naming a model
-/// whose archive fails to unpack).
+/// The model name a TorchServe archive file or folder's manifest gives, without unpacking it
+/// (for naming a model whose archive fails to unpack).
 pub(crate) fn model_name(archive: &Path) -> Option<String> {
     let bytes = if archive.is_dir() {
         crate::manifest::read_bounded(&archive.join(MAR_MANIFEST)).ok()?
     } else {
-        let file = std::fs::File::open(archive).ok()?;
-        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).ok()?;
-        let mut entry = zip.by_name(MAR_MANIFEST).ok()?;
-        let mut bytes = Vec::new();
-        (&mut entry)
-            .take(crate::unpack::MAX_MANIFEST_BYTES)
-            .read_to_end(&mut bytes)
-            .ok()?;
-        bytes
+        let mut found: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
+        let limits = Limits::default();
+        let size = std::fs::metadata(archive).ok()?.len();
+        let _ = scan(
+            archive,
+            &limits,
+            crate::unpack::room(size, &limits),
+            &mut |rel: &Path, kind, reader: &mut dyn Read| {
+                if kind == Kind::File
+                    && rel.ends_with(MAR_MANIFEST)
+                    && rel.components().count() <= 3
+                {
+                    let mut bytes = Vec::new();
+                    reader
+                        .take(crate::unpack::MAX_MANIFEST_BYTES)
+                        .read_to_end(&mut bytes)
+                        .map_err(StoreError::io(archive))?;
+                    found.insert(rel.to_path_buf(), bytes);
+                }
+                Ok(0)
+            },
+        );
+        let root = root_of(found.keys().cloned())?;
+        found.remove(&root.join(MAR_MANIFEST))?
     };
     serde_json::from_slice::<MarManifest>(&bytes)
         .ok()

@@ -113,10 +113,10 @@ impl Store {
             if hidden {
                 continue;
             }
+            // torch-model-archiver's tgz form is NAME.tar.gz.
             let archive = path.is_file()
-                && path
-                    .extension()
-                    .is_some_and(|e| e == ARCHIVE_EXTENSION || e == crate::mar::MAR_EXTENSION);
+                && (path.extension().is_some_and(|e| e == ARCHIVE_EXTENSION)
+                    || crate::mar::is_mar(&path));
             if archive
                 || path.join(MANIFEST_PATH).is_file()
                 || path.join(crate::mar::MAR_MANIFEST).is_file()

@@ -231,6 +231,15 @@ def main(argv=None):
     parser.add_argument("--opset", type=int, default=17)
     args = parser.parse_args(argv)
 
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        # The interpreter's fault, not the model's: no report, so ferroserve tries again on
+        # the next load instead of remembering a failed export.
+        print("torchscript_export: this Python has no torch ({})".format(_one_line(exc)),
+              file=sys.stderr)
+        return 3
+
     os.makedirs(args.out, exist_ok=True)
     report = {"ok": False, "opset": args.opset, "inputs": args.input, "outputs": [],
               "samples": []}

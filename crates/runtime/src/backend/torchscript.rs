@@ -41,8 +41,8 @@ pub(crate) struct TorchScriptLoader {
     /// The server's default interpreter (`--python`).
     pub python: PathBuf,
     /// What each file's export came to, by cache key: the ONNX file, or why it runs in Python.
-    /// Held while exporting, so replicas loading together export once.
-    exports: Mutex<HashMap<String, std::result::Result<PathBuf, String>>>,
+    /// Each slot is held while its file exports.
+    exports: Mutex<HashMap<String, Arc<Mutex<Option<Exported>>>>>,
 }
 
 impl TorchScriptLoader {
@@ -57,12 +57,6 @@ impl TorchScriptLoader {
     fn file<'a>(&self, config: &'a ModelConfig) -> &'a str {
         config.model_file.as_deref().unwrap_or(MODEL_FILE)
     }
-}
-
-fn is_torchscript(file: &str) -> bool {
-    [".pt", ".pth", ".torchscript"]
-        .iter()
-        .any(|ext| file.ends_with(ext))
 }
 
 impl BackendLoader for TorchScriptLoader {
@@ -84,7 +78,8 @@ impl BackendLoader for TorchScriptLoader {
 
     fn detect(&self, folder: &Path, config: &ModelConfig) -> Option<Detected> {
         let file = self.file(config);
-        let ours = is_torchscript(file) || config.backend.as_deref() == Some(self.name());
+        let ours = crate::torchserve_config::is_torchscript_file(file)
+            || config.backend.as_deref() == Some(self.name());
         (ours && folder.join(file).is_file()).then(|| Detected {
             model_file: file.to_string(),
             task: None,
@@ -115,12 +110,25 @@ impl BackendLoader for TorchScriptLoader {
         let config = spec.config;
         let python = super::python::interpreter(config, spec.model_dir, &self.python);
         let key = cache_key(spec.file, config, &python)?;
-        let exported = {
+        // One lock per file: replicas loading together export once, and other models' loads
+        // do not wait behind an export.
+        let slot = {
             let mut exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
-            exports
-                .entry(key.clone())
-                .or_insert_with(|| self.export(spec, &python, &key))
-                .clone()
+            exports.entry(key.clone()).or_default().clone()
+        };
+        let exported = {
+            let mut held = slot.lock().unwrap_or_else(|p| p.into_inner());
+            match &*held {
+                Some(done) => done.clone(),
+                None => {
+                    let result = self.export(spec, &python, &key);
+                    // What the machine lacked is tried again on the next load.
+                    if !matches!(result, Err(ExportError::Environment(_))) {
+                        *held = Some(result.clone());
+                    }
+                    result
+                }
+            }
         };
         let why = match exported {
             Ok(onnx) => match self.onnx.load(&LoadSpec {
@@ -134,7 +142,7 @@ impl BackendLoader for TorchScriptLoader {
                 }
                 Err(e) => return Err(e),
             },
-            Err(why) => why,
+            Err(ExportError::Model(why) | ExportError::Environment(why)) => why,
         };
         if spec.replica == 0 {
             tracing::warn!(
@@ -148,19 +156,14 @@ impl BackendLoader for TorchScriptLoader {
 
 impl TorchScriptLoader {
     /// The checked ONNX export of the file (from the cache, or made now), or why there is none.
-    fn export(
-        &self,
-        spec: &LoadSpec<'_>,
-        python: &Path,
-        key: &str,
-    ) -> std::result::Result<PathBuf, String> {
+    fn export(&self, spec: &LoadSpec<'_>, python: &Path, key: &str) -> Exported {
         let dir = cache_dir().join(key);
         let onnx = dir.join("model.onnx");
         if dir.join("checked").is_file() && onnx.is_file() {
             return Ok(onnx);
         }
         if let Ok(why) = std::fs::read_to_string(dir.join("failed")) {
-            return Err(why);
+            return Err(ExportError::Model(why));
         }
         let result = self.export_now(spec, python, &dir);
         let _ = std::fs::create_dir_all(&dir);
@@ -175,9 +178,7 @@ impl TorchScriptLoader {
             }
             Err(ExportError::Environment(_)) => {}
         }
-        result.map_err(|e| match e {
-            ExportError::Model(s) | ExportError::Environment(s) => s,
-        })
+        result
     }
 
     fn export_now(
@@ -274,7 +275,15 @@ impl TorchScriptLoader {
                 file: &onnx,
                 ..*spec
             })
-            .map_err(|e| ExportError::Model(format!("ONNX Runtime cannot load the export: {e}")))?;
+            .map_err(|e| {
+                let why = format!("ONNX Runtime cannot load the export: {e}");
+                // No ONNX Runtime library (or device) here is the machine's, not the model's.
+                if e.kind() == ferroserve_core::ErrorKind::Unavailable {
+                    ExportError::Environment(why)
+                } else {
+                    ExportError::Model(why)
+                }
+            })?;
         for (k, sample) in report.samples.iter().enumerate() {
             check_sample(backend.as_mut(), work.path(), sample).map_err(|e| {
                 ExportError::Model(format!(
@@ -296,6 +305,10 @@ impl TorchScriptLoader {
     }
 }
 
+/// The checked ONNX export, or why there is none.
+type Exported = std::result::Result<PathBuf, ExportError>;
+
+#[derive(Clone)]
 enum ExportError {
     /// What the model is: PyTorch cannot export it, or the export computes something else.
     Model(String),

@@ -86,8 +86,22 @@ impl BackendLoader for TorchServeLoader {
 
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Box<dyn Backend>> {
         let config = spec.config;
-        let handler = config.handler.clone().unwrap_or_default();
         let version_dir = version_folder(spec.file);
+        // Each archive's own handler: versions of one model may come from different archives,
+        // and the model's configuration is the newest one's.
+        let handler = if crate::torchserve_config::is_archive(&version_dir) {
+            crate::torchserve_config::read(&version_dir)
+                .map_err(Error::invalid)?
+                .handler
+        } else {
+            config.handler.clone()
+        }
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{}: this version's handler is served natively, not by Python workers; archive every version with the same handler",
+                version_dir.display()
+            ))
+        })?;
         let manifest_path = version_dir.join(MANIFEST);
         let manifest: serde_json::Value = match std::fs::read(&manifest_path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
