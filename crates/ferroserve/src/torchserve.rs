@@ -87,8 +87,12 @@ pub fn run(args: TorchServeArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::fs::write(&pid_file, child.id().to_string())
-        .with_context(|| format!("cannot write {}", pid_file.display()))?;
+    if let Err(e) = std::fs::write(&pid_file, child.id().to_string()) {
+        // Without its PID on record, `--stop` could not find it: not left running.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e).with_context(|| format!("cannot write {}", pid_file.display()));
+    }
     println!(
         "ferroserve started in TorchServe mode (process {}); log: {}; stop it with `ferroserve torchserve --stop`",
         child.id(),
@@ -248,7 +252,16 @@ fn running(pid_file: &Path) -> Option<i32> {
         .trim()
         .parse()
         .ok()?;
-    (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    // A PID is reused once its process is gone: only one running this very binary is ours.
+    let ours = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .zip(std::env::current_exe().ok())
+        // A binary replaced since (an upgrade) shows as "PATH (deleted)".
+        .is_some_and(|(theirs, mine)| {
+            let theirs = theirs.to_string_lossy();
+            theirs.strip_suffix(" (deleted)").unwrap_or(&theirs) == mine.to_string_lossy()
+        });
+    (pid > 0 && ours && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
 }
 
 /// Stops the background server: SIGTERM (it drains its requests), then waits for it to go.

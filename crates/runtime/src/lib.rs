@@ -35,6 +35,7 @@ pub mod backend;
 mod budget;
 mod catalog;
 pub mod config;
+pub mod handler;
 mod infer;
 mod lifecycle;
 mod manage;

@@ -17,20 +17,6 @@ use crate::config::{Autoscaling, Devices, DynamicBatching, ModelConfig, TensorDe
 use ferroserve_core::{DataType, Device};
 use ferroserve_tasks::TaskKind;
 
-/// A handler model's input holding the request's bytes.
-pub const BODY_INPUT: &str = "body";
-/// A handler model's input describing the request (JSON: its headers, and its parameters as
-/// slices of `body`).
-pub const META_INPUT: &str = "meta";
-/// A handler model's output: what the handler returned for the request.
-pub const HANDLER_OUTPUT: &str = "output";
-/// A handler model's output: the answer's content type.
-pub const CONTENT_TYPE_OUTPUT: &str = "content_type";
-/// A handler model's output: the HTTP status the handler set (`context.set_response_status`).
-pub const STATUS_OUTPUT: &str = "status";
-/// A handler model's output: the response headers the handler set (a JSON object).
-pub const HEADERS_OUTPUT: &str = "headers";
-
 /// Where the manifest sits inside a version folder.
 pub const MANIFEST: &str = ferroserve_store::mar::MAR_MANIFEST;
 

@@ -115,53 +115,13 @@ pub(crate) fn unpack(
     if archive.is_dir() {
         return folder(archive, cache);
     }
-    let size = std::fs::metadata(archive)
-        .map_err(StoreError::io(archive))?
-        .len();
-    crate::unpack::check_size(archive, size, limits)?;
-    let sha256 = sha256_file(archive)?;
-    std::fs::create_dir_all(cache).map_err(StoreError::io(cache))?;
-    let dir = cache.join(&sha256);
-    let room = crate::unpack::room(size, limits);
-    if dir.is_dir() {
-        match recheck(archive, &dir, limits, room) {
-            Ok(manifest) => {
-                crate::cache::touch(&dir);
-                return Ok(Unpacked {
-                    file: archive.to_path_buf(),
-                    sha256,
-                    dir,
-                    manifest,
-                });
-            }
-            Err(e) => {
-                tracing::warn!(archive = %archive.display(), error = %e, "cached copy of the archive changed; unpacking it again");
-                std::fs::remove_dir_all(&dir).map_err(StoreError::io(&dir))?;
-            }
-        }
-    }
-    let tmp = crate::unpack::temporary(cache, &sha256);
-    let result = extract(archive, &tmp, limits, room);
-    let manifest = match result {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    if let Err(e) = std::fs::rename(&tmp, &dir) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !dir.is_dir() {
-            return Err(StoreError::io(&dir)(e));
-        }
-        recheck(archive, &dir, limits, room)?;
-    }
-    Ok(Unpacked {
-        file: archive.to_path_buf(),
-        sha256,
-        dir,
-        manifest,
-    })
+    crate::unpack::unpack_file(
+        archive,
+        cache,
+        limits,
+        &|tmp, room| extract(archive, tmp, limits, room),
+        &|dir, room| recheck(archive, dir, limits, room),
+    )
 }
 
 /// Scans the archive's entries (zip or gzipped tar, told by their first bytes).

@@ -79,23 +79,50 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
             manifest,
         });
     }
+    unpack_file(
+        archive,
+        cache,
+        limits,
+        &|tmp, room| {
+            extract(archive, tmp, limits, room)?;
+            let manifest = Manifest::read(tmp, archive)?;
+            manifest.verify(tmp, archive)?;
+            Ok(manifest)
+        },
+        &|dir, _| cached(dir, archive),
+    )
+}
+
+/// Unpacks one kind of archive file: `extract(tmp, room)` writes it into a fresh folder and
+/// returns its verified manifest; `recheck(dir, room)` checks a cached copy against the archive.
+/// The folder is `cache/<sha256 of the file>`, reused when its copy checks out and unpacked
+/// again when it does not; a failure leaves nothing behind.
+pub(crate) fn unpack_file(
+    archive: &Path,
+    cache: &Path,
+    limits: &Limits,
+    extract: &dyn Fn(&Path, u64) -> Result<Manifest, StoreError>,
+    recheck: &dyn Fn(&Path, u64) -> Result<Manifest, StoreError>,
+) -> Result<Unpacked, StoreError> {
     let size = std::fs::metadata(archive)
         .map_err(StoreError::io(archive))?
         .len();
     check_size(archive, size, limits)?;
+    let room = room(size, limits);
     let sha256 = sha256_file(archive)?;
     std::fs::create_dir_all(cache).map_err(StoreError::io(cache))?;
     let dir = cache.join(&sha256);
+    let unpacked = |dir: PathBuf, manifest| Unpacked {
+        file: archive.to_path_buf(),
+        sha256: sha256.clone(),
+        dir,
+        manifest,
+    };
     if dir.is_dir() {
-        match cached(&dir, archive) {
+        match recheck(&dir, room) {
             Ok(manifest) => {
                 crate::cache::touch(&dir);
-                return Ok(Unpacked {
-                    file: archive.to_path_buf(),
-                    sha256,
-                    dir,
-                    manifest,
-                });
+                return Ok(unpacked(dir, manifest));
             }
             Err(e) => {
                 // The cache is ours: a changed copy is unpacked again from the archive.
@@ -105,12 +132,7 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
         }
     }
     let tmp = temporary(cache, &sha256);
-    let result = extract(archive, &tmp, limits, room(size, limits)).and_then(|()| {
-        let manifest = Manifest::read(&tmp, archive)?;
-        manifest.verify(&tmp, archive)?;
-        Ok(manifest)
-    });
-    let manifest = match result {
+    let manifest = match extract(&tmp, room) {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -124,14 +146,9 @@ pub fn unpack(archive: &Path, cache: &Path, limits: &Limits) -> Result<Unpacked,
         if !dir.is_dir() {
             return Err(StoreError::io(&dir)(e));
         }
-        cached(&dir, archive)?;
+        recheck(&dir, room)?;
     }
-    Ok(Unpacked {
-        file: archive.to_path_buf(),
-        sha256,
-        dir,
-        manifest,
-    })
+    Ok(unpacked(dir, manifest))
 }
 
 /// Refuses an archive file over the size limit.

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use ferroserve_core::{Error, ErrorKind, InferRequest, NamedTensor, Tensor};
-use ferroserve_runtime::torchserve_config::{
+use ferroserve_runtime::handler::{
     BODY_INPUT, CONTENT_TYPE_OUTPUT, HANDLER_OUTPUT, HEADERS_OUTPUT, META_INPUT, STATUS_OUTPUT,
 };
 use serde_json::json;

@@ -295,7 +295,10 @@ impl TorchScriptLoader {
         // Published whole: a folder in the cache is always a complete, checked export.
         let _ = std::fs::remove_dir_all(dir);
         let kept = work.keep();
-        std::fs::rename(&kept, dir).map_err(|e| env(format!("{}: {e}", dir.display())))?;
+        if let Err(e) = std::fs::rename(&kept, dir) {
+            let _ = std::fs::remove_dir_all(&kept);
+            return Err(env(format!("{}: {e}", dir.display())));
+        }
         remember_outputs(dir, &report);
         tracing::info!(
             "model '{}': the ONNX export matches TorchScript; served by ONNX Runtime",

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 
 use super::{BackendLoader, Detected, LoadSpec};
 use crate::config::ModelConfig;
-use crate::torchserve_config::{
-    BODY_INPUT, CONTENT_TYPE_OUTPUT, HANDLER_OUTPUT, HEADERS_OUTPUT, MANIFEST, META_INPUT,
-    STATUS_OUTPUT,
+use crate::handler::{
+    BODY_INPUT, CONTENT_TYPE_OUTPUT, HANDLER_OUTPUT, HEADERS_OUTPUT, META_INPUT, STATUS_OUTPUT,
 };
+use crate::torchserve_config::MANIFEST;
 
 /// The adapter model that runs TorchServe handlers.
 const ADAPTER: &str = "ferroserve_torchserve.py";
