@@ -389,14 +389,15 @@ def test_unsafe_archives_are_refused_naming_the_entry_and_nothing_is_written_out
 # --- 5. Archive formats ---------------------------------------------------------------------
 
 
-def test_tgz_and_no_archive_serve_the_same_answers(built, home, torch_python, tmp_path_factory):
+def test_tgz_no_archive_and_eager_mode_serve_the_same_answers(built, home, torch_python, tmp_path_factory):
     """The same ResNet archived with --archive-format tgz (my_fancy_model.tar.gz, entries under
-    my_fancy_model/) and no-archive (a folder)."""
+    my_fancy_model/), no-archive (a folder), and in eager mode (--model-file with a state dict,
+    which runs TorchServe's own ImageClassifier in Python workers)."""
     formats = built.out / "formats"
     assert (formats / "my_fancy_model.tar.gz").is_file() and (formats / "my_fancy_model" / "MAR-INF").is_dir()
-    with serve_store(formats, "tgz=my_fancy_model.tar.gz,folder=my_fancy_model", home, torch_python,
-                     tmp_path_factory.mktemp("cache")) as s:
-        for model in ["tgz", "folder"]:
+    with serve_store(formats, "tgz=my_fancy_model.tar.gz,folder=my_fancy_model,eager=eager.mar", home,
+                     torch_python, tmp_path_factory.mktemp("cache")) as s:
+        for model in ["tgz", "folder", "eager"]:
             for name, meta in built.images.items():
                 status, _, data = call(s.http, "POST", f"/predictions/{model}", built.image(name),
                                        {"Content-Type": meta["content_type"]})
