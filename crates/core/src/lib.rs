@@ -18,6 +18,7 @@ pub mod json;
 mod model;
 mod tally;
 mod tensor;
+mod text;
 mod yaml;
 
 pub use auth::{Token, REMOTE_CHANGES_NEED_TOKEN};
@@ -31,4 +32,5 @@ pub use infer::{InferRequest, InferResponse, Parameters};
 pub use model::{Signature, TensorSpec};
 pub use tally::Tally;
 pub use tensor::{declared, element_count, BytesElements, NamedTensor, Tensor, TensorError};
+pub use text::last_lines;
 pub use yaml::{check_yaml_depth, MAX_YAML_DEPTH};

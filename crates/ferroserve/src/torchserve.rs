@@ -78,11 +78,10 @@ pub fn run(args: TorchServeArgs) -> anyhow::Result<()> {
     while started.elapsed() < Duration::from_secs(1) {
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
             anyhow::bail!(
                 "the server exited at once ({status}); the end of {}:\n{}",
                 log_path.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ferroserve_core::last_lines(&log, 5)
             );
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -134,8 +134,7 @@ fn scan(
     let mut file = std::fs::File::open(archive).map_err(StoreError::io(archive))?;
     let mut magic = [0u8; 2];
     let n = file.read(&mut magic).map_err(StoreError::io(archive))?;
-    drop(file);
-    let file = std::fs::File::open(archive).map_err(StoreError::io(archive))?;
+    std::io::Seek::rewind(&mut file).map_err(StoreError::io(archive))?;
     let scan = Scan::new(archive, limits, room);
     match &magic[..n] {
         [0x1f, 0x8b] => scan.tar(

@@ -14,11 +14,9 @@ pub fn pip_install(python: &Path, file: &Path) -> Result<(), String> {
     if out.status.success() {
         return Ok(());
     }
-    let err = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = err.lines().rev().take(10).collect();
     Err(format!(
         "installing {} failed:\n{}",
         file.display(),
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ferroserve_core::last_lines(&String::from_utf8_lossy(&out.stderr), 10)
     ))
 }

@@ -88,7 +88,7 @@ impl BackendLoader for PythonLoader {
 }
 
 /// A declared tensor as clients see it: with the batch dimension when the model batches.
-fn declared(t: &TensorDecl, batch: usize) -> TensorSpec {
+pub(super) fn declared(t: &TensorDecl, batch: usize) -> TensorSpec {
     let mut shape = Vec::with_capacity(t.dims.len() + 1);
     if batch > 0 {
         shape.push(-1);

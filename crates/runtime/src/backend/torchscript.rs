@@ -483,35 +483,16 @@ fn floats(t: &Tensor) -> Option<Vec<f64>> {
 fn fallback(spec: &LoadSpec<'_>, python: &Path, key: &str) -> Result<Box<dyn Backend>> {
     let config = spec.config;
     let batch = config.batch_limit();
-    let with_batch = |dims: &[i64]| {
-        let mut shape = Vec::with_capacity(dims.len() + 1);
-        if batch > 0 {
-            shape.push(-1);
-        }
-        shape.extend(dims);
-        shape
+    let declared = |list: &[crate::config::TensorDecl]| -> Vec<TensorSpec> {
+        list.iter()
+            .map(|t| super::python::declared(t, batch))
+            .collect()
     };
-    let inputs: Vec<TensorSpec> = config
-        .inputs
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            datatype: t.datatype,
-            shape: with_batch(&t.dims),
-        })
-        .collect();
-    let outputs: Vec<TensorSpec> = if config.outputs.is_empty() {
+    let inputs = declared(&config.inputs);
+    let outputs = if config.outputs.is_empty() {
         reported_outputs(key)
     } else {
-        config
-            .outputs
-            .iter()
-            .map(|t| TensorSpec {
-                name: t.name.clone(),
-                datatype: t.datatype,
-                shape: with_batch(&t.dims),
-            })
-            .collect()
+        declared(&config.outputs)
     };
     if outputs.is_empty() {
         return Err(Error::invalid(format!(
@@ -599,7 +580,5 @@ fn cache_key(file: &Path, config: &ModelConfig, python: &Path) -> Result<String>
 
 /// The last `n` lines of a log file.
 fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(n).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    ferroserve_core::last_lines(&std::fs::read_to_string(path).unwrap_or_default(), n)
 }
