@@ -24,6 +24,8 @@ because the machine is shared and absolute numbers drift.
    torch-model-archiver with --handler image_classifier, JPEG in and labels out at concurrency 16,
    served by ferroserve beside TorchServe 0.12 serving the same file (with its defaults, and with
    one torch thread per worker), in alternating rounds: images/s, latency, idle memory.
+10. Ray Serve applications (scripts/bench_ray.py): the summarizer tutorial's file under
+   `ferroserve run` beside Ray Serve 2.60 running it: requests/s, p50/p99, idle memory.
 
 Usage: scripts/bench.sh [--seconds 5]   (it installs nginx, wrk and onnxruntime first)
 """
@@ -488,7 +490,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks", "generative", "python",
-                                        "torchserve"])
+                                        "torchserve", "ray"])
     args = ap.parse_args()
     for tool in ["nginx", "wrk"]:
         if not shutil.which(tool) and args.only in (None, "ceiling"):
@@ -513,6 +515,9 @@ def main():
     if args.only in (None, "torchserve"):
         import bench_torchserve
         bench_torchserve.run(args.seconds)
+    if args.only in (None, "ray"):
+        import bench_ray
+        bench_ray.run(args.seconds)
 
 
 if __name__ == "__main__":

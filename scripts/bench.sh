@@ -4,7 +4,8 @@
 # peer, diffusers for the text-to-image peer), then scripts/bench.py. Table 8's peers
 # (nvidia-pytriton's tritonserver, sentence-transformers for the SentenceEncoder executor) are
 # installed by scripts/bench_python.py into venvs under ~/.cache/ferroserve, and table 9's
-# (TorchServe 0.12 with captum) by scripts/bench_torchserve.py. Loopback traffic only.
+# (TorchServe 0.12 with captum) by scripts/bench_torchserve.py, and table 10's (Ray Serve 2.60)
+# by scripts/bench_ray.py. Loopback traffic only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh" --test

@@ -24,7 +24,6 @@ bring it, so TorchServe runs from a small virtual environment layered on the tor
 captum from PyPI. Both live under ~/.cache/ferroserve, keyed by a hash of their requirements,
 and are created when missing. TorchServe needs Java 17 (`java` on PATH or JAVA_HOME).
 """
-import hashlib
 import http.client
 import json
 import os
@@ -40,7 +39,10 @@ import tempfile
 import threading
 import time
 
-from bench_python import CACHE, free_port, venv
+from bench_python import free_port, venv
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "python"))
+import torch_env  # noqa: E402  (shared with the tests: one way to layer a venv)
 from server import BIN
 
 # tests/python/torch_env.py's list, in its order: the same key, so the same venv.
@@ -129,27 +131,6 @@ expected = [[names[c], p] for c, p in zip(top.indices[0, :5].tolist(), probs[:5]
 print(json.dumps({"seed": seed, "gap": gap, "expected": expected, "torch": torch.__version__,
                   "threads": torch.get_num_threads()}))
 '''
-
-
-def layered_venv(base_python, requirements):
-    """The interpreter of a virtual environment that sees `base_python`'s venv (its site-packages
-    through a .pth file) and holds `requirements` on top; made when missing."""
-    base = base_python.parent.parent
-    key = hashlib.sha256("\n".join([f"on {base.name}", *requirements]).encode()).hexdigest()[:12]
-    root = CACHE / f"venv-{key}"
-    python = root / "bin" / "python"
-    if not (root / ".complete").exists():
-        print(f"(installing {', '.join(requirements)} into {root}, on top of {base})", file=sys.stderr)
-        shutil.rmtree(root, ignore_errors=True)
-        subprocess.run([str(base_python), "-m", "venv", str(root)], check=True)
-        paths = "import sysconfig; p = sysconfig.get_paths(); print(p['purelib']); print(p['platlib'])"
-        inherited = set(subprocess.run([str(base_python), "-c", paths], check=True, capture_output=True,
-                                       text=True).stdout.split())
-        own = subprocess.run([str(python), "-c", paths], check=True, capture_output=True, text=True).stdout.split()
-        pathlib.Path(own[0], "_ferroserve_base.pth").write_text("".join(f"{p}\n" for p in sorted(inherited)))
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *requirements], check=True)
-        (root / ".complete").write_text("\n".join([f"on {base}", *requirements]))
-    return python
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -460,7 +441,7 @@ def run(seconds, rounds=ROUNDS):
         raise SystemExit("wrk is not installed (scripts/bench.sh installs it)")
     java = java_version()
     torch_python = venv(TORCH_REQUIREMENTS)
-    ts_python = layered_venv(torch_python, TORCHSERVE_EXTRA)
+    ts_python = torch_env.layered(torch_python, TORCHSERVE_EXTRA)
     work = tempfile.TemporaryDirectory()
     out = pathlib.Path(work.name)
     made = subprocess.run([str(ts_python), "-c", BUILD, str(out), str(torch_python.parent / "torch-model-archiver"),

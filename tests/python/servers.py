@@ -32,7 +32,7 @@ class Server:
     (then ready_path, if waited for, must be a full URL)."""
 
     def __init__(self, args, env=None, ready_path="/v2/health/ready", wait_ready=True, python=PYTHON,
-                 listeners=None):
+                 listeners=None, start_timeout=60):
         if listeners is None:
             listeners = {"HTTP", "gRPC"} if "--grpc-port" in args else {"HTTP"}
         self._wanted = set(listeners)
@@ -50,8 +50,13 @@ class Server:
         )
         threading.Thread(target=self._drain, daemon=True).start()
         try:
-            if not self._listening.wait(60):
-                raise RuntimeError("ferroserve did not start:\n" + self.text())
+            deadline = time.time() + start_timeout
+            # A server that exits while it starts (a model or application that fails to load)
+            # is reported at once, not after the timeout.
+            while not self._listening.wait(0.2):
+                if self.proc.poll() is not None or time.time() > deadline:
+                    time.sleep(0.2)  # the rest of its log
+                    raise RuntimeError("ferroserve did not start:\n" + self.text())
             if wait_ready:
                 self.wait_ready(ready_path)
         except BaseException:
@@ -122,3 +127,13 @@ def run(flow_file, env=None, extra=()):
     """`ferroserve run FILE` with an ephemeral HTTP port."""
     return Server(["run", str(flow_file), "--host", "127.0.0.1", "--port", "0", *extra], env=env,
                   ready_path="/v2/health/ready")
+
+
+def run_ray(target, app_dir=None, python=PYTHON, env=None, extra=(), start_timeout=180):
+    """`ferroserve run TARGET` for a Ray Serve application (`module:attribute` imported from
+    app_dir, or a config file with `applications:`) with an ephemeral HTTP port; ready once it
+    listens (it listens only after every deployment started), checked at Ray's /-/healthz."""
+    args = ["run", str(target), "--host", "127.0.0.1", "--port", "0", *extra]
+    if app_dir is not None:
+        args += ["--app-dir", str(app_dir)]
+    return Server(args, env=env, python=python, ready_path="/-/healthz", start_timeout=start_timeout)

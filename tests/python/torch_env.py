@@ -6,6 +6,7 @@ the same way when missing (PyTorch is a large download, once). An environment fo
 import fcntl
 import hashlib
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -37,6 +38,47 @@ def python(requirements=REQUIREMENTS) -> pathlib.Path:
                            check=True, stdout=2)
             (venv / ".complete").write_text("\n".join(requirements))
     return interpreter
+
+
+# What the Ray Serve tests (issue 19) import beyond PyTorch: the tutorials' libraries. `ray` itself
+# is not among them: ferroserve's worker provides `ray.serve`'s API.
+SERVE_REQUIREMENTS = ["transformers==5.23.0", "diffusers==0.42.1", "fastapi==0.163.2", "starlette==1.10.0"]
+
+
+def layered(base_python, requirements):
+    """The interpreter of a virtual environment that sees `base_python`'s venv (its site-packages
+    through a .pth file) and holds `requirements` on top, so a few packages beside PyTorch cost
+    megabytes, not another PyTorch; made when missing (one installer at a time)."""
+    base = base_python.parent.parent
+    key = hashlib.sha256("\n".join([f"on {base.name}", *requirements]).encode()).hexdigest()[:12]
+    root = CACHE / f"venv-{key}"
+    interpreter = root / "bin" / "python"
+    if (root / ".complete").exists():
+        return interpreter
+    with open(CACHE / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / ".complete").exists():
+            print(f"(installing {', '.join(requirements)} into {root}, on top of {base})", file=sys.stderr, flush=True)
+            shutil.rmtree(root, ignore_errors=True)
+            subprocess.run([str(base_python), "-m", "venv", str(root)], check=True, stdout=2)
+            # Every site-packages the base sees (its own, and those a layered base sees in turn).
+            seen = "import sys; print('\\n'.join(p for p in sys.path if p.endswith('-packages')))"
+            inherited = set(subprocess.run([str(base_python), "-c", seen], check=True, capture_output=True,
+                                           text=True).stdout.split())
+            paths = "import sysconfig; p = sysconfig.get_paths(); print(p['purelib']); print(p['platlib'])"
+            own = subprocess.run([str(interpreter), "-c", paths], check=True, capture_output=True,
+                                 text=True).stdout.split()
+            pathlib.Path(own[0], "_ferroserve_base.pth").write_text("".join(f"{p}\n" for p in sorted(inherited)))
+            subprocess.run([str(interpreter), "-m", "pip", "install", "--progress-bar", "off", *requirements],
+                           check=True, stdout=2)
+            (root / ".complete").write_text("\n".join([f"on {base}", *requirements]))
+    return interpreter
+
+
+def serve_python():
+    """The interpreter the Ray Serve tests run the tutorials' applications with: PyTorch plus
+    SERVE_REQUIREMENTS."""
+    return layered(python(), SERVE_REQUIREMENTS)
 
 
 def console_script(name: str, requirements=REQUIREMENTS) -> pathlib.Path:

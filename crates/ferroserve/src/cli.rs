@@ -32,7 +32,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve every model of a model repository over HTTP.
     Serve(Box<ServeArgs>),
-    /// Serve a Deployment or a Flow from its YAML file (Jina's `jtype: Deployment | Flow`).
+    /// Serve a Deployment or a Flow from its YAML file (Jina's `jtype: Deployment | Flow`), or
+    /// a Ray Serve application (`module:attribute`, or a config file with `applications:`).
     Run(Box<RunArgs>),
     /// Post a file of documents to a running Deployment or Flow, in requests of a given size.
     Client(ClientArgs),
@@ -406,16 +407,35 @@ pub enum ArchiveFormatArg {
 /// `ferroserve run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The Deployment or Flow YAML file. Model folders in it are relative to the file.
-    #[arg(value_name = "FILE.yml")]
-    pub file: PathBuf,
+    /// What to serve: a Deployment or Flow YAML file (model folders in it are relative to the
+    /// file); a Ray Serve application as `module:attribute` (imported from --app-dir); or a Ray
+    /// Serve config file (one with `applications:`).
+    #[arg(value_name = "FILE.yml | module:attribute")]
+    pub target: String,
 
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: IpAddr,
+    /// Arguments for a Ray Serve application builder (`module:builder`), as `key=value`, as
+    /// `serve run` takes them.
+    #[arg(value_name = "KEY=VALUE")]
+    pub args: Vec<String>,
 
-    /// HTTP port; overrides the file's `port` (default 8080; 0 picks a free one, the log says
-    /// which).
+    /// The folder a `module:attribute` is imported from (Ray's `--app-dir`).
+    #[arg(long, default_value = ".")]
+    pub app_dir: PathBuf,
+
+    /// Where a `module:attribute` application's ingress answers HTTP (Ray's `--route-prefix`).
+    #[arg(long, default_value = "/")]
+    pub route_prefix: String,
+
+    /// The name of a `module:attribute` application (Ray's `--name`).
+    #[arg(long, default_value = "default")]
+    pub name: String,
+
+    /// Address to listen on (default 127.0.0.1, or a Ray config's `http_options.host`).
+    #[arg(long)]
+    pub host: Option<IpAddr>,
+
+    /// HTTP port; overrides the file's `port` (default 8080, 8000 for Ray Serve applications as
+    /// in Ray; 0 picks a free one, the log says which).
     #[arg(long)]
     pub port: Option<u16>,
 

@@ -31,6 +31,7 @@ mod client;
 mod grpc_client;
 mod infer;
 mod logging;
+mod ray;
 mod run;
 mod serve;
 mod tensors;

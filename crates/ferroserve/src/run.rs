@@ -1,7 +1,9 @@
 //! `ferroserve run FILE.yml`: load a Deployment or a Flow, serve it over HTTP, and shut down
-//! gracefully.
+//! gracefully. A Ray Serve application (`module:attribute`, or a config file with
+//! `applications:`) goes to [`crate::ray`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -21,7 +23,18 @@ const DEFAULT_GRPC_PORT: u16 = 8081;
 /// Checks the file, builds every executor (loading model folders), then serves until SIGINT or
 /// SIGTERM.
 pub fn run(args: RunArgs, mut executors: Executors) -> anyhow::Result<()> {
-    let spec = FlowSpec::load(&args.file)?;
+    if let Some(apps) = crate::ray::target(&args)? {
+        return crate::ray::run(args, apps);
+    }
+    if !args.args.is_empty() {
+        anyhow::bail!(
+            "{}: KEY=VALUE arguments are for Ray Serve application builders (module:builder)",
+            args.target
+        );
+    }
+    let file = PathBuf::from(&args.target);
+    let host = args.host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let spec = FlowSpec::load(&file)?;
     let defaults = ferroserve_flow::PythonOptions::default();
     executors.set_python(ferroserve_flow::PythonOptions {
         python: args.runtime.python.clone().unwrap_or(defaults.python),
@@ -43,7 +56,7 @@ pub fn run(args: RunArgs, mut executors: Executors) -> anyhow::Result<()> {
     let flow = Arc::new(
         Flow::build(spec, &executors, runtime.clone())
             .map_err(anyhow::Error::msg)
-            .with_context(|| format!("{}", args.file.display()))?,
+            .with_context(|| format!("{}", file.display()))?,
     );
     tracing::info!(executors = %flow.names().join(" "), "flow ready");
     tokio::runtime::Builder::new_multi_thread()
@@ -57,14 +70,14 @@ pub fn run(args: RunArgs, mut executors: Executors) -> anyhow::Result<()> {
             };
             let mut servers = Vec::new();
             if let Some(port) = http_port {
-                let listener = bind(SocketAddr::new(args.host, port), "HTTP").await?;
+                let listener = bind(SocketAddr::new(host, port), "HTTP").await?;
                 let app = ferroserve_http::flow_router(
                     runtime.clone(),
                     flow.clone(),
                     HttpOptions {
                         max_request_bytes: args.runtime.max_request_bytes,
                         management_token: None,
-                        repository_changes_without_token: args.host.is_loopback(),
+                        repository_changes_without_token: host.is_loopback(),
                     },
                 );
                 servers.push(tokio::spawn(ferroserve_listen::serve(
@@ -75,7 +88,7 @@ pub fn run(args: RunArgs, mut executors: Executors) -> anyhow::Result<()> {
                 )));
             }
             if let Some(port) = grpc_port {
-                let listener = bind(SocketAddr::new(args.host, port), "gRPC").await?;
+                let listener = bind(SocketAddr::new(host, port), "gRPC").await?;
                 let (runtime, flow, stop) = (
                     runtime.clone(),
                     flow.clone(),
@@ -84,7 +97,7 @@ pub fn run(args: RunArgs, mut executors: Executors) -> anyhow::Result<()> {
                 let options = ferroserve_grpc::GrpcOptions {
                     max_message_bytes: args.runtime.max_request_bytes,
                     management_token: None,
-                    repository_changes_without_token: args.host.is_loopback(),
+                    repository_changes_without_token: host.is_loopback(),
                     limits: limits.clone(),
                 };
                 servers.push(tokio::spawn(ferroserve_grpc::serve_with(

@@ -9,6 +9,8 @@
 //! - [`spec::FlowSpec`]: the YAML of `ferroserve run`, checked (unknown keys, unknown or missing
 //!   `needs`, cycles) before anything loads.
 //! - [`Flow`]: the loaded executors and the DAG that runs a request through them.
+//! - [`ray`]: Ray Serve applications (`ferroserve run module:attribute`): deployments in Python
+//!   workers, handles and HTTP routed by Rust.
 
 #![warn(missing_docs)]
 
@@ -18,6 +20,7 @@ mod document;
 mod executor;
 mod flow;
 mod python;
+pub mod ray;
 pub mod spec;
 mod work;
 

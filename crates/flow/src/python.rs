@@ -214,7 +214,7 @@ impl PythonExecutorSpec {
 
 /// The GPUs a round-robin placement cycles through: `CUDA_VISIBLE_DEVICES` of the server when
 /// set, else the NVIDIA driver's list.
-fn visible_gpus() -> Vec<String> {
+pub(crate) fn visible_gpus() -> Vec<String> {
     if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
         return v
             .split(',')

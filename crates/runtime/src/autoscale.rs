@@ -34,6 +34,12 @@ pub struct Autoscaling {
     pub metrics_interval_s: f64,
     /// Samples over this window are averaged. Default: 30.
     pub look_back_period_s: f64,
+    /// How far each upscaling decision moves toward the target: from the current count by this
+    /// share of the gap (Ray's `upscaling_factor`, which `smoothing_factor` sets for both
+    /// directions); at least one instance. Default: 1 (all the way).
+    pub upscaling_factor: f64,
+    /// The same for scaling down (Ray's `downscaling_factor`). Default: 1.
+    pub downscaling_factor: f64,
 }
 
 impl Default for Autoscaling {
@@ -47,6 +53,8 @@ impl Default for Autoscaling {
             downscale_delay_s: 600.0,
             metrics_interval_s: 10.0,
             look_back_period_s: 30.0,
+            upscaling_factor: 1.0,
+            downscaling_factor: 1.0,
         }
     }
 }
@@ -99,6 +107,8 @@ impl Autoscaling {
             MAX_SECONDS,
         )?;
         within("upscale_delay_s", a.upscale_delay_s, 0.0, MAX_SECONDS)?;
+        within("upscaling_factor", a.upscaling_factor, 0.001, 100.0)?;
+        within("downscaling_factor", a.downscaling_factor, 0.001, 100.0)?;
         within("downscale_delay_s", a.downscale_delay_s, 0.0, MAX_SECONDS)?;
         Ok(())
     }
@@ -240,8 +250,27 @@ impl Rule {
             self.samples.pop_front();
         }
         let average = self.samples.iter().map(|s| s.1).sum::<f64>() / self.samples.len() as f64;
-        let mut target = ((average / c.target_ongoing_requests).ceil() as usize)
-            .clamp(c.min_replicas, c.max_replicas);
+        let wanted = average / c.target_ongoing_requests;
+        // Ray's smoothing: move only part of the way from the current count (at least one).
+        let gap = wanted - current as f64;
+        let factor = if gap > 0.0 {
+            c.upscaling_factor
+        } else {
+            c.downscaling_factor
+        };
+        let moved = if current == 0 || factor == 1.0 {
+            wanted.ceil()
+        } else if gap > 0.0 {
+            (current as f64 + gap * factor)
+                .ceil()
+                .max(current as f64 + 1.0)
+        } else {
+            (current as f64 + gap * factor)
+                .ceil()
+                .min(current as f64 - 1.0)
+                .max(wanted.ceil())
+        };
+        let mut target = (moved.max(0.0) as usize).clamp(c.min_replicas, c.max_replicas);
         if current == 0 && waiting > 0 {
             // Requests are held for an instance that does not exist: start one now.
             target = target.max(1);
@@ -290,6 +319,8 @@ mod tests {
             downscale_delay_s: 5.0,
             metrics_interval_s: 0.5,
             look_back_period_s: 1.0,
+            upscaling_factor: 1.0,
+            downscaling_factor: 1.0,
         }
     }
 
@@ -301,6 +332,30 @@ mod tests {
         assert_eq!(rule.observe(at(0.0), 20, 10, 1), (3, Decision::Stay));
         assert_eq!(rule.observe(at(0.5), 20, 10, 1), (3, Decision::Stay));
         assert_eq!(rule.observe(at(1.0), 20, 10, 1), (3, Decision::ScaleTo(3)));
+    }
+
+    #[test]
+    fn smoothing_factors_move_part_of_the_way_and_at_least_one() {
+        let mut rule = Rule::new(Autoscaling {
+            max_replicas: 10,
+            upscale_delay_s: 0.0,
+            downscale_delay_s: 0.0,
+            upscaling_factor: 0.5,
+            downscaling_factor: 0.25,
+            ..config()
+        });
+        let t0 = Instant::now();
+        // 16 ongoing at 2 each wants 8 from 2: half the gap is 3 more.
+        assert_eq!(rule.observe(t0, 16, 0, 2).0, 5);
+        // A small gap still moves by one.
+        let mut rule = Rule::new(Autoscaling {
+            upscaling_factor: 0.01,
+            ..rule.config.clone()
+        });
+        assert_eq!(rule.observe(t0, 8, 0, 2).0, 3);
+        // Down from 8 toward 0 (the minimum): a quarter of the gap.
+        let mut rule = Rule::new(rule.config.clone());
+        assert_eq!(rule.observe(t0, 0, 0, 8).0, 6);
     }
 
     #[test]

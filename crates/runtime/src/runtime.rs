@@ -104,11 +104,23 @@ impl Runtime {
     /// server's queue bound (`max_queue_size`), and the metrics of a model called `name` at
     /// version `group`. Add its replicas with [`Scheduler::add`].
     pub fn scheduler<J: Job>(&self, kind: &'static str, name: &str, group: u64) -> Scheduler<J> {
+        self.scheduler_queueing(kind, name, group, self.options.max_queue_size)
+    }
+
+    /// [`Runtime::scheduler`] with a queue of its own size (a Ray deployment's
+    /// `max_queued_requests`) instead of the server's `--max-queue-size`.
+    pub fn scheduler_queueing<J: Job>(
+        &self,
+        kind: &'static str,
+        name: &str,
+        group: u64,
+        max_queue_size: usize,
+    ) -> Scheduler<J> {
         Scheduler::new(
             SchedulerConfig {
                 kind,
                 name: name.to_string(),
-                max_queue_size: self.options.max_queue_size,
+                max_queue_size,
                 default_timeout: None,
                 preserve_ordering: false,
             },

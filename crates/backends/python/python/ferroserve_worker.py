@@ -1,4 +1,5 @@
-"""ferroserve Python worker: runs one Triton python-backend model or one Jina executor.
+"""ferroserve Python worker: runs one Triton python-backend model, one Jina executor, or one
+Ray Serve application (handed over to ferroserve_ray.py).
 
 Started by ferroserve as
 
@@ -507,7 +508,20 @@ class Worker:
             return self._load_triton(h), b""
         if kind == "jina":
             return self._load_jina(h), b""
+        if kind == "ray":
+            self._serve_ray(h)
         raise ProtocolError("unknown load kind {!r}".format(kind))
+
+    def _serve_ray(self, h):
+        # A ray worker serves many requests at once on threads of its own, so it keeps the
+        # connection for good: ferroserve_ray answers this load itself and ends the process.
+        # It imports this module by name; that must be this running copy, not a second one.
+        sys.modules.setdefault("ferroserve_worker", sys.modules[__name__])
+        if _HERE not in sys.path:
+            sys.path.append(_HERE)
+        import ferroserve_ray
+
+        ferroserve_ray.run(self.conn, h)
 
     def _load_triton(self, h):
         # Import the bundled utils before the model folder goes on sys.path, so that the

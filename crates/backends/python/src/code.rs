@@ -35,6 +35,42 @@ const FILES: &[(&str, &str)] = &[
         "shim/docarray/__init__.py",
         include_str!("../python/shim/docarray/__init__.py"),
     ),
+    (
+        "ferroserve_ray.py",
+        include_str!("../python/ferroserve_ray.py"),
+    ),
+    (
+        "shim_ray/ray/__init__.py",
+        include_str!("../python/shim_ray/ray/__init__.py"),
+    ),
+    (
+        "shim_ray/ray/serve/__init__.py",
+        include_str!("../python/shim_ray/ray/serve/__init__.py"),
+    ),
+    (
+        "shim_ray/ray/serve/batching.py",
+        include_str!("../python/shim_ray/ray/serve/batching.py"),
+    ),
+    (
+        "shim_ray/ray/serve/config.py",
+        include_str!("../python/shim_ray/ray/serve/config.py"),
+    ),
+    (
+        "shim_ray/ray/serve/context.py",
+        include_str!("../python/shim_ray/ray/serve/context.py"),
+    ),
+    (
+        "shim_ray/ray/serve/deployment.py",
+        include_str!("../python/shim_ray/ray/serve/deployment.py"),
+    ),
+    (
+        "shim_ray/ray/serve/exceptions.py",
+        include_str!("../python/shim_ray/ray/serve/exceptions.py"),
+    ),
+    (
+        "shim_ray/ray/serve/handle.py",
+        include_str!("../python/shim_ray/ray/serve/handle.py"),
+    ),
 ];
 
 /// The path of a file shipped with the worker (`ferroserve_torchserve.py`, the model that runs

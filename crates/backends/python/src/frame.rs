@@ -42,7 +42,7 @@ impl BufRef {
         }
     }
 
-    fn from_json(v: &Value) -> Result<Self, String> {
+    pub(crate) fn from_json(v: &Value) -> Result<Self, String> {
         let bad = || format!("{v} is not a buffer reference ([\"frame\"|\"shm\", offset, length])");
         let a = v.as_array().filter(|a| a.len() == 3).ok_or_else(bad)?;
         let offset = a[1].as_u64().ok_or_else(bad)? as usize;

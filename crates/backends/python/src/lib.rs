@@ -5,6 +5,8 @@
 //!
 //! - [`Worker`]: one replica's process, started with the model's interpreter, restarted with
 //!   backoff when it dies, hangs past a deadline or breaks the protocol.
+//! - [`SharedWorker`]: a replica's process that serves many requests at once (Ray Serve
+//!   deployments), with the same restarts, and a way for the worker to call back into the server.
 //! - [`TritonModel`]: a Triton Python-backend `model.py` (`TritonPythonModel`) as a
 //!   [`ferroserve_core::Backend`] that takes batches as lists of requests, as Triton does.
 //!
@@ -15,6 +17,7 @@
 
 mod code;
 mod frame;
+mod mux;
 mod process;
 mod requirements;
 mod shm;
@@ -24,6 +27,7 @@ mod worker;
 
 pub use code::bundled;
 pub use frame::{BufRef, Outbox, Reply};
+pub use mux::{Calls, Channel, Frame, Payload, Responder, SharedWorker};
 pub use requirements::pip_install;
 pub use triton::{TritonModel, TritonSpec};
 pub use worker::{Worker, WorkerSpec, DEFAULT_TIMEOUT_READY};

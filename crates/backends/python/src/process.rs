@@ -40,7 +40,7 @@ pub(crate) enum CallError {
 
 /// The last lines a worker wrote, for the message of a failure.
 #[derive(Clone, Default)]
-struct Tail {
+pub(crate) struct Tail {
     lines: Arc<Mutex<VecDeque<String>>>,
     /// Pipes read to their end (stdout and stderr: 2 when the worker is gone).
     done: Arc<AtomicUsize>,
@@ -61,8 +61,20 @@ impl Tail {
     }
 }
 
+/// A worker's process, killed when dropped unless it already ended.
+pub(crate) struct Kid(pub Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub(crate) struct Process {
-    child: Child,
+    child: Kid,
     stream: UnixStream,
     shm: Shm,
     threshold: usize,
@@ -216,7 +228,7 @@ impl Process {
         // Both sides hold the file open now: its name is no longer needed.
         shm.unlink();
         Ok(Self {
-            child,
+            child: Kid(child),
             stream,
             shm,
             threshold: crate::worker::SHM_THRESHOLD,
@@ -227,7 +239,13 @@ impl Process {
 
     /// The worker's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
+    }
+
+    /// The process, its socket and its last lines, for a connection that serves many requests
+    /// at once (Ray deployments); nothing travels through its shared memory.
+    pub fn into_parts(self) -> (Kid, UnixStream, Tail) {
+        (self.child, self.stream, self.tail)
     }
 
     /// Sends the request `build` makes (its buffers through the outbox) and reads the answer
@@ -297,7 +315,7 @@ impl Process {
             let deadline = Instant::now() + grace;
             let _ = frame::read(&mut self.stream, Some(deadline));
             while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
+                if let Ok(Some(_)) = self.child.0.try_wait() {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -307,44 +325,44 @@ impl Process {
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
-    /// Why the worker is gone: how it ended, and its last lines. A worker that closed the
-    /// socket but lives on is killed.
     fn death(&mut self, why: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => {
-                    self.kill();
-                    break None;
-                }
-            }
-        };
-        wait_for_tail(&self.tail);
-        let how = match status {
-            Some(s) => format!("the worker (pid {}) {}", self.child.id(), describe(s)),
-            None => format!(
-                "the worker (pid {}) stopped answering ({why}) and was killed",
-                self.child.id()
-            ),
-        };
-        with_lines(how, &self.tail.text())
+        death(&mut self.child, &self.tail, why)
     }
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-        }
+impl Kid {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
+}
+
+/// Why a worker is gone: how it ended, and its last lines. A worker that closed the socket but
+/// lives on is killed.
+pub(crate) fn death(child: &mut Kid, tail: &Tail, why: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let status = loop {
+        match child.0.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                child.kill();
+                break None;
+            }
+        }
+    };
+    wait_for_tail(tail);
+    let how = match status {
+        Some(s) => format!("the worker (pid {}) {}", child.0.id(), describe(s)),
+        None => format!(
+            "the worker (pid {}) stopped answering ({why}) and was killed",
+            child.0.id()
+        ),
+    };
+    with_lines(how, &tail.text())
 }
 
 /// Logs each line a worker writes, naming the model and replica (stderr's as warnings), and
@@ -407,7 +425,7 @@ fn read_failure(e: ReadError, waited: &str) -> String {
 }
 
 /// `error` and `traceback` of an error reply.
-fn user_error(h: &Map<String, Value>) -> (String, String) {
+pub(crate) fn user_error(h: &Map<String, Value>) -> (String, String) {
     let field = |k: &str| {
         h.get(k)
             .and_then(Value::as_str)

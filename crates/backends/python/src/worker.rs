@@ -43,15 +43,67 @@ pub struct WorkerSpec {
     pub replica: usize,
 }
 
+/// When a failed worker may be started again: deaths and failed starts since the last answer,
+/// and when the last one happened, give the backoff.
+#[derive(Debug, Default)]
+pub(crate) struct Restarts {
+    failures: u32,
+    failed_at: Option<Instant>,
+}
+
+impl Restarts {
+    /// The worker answered: the next failure starts the backoff afresh.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// The worker died, hung or broke the protocol.
+    pub fn failed(&mut self) {
+        self.failures += 1;
+        self.failed_at = Some(Instant::now());
+    }
+
+    /// Waits out the backoff before a restart, or says to retry when `deadline` comes first.
+    pub fn wait(&self, deadline: Option<Instant>, name: &str) -> Result<()> {
+        let Some(at) = self.failed_at else {
+            return Ok(());
+        };
+        let shift = self.failures.saturating_sub(1).min(6);
+        let wait = (Duration::from_millis(250) * (1u32 << shift)).min(MAX_BACKOFF);
+        let until = at + wait;
+        if deadline.is_some_and(|d| d < until) {
+            return Err(Error::unavailable(format!(
+                "{name}: the Python worker is restarting after a failure; retry shortly"
+            )));
+        }
+        if let Some(left) = until.checked_duration_since(Instant::now()) {
+            std::thread::sleep(left);
+        }
+        Ok(())
+    }
+
+    /// A restart failed: counts it, marks `health` failed once restarts keep failing, and
+    /// returns the error for the request that wanted the worker.
+    pub fn start_failed(&mut self, name: &str, why: &str, health: &Health) -> Error {
+        self.failed();
+        let message = format!(
+            "{name}: the Python worker could not be restarted ({} failures in a row): {why}",
+            self.failures
+        );
+        tracing::error!("{message}");
+        if self.failures >= MAX_FAILED_STARTS {
+            health.fail(message.clone());
+        }
+        Error::unavailable(message)
+    }
+}
+
 /// A replica's worker process, restarted when it fails.
 pub struct Worker {
     spec: WorkerSpec,
     live: Option<Process>,
     ready: Map<String, Value>,
-    /// Deaths and failed starts since the last answer.
-    failures: u32,
-    /// When the last one happened.
-    failed_at: Option<Instant>,
+    restarts: Restarts,
     health: Health,
 }
 
@@ -72,8 +124,7 @@ impl Worker {
             ready: process.ready.clone(),
             live: Some(process),
             spec,
-            failures: 0,
-            failed_at: None,
+            restarts: Restarts::default(),
             health,
         })
     }
@@ -104,11 +155,11 @@ impl Worker {
         let outcome = process.call(build, op, read, deadline);
         let error = match outcome {
             Ok(t) => {
-                self.failures = 0;
+                self.restarts.succeeded();
                 return Ok(t);
             }
             Err(CallError::User { error, traceback }) => {
-                self.failures = 0;
+                self.restarts.succeeded();
                 tracing::warn!("{name} replica {}: the Python code raised:\n{traceback}", self.spec.replica);
                 return Err(Error::internal(format!("{name} raised {error}")));
             }
@@ -127,28 +178,14 @@ impl Worker {
         };
         tracing::error!("{} replica {}: {error}", self.spec.name, self.spec.replica);
         self.live = None;
-        self.failures += 1;
-        self.failed_at = Some(Instant::now());
+        self.restarts.failed();
         Err(error)
     }
 
     /// The running process, starting a new one (after the backoff) when the last one failed.
     fn live_process(&mut self, deadline: Option<Instant>) -> Result<&mut Process> {
         if self.live.is_none() {
-            if let Some(at) = self.failed_at {
-                let shift = self.failures.saturating_sub(1).min(6);
-                let wait = (Duration::from_millis(250) * (1u32 << shift)).min(MAX_BACKOFF);
-                let until = at + wait;
-                if deadline.is_some_and(|d| d < until) {
-                    return Err(Error::unavailable(format!(
-                        "{}: the Python worker is restarting after a failure; retry shortly",
-                        self.spec.name
-                    )));
-                }
-                if let Some(left) = until.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(left);
-                }
-            }
+            self.restarts.wait(deadline, &self.spec.name)?;
             match Process::start(&self.spec) {
                 Ok(p) => {
                     tracing::info!(
@@ -161,17 +198,9 @@ impl Worker {
                     self.live = Some(p);
                 }
                 Err(why) => {
-                    self.failures += 1;
-                    self.failed_at = Some(Instant::now());
-                    let message = format!(
-                        "{}: the Python worker could not be restarted ({} failures in a row): {why}",
-                        self.spec.name, self.failures
-                    );
-                    tracing::error!("{message}");
-                    if self.failures >= MAX_FAILED_STARTS {
-                        self.health.fail(message.clone());
-                    }
-                    return Err(Error::unavailable(message));
+                    return Err(self
+                        .restarts
+                        .start_failed(&self.spec.name, &why, &self.health))
                 }
             }
         }

@@ -27,6 +27,7 @@ mod generate;
 mod handler;
 mod management;
 mod openai;
+mod ray;
 mod torchserve;
 pub mod v2;
 
@@ -47,6 +48,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{status, ApiError};
 pub use management::management_router;
+pub use ray::ray_router;
 
 /// Settings of the HTTP frontend.
 #[derive(Debug, Clone)]
@@ -163,18 +165,29 @@ pub fn flow_router(
 }
 
 fn finish(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    layered(routes.fallback(not_found), state)
+}
+
+/// The layers every router has (405s, decompression, tracing), around routes that have their
+/// fallback already.
+fn layered(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     routes
-        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(RequestDecompressionLayer::new())
         .layer(trace_layer())
         .with_state(state)
 }
 
-fn routes() -> Router<Arc<AppState>> {
+/// Health and metrics: what every server ferroserve runs answers, whatever else it serves.
+fn routes_for_health() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))
+        .route("/metrics", get(metrics))
+}
+
+fn routes() -> Router<Arc<AppState>> {
+    routes_for_health()
         .route("/v2", get(v2::server_metadata))
         .route("/v2/models/{model}", get(v2::model_metadata))
         .route(
@@ -203,7 +216,6 @@ fn routes() -> Router<Arc<AppState>> {
             get(v2::model_stats),
         )
         .merge(repository_routes())
-        .route("/metrics", get(metrics))
         // TorchServe's inference routes share the port with V2 (see the README).
         .route("/ping", get(torchserve::ping))
         // `curl -T img.jpg` sends a PUT; TorchServe accepts both.

@@ -47,6 +47,12 @@ pub trait Worker<J: Job>: Send + 'static {
         watch: &Watch<'_>,
         phases: &mut Phases,
     ) -> Result<Vec<J::Output>>;
+
+    /// Whether this replica is to stop taking work (a worker that is one of several threads of
+    /// one process, all stopping together; see [`Scheduler::retire_marked`]).
+    fn retiring(&self) -> bool {
+        false
+    }
 }
 
 /// What a worker may watch while it runs a batch.
@@ -189,6 +195,17 @@ impl<J: Job> Scheduler<J> {
         }
     }
 
+    /// Counts `n` replicas as gone whose workers now say they are [`Worker::retiring`], and
+    /// wakes them: each stops after its current batch.
+    pub fn retire_marked(&self, n: usize) {
+        let now = self
+            .replicas
+            .fetch_sub(n.min(self.replicas()), Ordering::AcqRel)
+            .saturating_sub(n);
+        self.metrics.replicas.set(now as i64);
+        self.queue.wake();
+    }
+
     /// Replicas serving.
     pub fn replicas(&self) -> usize {
         self.replicas.load(Ordering::Acquire)
@@ -266,6 +283,20 @@ impl<J: Job> Scheduler<J> {
         })?
     }
 
+    /// Counts one client request answered after `elapsed` (its latency and outcome), for work
+    /// whose client requests are not counted elsewhere (a repository model's are counted by
+    /// the runtime; a Ray deployment's here, once per HTTP request or handle call).
+    pub fn record_request(&self, elapsed: Duration, ok: bool) {
+        self.metrics.request_seconds.observe(elapsed.as_secs_f64());
+        if ok {
+            self.metrics.success.inc();
+            self.metrics.stats.success.add(elapsed);
+        } else {
+            self.metrics.failure.inc();
+            self.metrics.stats.fail.add(elapsed);
+        }
+    }
+
     /// Stops taking requests; replicas finish the queued ones, then their threads end.
     pub fn close(&self) {
         self.queue.close();
@@ -328,7 +359,11 @@ impl<J: Job> Replica<J> {
     }
 
     fn run(mut self) {
-        while let Some(work) = self.queue.next() {
+        loop {
+            let worker = &self.worker;
+            let Some(work) = self.queue.next_unless(&|| worker.retiring()) else {
+                return;
+            };
             match work {
                 Work::Expired(items) => {
                     for p in items {

@@ -300,12 +300,26 @@ impl<J: Job> Queue<J> {
         self.changed.notify_all();
     }
 
-    /// Blocks until there is work for a replica: a batch formed under its requests' policy,
-    /// or expired requests to answer. `None` once the queue is closed and empty, or when this
-    /// replica is to retire.
+    /// Wakes every waiting replica, so that those told to stop (see [`Queue::next_unless`])
+    /// notice.
+    pub fn wake(&self) {
+        self.changed.notify_all();
+    }
+
+    #[cfg(test)]
     pub fn next(&self) -> Option<Work<J>> {
+        self.next_unless(&|| false)
+    }
+
+    /// Blocks until there is work for a replica: a batch formed under its requests' policy,
+    /// or expired requests to answer. `None` once the queue is closed and empty, when this
+    /// replica is to retire, or once `stop` says so (checked on every wake-up).
+    pub fn next_unless(&self, stop: &dyn Fn() -> bool) -> Option<Work<J>> {
         let mut inner = self.lock();
         loop {
+            if stop() {
+                return None;
+            }
             if inner.retiring > 0 {
                 inner.retiring -= 1;
                 return None;
