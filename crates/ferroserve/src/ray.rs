@@ -33,6 +33,12 @@ pub fn target(args: &RunArgs) -> anyhow::Result<Option<Target>> {
         if !ServeConfig::is_serve_config(path) {
             return Ok(None);
         }
+        if !args.args.is_empty() {
+            anyhow::bail!(
+                "{}: KEY=VALUE arguments are for `module:builder`; a config file gives each application its args",
+                path.display()
+            );
+        }
         let config = ServeConfig::load(path).map_err(anyhow::Error::msg)?;
         let base = path
             .parent()
@@ -118,7 +124,7 @@ pub fn run(args: RunArgs, target: Target) -> anyhow::Result<()> {
     for (prefix, app) in apps.routes() {
         tracing::info!("application '{app}' at {prefix}");
     }
-    tokio.block_on(async move {
+    let result = tokio.block_on(async move {
         let (stop, stopped) = watch::channel(false);
         let listener = bind(SocketAddr::new(host, port), "HTTP").await?;
         let app = ferroserve_http::ray_router(
@@ -143,14 +149,16 @@ pub fn run(args: RunArgs, target: Target) -> anyhow::Result<()> {
         shutdown_signal().await;
         let grace = args.runtime.shutdown_grace;
         drain(stop, vec![server], runtime, grace).await?;
-        apps.close();
-        let joined = tokio::task::spawn_blocking(move || apps.join());
+        let joined = tokio::task::spawn_blocking(move || apps.shut_down());
         if tokio::time::timeout(Duration::from_secs_f64(grace), joined)
             .await
             .is_err()
         {
-            tracing::warn!("deployments still running when the shutdown grace period ended");
+            tracing::warn!("deployments still running when the shutdown grace period ended; exiting anyway (their workers end with the server's sockets)");
         }
         anyhow::Ok(())
-    })
+    });
+    // A request stuck in a worker must not hold the exit: its thread is left behind.
+    tokio.shutdown_background();
+    result
 }

@@ -80,21 +80,42 @@ pub trait Calls: Send + Sync + 'static {
     fn call(&self, request: Frame, reply: Responder);
 }
 
-/// Answers one request the worker made.
+/// Answers one request the worker made. One dropped without an answer (its task cancelled at
+/// shutdown, say) answers `handle_error`, so the worker's caller never waits forever.
 pub struct Responder {
     shared: Weak<Shared>,
     id: Value,
+    sent: bool,
 }
 
 impl Responder {
     /// Sends the answer (with the request's id). A worker gone by then gets nothing: its own
     /// callers were answered when it died.
-    pub fn send(self, mut header: Map<String, Value>, payload: Payload) {
+    pub fn send(mut self, header: Map<String, Value>, payload: Payload) {
+        self.sent = true;
+        self.write(header, &payload.0);
+    }
+
+    fn write(&self, mut header: Map<String, Value>, payload: &[u8]) {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        header.insert("id".into(), self.id);
-        let _ = shared.write(&Value::Object(header), &payload.0);
+        header.insert("id".into(), self.id.clone());
+        let _ = shared.write(&Value::Object(header), payload);
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if !self.sent {
+            let mut h = Map::new();
+            h.insert("op".into(), "handle_error".into());
+            h.insert(
+                "error".into(),
+                "the server dropped this call unanswered (it is shutting down)".into(),
+            );
+            self.write(h, &[]);
+        }
     }
 }
 
@@ -117,9 +138,25 @@ impl Shared {
     }
 
     /// Marks the worker gone (killing it) and answers everyone still waiting with `error`.
+    /// Stops waiting for request `id`; false when its answer was taken already.
+    fn forget(&self, id: u64) -> bool {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .is_some()
+    }
+
     fn fail_all(&self, error: Error) {
         self.broken.store(true, Ordering::Release);
         self.child.lock().unwrap_or_else(|p| p.into_inner()).kill();
+        // A process the worker forked may hold the socket open after the worker is gone: shut
+        // it here so the reader thread ends.
+        let _ = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .shutdown(std::net::Shutdown::Both);
         let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, tx) in waiting {
             let _ = tx.send(Err(error.clone()));
@@ -190,9 +227,25 @@ impl Channel {
     /// deadline is killed (`DeadlineExceeded`), and so are the other requests it was running.
     pub fn request(
         &self,
+        header: Map<String, Value>,
+        payload: Payload,
+        deadline: Option<Instant>,
+    ) -> Result<Frame> {
+        self.exchange(header, payload, deadline, true)
+    }
+
+    /// [`Channel::request`] whose deadline passing is only this request's failure: the worker
+    /// is not killed (a health check that a long request delays).
+    pub fn probe(&self, header: Map<String, Value>, deadline: Instant) -> Result<Frame> {
+        self.exchange(header, Payload::default(), Some(deadline), false)
+    }
+
+    fn exchange(
+        &self,
         mut header: Map<String, Value>,
         payload: Payload,
         deadline: Option<Instant>,
+        kill_when_late: bool,
     ) -> Result<Frame> {
         let shared = &self.shared;
         if !self.is_alive() {
@@ -208,13 +261,17 @@ impl Channel {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
+        // Failed between the check above and the insert: nobody would answer this one.
+        if !self.is_alive() {
+            shared.forget(id);
+            return Err(Error::unavailable(format!(
+                "{}: the Python worker is restarting; retry shortly",
+                shared.name
+            )));
+        }
         header.insert("id".into(), id.into());
         if let Err(e) = shared.write(&Value::Object(header), &payload.0) {
-            shared
-                .waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            shared.forget(id);
             let error = shared.died(&format!("the socket broke ({e})"));
             shared.fail_all(error.clone());
             return Err(error);
@@ -228,11 +285,21 @@ impl Channel {
         match answer {
             Ok(result) => result,
             Err(()) => {
-                shared
-                    .waiting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                if !shared.forget(id) {
+                    // The answer (or the worker's failure) is being handed over right now.
+                    return rx.recv().unwrap_or_else(|_| {
+                        Err(Error::internal(format!(
+                            "{}: the answer was lost",
+                            shared.name
+                        )))
+                    });
+                }
+                if !kill_when_late {
+                    return Err(Error::deadline_exceeded(format!(
+                        "{}: no answer before the deadline",
+                        shared.name
+                    )));
+                }
                 let error = Error::deadline_exceeded(format!(
                     "{}: the Python worker did not answer before the request's deadline; it was killed and is being restarted",
                     shared.name
@@ -318,6 +385,7 @@ fn read_loop(reader: &mut UnixStream, shared: &Weak<Shared>, calls: &dyn Calls) 
                             Responder {
                                 shared: shared.clone(),
                                 id,
+                                sent: false,
                             },
                         );
                     }
@@ -400,6 +468,19 @@ impl SharedWorker {
     pub fn pid(&self) -> Option<u32> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.0.as_ref().filter(|c| c.is_alive()).map(|c| c.pid())
+    }
+
+    /// Sends a request that only fails itself when `deadline` passes (see
+    /// [`Channel::probe`]); a worker that is not running is not started for it.
+    pub fn probe(&self, header: Map<String, Value>, deadline: Instant) -> Result<Frame> {
+        let live = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.0.clone().filter(|c| c.is_alive())
+        };
+        match live {
+            Some(c) => c.probe(header, deadline),
+            None => Err(Error::unavailable("the worker is restarting")),
+        }
     }
 
     /// Whether the live worker has no request in flight.

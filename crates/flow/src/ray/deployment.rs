@@ -134,6 +134,9 @@ impl Described {
     }
 }
 
+/// Health checks failed in a row after which a replica is restarted (Ray's threshold).
+const UNHEALTHY_AFTER: u32 = 3;
+
 /// How to start one replica's worker: the spec without the replica's own settings.
 pub(crate) struct ReplicaSpec {
     pub base: WorkerSpec,
@@ -174,6 +177,8 @@ pub(crate) struct Pool {
     next: usize,
     config: Option<Autoscaling>,
     health: Health,
+    /// Set when the deployment closes: the autoscaler stops with it.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Pool {
@@ -215,6 +220,9 @@ impl Scaled for Pool {
     }
 
     fn load(&self) -> Option<Load> {
+        if self.stopped.load(Ordering::Acquire) {
+            return None;
+        }
         let s = self.scheduler.upgrade()?;
         let (queued, running) = s.load();
         Some(Load {
@@ -389,6 +397,7 @@ impl RayDeployment {
             Arc::new(runtime.scheduler_queueing::<RayJob>("deployment", &name, 1, queue));
         let live: Arc<Mutex<Vec<Replica>>> = Arc::default();
         let health = Health::default();
+        let stopped = Arc::new(AtomicBool::new(false));
         let mut replicas = Pool {
             name: name.as_str().into(),
             spec,
@@ -401,6 +410,7 @@ impl RayDeployment {
                 Replicas::Fixed(_) => None,
             },
             health,
+            stopped: stopped.clone(),
         };
         for _ in 0..options.initial_replicas() {
             replicas.grow(&scheduler).map_err(|e| e.to_string())?;
@@ -429,7 +439,6 @@ impl RayDeployment {
                 )
             })
             .collect();
-        let stopped = Arc::new(AtomicBool::new(false));
         if described.methods.contains("check_health") {
             start_health_checks(
                 &name,
@@ -509,12 +518,6 @@ impl RayDeployment {
         self.described.asgi || self.described.callable
     }
 
-    /// Its replicas' process ids.
-    pub fn pids(&self) -> Vec<u32> {
-        let live = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
-        live.iter().filter_map(|r| r.worker.pid()).collect()
-    }
-
     /// Replicas running now.
     pub fn replica_count(&self) -> usize {
         self.replicas
@@ -541,8 +544,9 @@ impl RayDeployment {
 }
 
 /// Calls each idle replica's `check_health` every `period`; a replica that raises or does not
-/// answer within `timeout` is restarted, as Ray restarts unhealthy replicas. Busy replicas are
-/// skipped: a long request on a sync method holds the replica's event loop, and that is no
+/// answer within `timeout` [`UNHEALTHY_AFTER`] times in a row is restarted, as Ray restarts
+/// unhealthy replicas. Busy replicas are skipped, and a late answer never kills a request in
+/// flight: a long request on a sync method holds the replica's event loop, and that is no
 /// sickness.
 fn start_health_checks(
     name: &str,
@@ -554,7 +558,9 @@ fn start_health_checks(
     let owned = name.to_string();
     let spawned = std::thread::Builder::new()
         .name(format!("health-{name}"))
-        .spawn(move || loop {
+        .spawn(move || {
+            let mut failures: BTreeMap<usize, u32> = BTreeMap::new();
+            loop {
             let name = &owned;
             std::thread::sleep(period);
             if stopped.load(Ordering::Acquire) {
@@ -568,20 +574,37 @@ fn start_health_checks(
                 .map(|r| r.worker.clone())
                 .collect();
             drop(live);
+            failures.retain(|k, _| workers.iter().any(|w| Arc::as_ptr(w) as usize == *k));
             for w in workers.into_iter().filter(|w| w.is_idle()) {
-                let header = json!({"op": "health"});
-                let Value::Object(header) = header else { continue };
-                let answer = w.request(header, Payload::default(), Some(Instant::now() + timeout));
-                match answer {
-                    Ok(f) if f.op() == "error" => {
-                        let why = f.header.get("error").and_then(Value::as_str).unwrap_or("");
-                        tracing::error!("deployment '{name}': check_health raised {why}; the replica is restarted");
-                        w.restart();
+                let Value::Object(header) = json!({"op": "health"}) else {
+                    continue;
+                };
+                let problem = match w.probe(header, Instant::now() + timeout) {
+                    Ok(f) if f.op() == "error" => Some(format!(
+                        "check_health raised {}",
+                        f.header.get("error").and_then(Value::as_str).unwrap_or("")
+                    )),
+                    Ok(_) => None,
+                    Err(e) => Some(e.to_string()),
+                };
+                let key = Arc::as_ptr(&w) as usize;
+                match problem {
+                    None => {
+                        failures.remove(&key);
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!("deployment '{name}': health check failed ({e}); the replica is restarted"),
+                    Some(why) => {
+                        let n = failures.entry(key).or_insert(0);
+                        *n += 1;
+                        tracing::warn!("deployment '{name}': health check failed ({why}), {n} in a row");
+                        if *n >= UNHEALTHY_AFTER {
+                            tracing::error!("deployment '{name}': the replica failed {n} health checks in a row and is restarted");
+                            failures.remove(&key);
+                            w.restart();
+                        }
+                    }
                 }
             }
+        }
         });
     if let Err(e) = spawned {
         tracing::warn!("deployment '{name}': cannot start health checks: {e}");

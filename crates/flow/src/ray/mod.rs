@@ -98,6 +98,8 @@ struct App {
     route_prefix: Option<String>,
     ingress: Arc<RayDeployment>,
     deployments: BTreeMap<String, Arc<RayDeployment>>,
+    /// The order they were built in (every deployment after those bound to it).
+    order: Vec<String>,
 }
 
 impl RayApps {
@@ -152,18 +154,23 @@ impl RayApps {
             ));
         }
         let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let root = self
+            .apps
+            .iter()
+            .find(|a| a.route_prefix.as_deref() == Some("/"));
+        // An ASGI application at `/` owns every path below it, as in Ray 2.x: its own routes
+        // may share a deployment's name.
         let named = self
             .apps
             .iter()
             .filter_map(|a| a.deployments.get(first))
             .find(|d| d.serves_http());
-        if let Some(d) = named {
-            return Some((d.clone(), format!("/{first}")));
+        match (named, root) {
+            (Some(d), root) if !root.is_some_and(|r| r.ingress.described.asgi) => {
+                Some((d.clone(), format!("/{first}")))
+            }
+            (_, root) => root.map(|a| (a.ingress.clone(), String::new())),
         }
-        self.apps
-            .iter()
-            .find(|a| a.route_prefix.as_deref() == Some("/"))
-            .map(|a| (a.ingress.clone(), String::new()))
     }
 
     /// Route prefix → application name (Ray's `/-/routes`).
@@ -181,17 +188,17 @@ impl RayApps {
             .flat_map(|a| a.deployments.values().map(move |d| (a.name.as_str(), d)))
     }
 
-    /// Stops taking requests; what is queued still runs.
-    pub fn close(&self) {
-        for (_, d) in self.deployments() {
-            d.close();
-        }
-    }
-
-    /// Waits for the replicas to finish (after [`RayApps::close`]) and stops their workers.
-    pub fn join(&self) {
-        for (_, d) in self.deployments() {
-            d.join();
+    /// Stops taking requests and waits for what is queued, ingresses first and the
+    /// deployments they call after (so their calls in flight are still answered), then stops
+    /// the workers.
+    pub fn shut_down(&self) {
+        for app in &self.apps {
+            for name in app.order.iter().rev() {
+                if let Some(d) = app.deployments.get(name) {
+                    d.close();
+                    d.join();
+                }
+            }
         }
     }
 }
@@ -237,6 +244,7 @@ impl App {
             tokio,
         });
         let mut deployments = BTreeMap::new();
+        let mut order = Vec::new();
         for d in build_order(described)? {
             let none = BTreeMap::new();
             let overrides = source.overrides.get(&d.name).unwrap_or(&none);
@@ -276,6 +284,7 @@ impl App {
                 replicas = started.replica_count(),
                 "deployment '{name}' ready"
             );
+            order.push(name.clone());
             deployments.insert(name, started);
         }
         let ingress = deployments
@@ -287,6 +296,7 @@ impl App {
             route_prefix: source.route_prefix.clone(),
             ingress,
             deployments,
+            order,
         })
     }
 }

@@ -18,6 +18,8 @@ const DEFAULT_HEALTH_TIMEOUT: f64 = 30.0;
 const AUTO_MAX_REPLICAS: usize = 100;
 /// Most replicas one deployment may ask for (each is a Python process).
 const MOST_REPLICAS: usize = 1024;
+/// Most requests one replica may run at once (each is a thread of the scheduler's).
+const MOST_ONGOING: usize = 256;
 
 /// Deployment options ferroserve acts on.
 const ACTED_ON: &[&str] = &[
@@ -31,10 +33,10 @@ const ACTED_ON: &[&str] = &[
     "health_check_period_s",
     "health_check_timeout_s",
     "name",
-    "route_prefix",
 ];
 /// Deployment options Ray takes that place or tune Ray's own actors: accepted, logged, ignored.
 const IGNORED: &[&str] = &[
+    "route_prefix",
     "graceful_shutdown_wait_loop_s",
     "graceful_shutdown_timeout_s",
     "placement_group_bundles",
@@ -113,9 +115,9 @@ impl DeploymentOptions {
             None | Some(Value::Null) => DEFAULT_MAX_ONGOING,
             Some(v) => count("max_ongoing_requests", v)?,
         };
-        if max_ongoing_requests == 0 {
+        if !(1..=MOST_ONGOING).contains(&max_ongoing_requests) {
             return Err(format!(
-                "{} must be at least 1",
+                "{} must be between 1 and {MOST_ONGOING}, got {max_ongoing_requests}",
                 what("max_ongoing_requests")
             ));
         }
@@ -155,7 +157,15 @@ impl DeploymentOptions {
                 ))
             }
             (None | Some(Value::Null), None) => Replicas::Fixed(1),
-            (Some(v), None) => Replicas::Fixed(count("num_replicas", v)?),
+            (Some(v), None) => match count("num_replicas", v)? {
+                0 => {
+                    return Err(format!(
+                        "{} is 0: nothing would answer its requests (autoscaling_config with min_replicas: 0 scales to zero)",
+                        what("num_replicas")
+                    ))
+                }
+                n => Replicas::Fixed(n),
+            },
         };
         let most = match &replicas {
             Replicas::Fixed(n) => *n,
@@ -270,10 +280,11 @@ fn autoscaling_config(
     }
     // `smoothing_factor` sets both directions unless one is given on its own.
     if let Some(s) = smoothing {
-        if !a.contains_key("upscaling_factor") && !a.contains_key("upscale_smoothing_factor") {
+        let given = |k: &str| a.get(k).is_some_and(|v| !v.is_null());
+        if !given("upscaling_factor") && !given("upscale_smoothing_factor") {
             base.upscaling_factor = s;
         }
-        if !a.contains_key("downscaling_factor") && !a.contains_key("downscale_smoothing_factor") {
+        if !given("downscaling_factor") && !given("downscale_smoothing_factor") {
             base.downscaling_factor = s;
         }
     }

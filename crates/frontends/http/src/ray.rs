@@ -62,7 +62,7 @@ async fn serve(
     let headers: Vec<Value> = parts
         .headers
         .iter()
-        .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+        .map(|(k, v)| json!([k.as_str(), latin1(v.as_bytes())]))
         .collect();
     let decoded = percent_decode(&path);
     let scope = json!({
@@ -89,8 +89,17 @@ async fn serve(
                 if k.eq_ignore_ascii_case("content-length") {
                     continue;
                 }
-                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-                    headers.append(k, v);
+                // The worker sent each byte as the character of that code (latin-1).
+                let bytes: Option<Vec<u8>> = v.chars().map(|c| u8::try_from(c).ok()).collect();
+                let value = bytes.and_then(|b| HeaderValue::from_bytes(&b).ok());
+                match (HeaderName::try_from(k.as_str()), value) {
+                    (Ok(k), Some(v)) => {
+                        headers.append(k, v);
+                    }
+                    _ => tracing::warn!(
+                        "deployment '{}': dropped the header {k:?}, which is not valid in HTTP",
+                        deployment.name
+                    ),
                 }
             }
             Ok(response)
@@ -105,6 +114,12 @@ async fn serve(
         )))),
     }
     .map(IntoResponse::into_response)
+}
+
+/// Header bytes as the worker reads them: each byte the character of that code (ASGI's
+/// latin-1), so that no byte is lost or changed on the way.
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
 }
 
 fn http_version(v: axum::http::Version) -> &'static str {

@@ -303,6 +303,9 @@ impl<J: Job> Queue<J> {
     /// Wakes every waiting replica, so that those told to stop (see [`Queue::next_unless`])
     /// notice.
     pub fn wake(&self) {
+        // Taking the lock first: a replica between its `stop` check and its wait holds it, so
+        // it cannot miss this notification.
+        drop(self.lock());
         self.changed.notify_all();
     }
 
