@@ -10,7 +10,10 @@
 
 mod config;
 mod deployment;
+mod health;
 mod options;
+mod pool;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,10 +27,11 @@ use ferroserve_runtime::Runtime;
 use serde_json::{json, Map, Value};
 
 pub use config::{ApplicationConfig, DeploymentOverride, HttpOptions, ServeConfig};
-pub use deployment::{Answer, Described, HttpReply, RayDeployment};
+pub use deployment::RayDeployment;
 pub use options::{DeploymentOptions, Replicas};
+pub use wire::{Answer, Described, HttpReply};
 
-use deployment::ReplicaSpec;
+use pool::ReplicaSpec;
 
 /// One application to run: where its code is and what the config file says about it.
 #[derive(Debug, Clone)]
