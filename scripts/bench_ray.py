@@ -13,7 +13,6 @@ would start it on one machine (a local cluster with the machine's CPUs, no dashb
 take CPU from ferroserve's rounds), each for ROUNDS rounds; the median is reported. Every
 answer is checked to be the same summary on both.
 """
-import http.client
 import json
 import os
 import pathlib
@@ -26,7 +25,8 @@ import threading
 import time
 import urllib.parse
 
-from bench_torchserve import cmdline, idle_memory, kill_leftovers, seconds_of, tree
+from bench_python import free_port
+from bench_torchserve import cmdline, idle_memory, kill_leftovers, request, seconds_of, tree
 from server import BIN
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -70,21 +70,8 @@ print(int(re.search(r"^Pss:\s+(\d+)", t, re.M).group(1)))
 '''
 
 
-def get(port, path, timeout=300):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def get(port, path):
+    return request("127.0.0.1", port, "GET", path, timeout=300)
 
 
 class Server:

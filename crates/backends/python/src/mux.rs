@@ -14,7 +14,7 @@ use ferroserve_core::{Error, Health, Result};
 use serde_json::{json, Map, Value};
 
 use crate::frame::{self, BufRef};
-use crate::process::{death, Kid, Process, Tail};
+use crate::process::{death, wait_until, Kid, Process, Tail};
 use crate::worker::{Restarts, WorkerSpec};
 
 /// How long the worker's stop may take before it is killed.
@@ -96,6 +96,17 @@ impl Responder {
         self.write(header, &payload.0);
     }
 
+    /// Answers with a failure (`handle_error`): `message`, and the pickled exception for the
+    /// worker's caller to raise again, when there is one.
+    pub fn fail(self, message: String, exception: Option<&[u8]>) {
+        let mut payload = Payload::default();
+        let mut header = error_header(message);
+        if let Some(x) = exception {
+            header.insert("exception".into(), payload.put(x));
+        }
+        self.send(header, payload);
+    }
+
     fn write(&self, mut header: Map<String, Value>, payload: &[u8]) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -108,15 +119,17 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if !self.sent {
-            let mut h = Map::new();
-            h.insert("op".into(), "handle_error".into());
-            h.insert(
-                "error".into(),
-                "the server dropped this call unanswered (it is shutting down)".into(),
-            );
-            self.write(h, &[]);
+            let message = "the server dropped this call unanswered (it is shutting down)";
+            self.write(error_header(message.into()), &[]);
         }
     }
+}
+
+fn error_header(message: String) -> Map<String, Value> {
+    let mut h = Map::new();
+    h.insert("op".into(), "handle_error".into());
+    h.insert("error".into(), message.into());
+    h
 }
 
 struct Shared {
@@ -325,14 +338,12 @@ impl Channel {
         // Marked first: the socket closing after `stop` is no death to report.
         let was_alive = !shared.broken.swap(true, Ordering::AcqRel);
         if was_alive && shared.write(&json!({"op": "stop"}), &[]).is_ok() {
-            let deadline = Instant::now() + STOP_GRACE;
-            while Instant::now() < deadline {
+            let exited = || {
                 let mut child = shared.child.lock().unwrap_or_else(|p| p.into_inner());
-                if let Ok(Some(_)) = child.0.try_wait() {
-                    return;
-                }
-                drop(child);
-                std::thread::sleep(Duration::from_millis(10));
+                child.has_exited()
+            };
+            if wait_until(Instant::now() + STOP_GRACE, exited) {
+                return;
             }
         }
         shared

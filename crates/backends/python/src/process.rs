@@ -314,11 +314,8 @@ impl Process {
         if frame::write(&mut self.stream, &stop, &[]).is_ok() {
             let deadline = Instant::now() + grace;
             let _ = frame::read(&mut self.stream, Some(deadline));
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            if wait_until(deadline, || self.child.has_exited()) {
+                return;
             }
         }
         self.kill();
@@ -334,10 +331,26 @@ impl Process {
 }
 
 impl Kid {
+    /// Whether the process has ended (and is reaped).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(Some(_)))
+    }
+
     pub fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Polls `done` until it says so (true) or `deadline` passes (false).
+pub(crate) fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// Why a worker is gone: how it ended, and its last lines. A worker that closed the socket but

@@ -24,7 +24,7 @@ use ferroserve_backend_python::{
 };
 use ferroserve_core::Error;
 use ferroserve_runtime::Runtime;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 pub use config::{ApplicationConfig, DeploymentOverride, HttpOptions, ServeConfig};
 pub use deployment::RayDeployment;
@@ -379,19 +379,11 @@ struct HandleCalls {
 
 impl Calls for HandleCalls {
     fn call(&self, request: Frame, reply: Responder) {
-        let error = |message: String| {
-            let mut h = Map::new();
-            h.insert("op".into(), "handle_error".into());
-            h.insert("error".into(), message.into());
-            h
-        };
         if request.op() != "handle" {
-            let op = request.op().to_string();
-            reply.send(
-                error(format!(
-                    "ProtocolError: the server takes no '{op}' from a worker"
-                )),
-                Payload::default(),
+            let op = request.op();
+            reply.fail(
+                format!("ProtocolError: the server takes no '{op}' from a worker"),
+                None,
             );
             return;
         }
@@ -407,7 +399,7 @@ impl Calls for HandleCalls {
         let args = match request.bytes("args") {
             Ok(a) => a.to_vec(),
             Err(e) => {
-                reply.send(error(format!("ProtocolError: {e}")), Payload::default());
+                reply.fail(format!("ProtocolError: {e}"), None);
                 return;
             }
         };
@@ -424,30 +416,24 @@ impl Calls for HandleCalls {
                     "no deployment '{name}' in this application is serving yet"
                 ))),
             };
-            let mut payload = Payload::default();
-            let header = match answer {
+            match answer {
                 Ok(Answer::Value(v)) => {
+                    let mut payload = Payload::default();
                     let mut h = Map::new();
                     h.insert("op".into(), "handle_result".into());
                     h.insert("result".into(), payload.put(&v));
-                    h
+                    reply.send(h, payload);
                 }
-                Ok(Answer::Raised {
-                    error: e,
-                    exception,
-                }) => {
-                    let mut h = error(format!("deployment '{name}' raised {e}"));
-                    if let Some(x) = exception {
-                        h.insert("exception".into(), payload.put(&x));
-                    }
-                    h
-                }
-                Ok(Answer::Http(_)) => error(format!(
-                    "deployment '{name}' answered a method call with an HTTP response"
-                )),
-                Err(e) => error(format!("deployment '{name}': {e}")),
-            };
-            reply.send(header, payload);
+                Ok(Answer::Raised { error, exception }) => reply.fail(
+                    format!("deployment '{name}' raised {error}"),
+                    exception.as_deref(),
+                ),
+                Ok(Answer::Http(_)) => reply.fail(
+                    format!("deployment '{name}' answered a method call with an HTTP response"),
+                    None,
+                ),
+                Err(e) => reply.fail(format!("deployment '{name}': {e}"), None),
+            }
         });
     }
 }
@@ -457,10 +443,10 @@ struct NoCalls;
 
 impl Calls for NoCalls {
     fn call(&self, request: Frame, reply: Responder) {
-        let op = request.op().to_string();
-        let h = json!({"op": "handle_error", "error": format!("the application calls '{op}' while it is imported; deployments are not serving yet")});
-        if let Value::Object(h) = h {
-            reply.send(h, Payload::default());
-        }
+        let op = request.op();
+        reply.fail(
+            format!("the application calls '{op}' while it is imported; deployments are not serving yet"),
+            None,
+        );
     }
 }
