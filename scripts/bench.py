@@ -392,100 +392,6 @@ def tasks(seconds):
     print()
 
 
-def get(server, path):
-    conn = http.client.HTTPConnection(server.host, server.port)
-    conn.request("GET", path)
-    r = conn.getresponse()
-    body = r.read()
-    if r.status != 200:
-        raise SystemExit(f"GET {path}: {r.status} {body[:200]!r}")
-    conn.close()
-    return body
-
-
-def generative(seconds):
-    """Table 6, or a note when transformers/diffusers are not installed."""
-    try:
-        import torch
-        from diffusers import StableDiffusionPipeline
-        from transformers import AutoTokenizer, T5ForConditionalGeneration
-    except ImportError as e:
-        print(f"### 6. Generative tasks\n\nskipped: {e} (scripts/bench.sh installs diffusers)\n")
-        return
-    from urllib.parse import quote
-    torch.set_num_threads(os.cpu_count())
-    fixtures = ROOT / "tests" / "fixtures" / "models"
-    text = "Men have landed and walked on the moon. Two Americans, astronauts of Apollo 11, steered their fragile four-legged lunar module safely to the historic landing."
-    new = 64
-    t5 = T5ForConditionalGeneration.from_pretrained(str(fixtures / "tiny-t5")).eval()
-    tok = AutoTokenizer.from_pretrained(str(fixtures / "tiny-t5"))
-    ids = tok(text, return_tensors="pt")
-    pipe = StableDiffusionPipeline.from_pretrained(str(fixtures / "tiny-sd"), safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
-    prompt, steps = "a photo of the moon", 20
-    server = Server({"t5": "summarize", "sd": "imagine"})
-    rows = []
-    try:
-        for beams in (1, 4):
-            path = (f"/t5?txt={quote(text)}&num_beams={beams}&max_new_tokens={new}&min_new_tokens={new}")
-
-            def torch_gen():
-                with torch.inference_mode():
-                    out = t5.generate(**ids, num_beams=beams, max_new_tokens=new, min_new_tokens=new, do_sample=False)
-                assert out.shape[1] == new + 1
-
-            ours, theirs = timed_pair(lambda: get(server, path), torch_gen, seconds, rounds=4)
-            rows.append((f"tiny-t5, {'greedy' if beams == 1 else f'{beams} beams'}, {new} new tokens",
-                         new / statistics.median(ours), new / statistics.median(theirs), "tokens/s"))
-        path = f"/sd?prompt={quote(prompt)}&num_inference_steps={steps}&img_size=64&seed=1&scheduler=euler"
-
-        def torch_sd():
-            with torch.inference_mode():
-                pipe(prompt, num_inference_steps=steps, height=64, width=64, guidance_scale=7.5)
-
-        ours, theirs = timed_pair(lambda: get(server, path), torch_sd, seconds, rounds=4)
-        rows.append((f"tiny-sd, 64x64, guidance 7.5, Euler, {steps} steps (text encoder and VAE included)",
-                     steps / statistics.median(ours), steps / statistics.median(theirs), "steps/s"))
-        # One model's long generations beside another model's short requests on the same server.
-        short = f"/t5?txt={quote(text)}&max_new_tokens=16&min_new_tokens=16"
-
-        def t5_p50(n=40):
-            out = []
-            for _ in range(n):
-                t = time.perf_counter()
-                get(server, short)
-                out.append(time.perf_counter() - t)
-            return statistics.median(out) * 1000
-
-        alone = t5_p50()
-        stop = threading.Event()
-
-        def images():
-            while not stop.is_set():
-                get(server, path)
-
-        generating = threading.Thread(target=images)
-        generating.start()
-        time.sleep(0.5)
-        try:
-            beside = t5_p50()
-        finally:
-            stop.set()
-            generating.join()
-    finally:
-        server.stop()
-    print(f"### 6. Generative tasks, one request at a time ({seconds:.0f} s per pair)\n")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| workload | ferroserve (HTTP, candle) | PyTorch eager in-process | ferroserve / PyTorch |")
-    print("| --- | --- | --- | --- |")
-    for name, a, b, unit in rows:
-        print(f"| {name} | {a:,.1f} {unit} | {b:,.1f} {unit} | {a / b:.2f} |")
-    print()
-    print("tiny-t5 (greedy, 16 new tokens) p50 latency on the same server: "
-          f"{alone:.1f} ms alone, {beside:.1f} ms while tiny-sd generates back to back "
-          f"({beside / alone:.1f}x; the two share the cores)\n")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -508,7 +414,8 @@ def main():
     if args.only in (None, "tasks"):
         tasks(args.seconds)
     if args.only in (None, "generative"):
-        generative(args.seconds)
+        import bench_generative
+        bench_generative.run(args.seconds)
     if args.only in (None, "python"):
         import bench_python
         bench_python.run(args.seconds, wrk, timed_pair)

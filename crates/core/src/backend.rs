@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::{Error, InferRequest, NamedTensor, Parameters, Result, Signature};
+use crate::{Error, InferRequest, NamedTensor, Parameters, Partial, Progress, Result, Signature};
 
 /// One loaded instance of a model (a replica) that computes outputs from inputs.
 ///
@@ -67,6 +67,7 @@ pub trait Backend: Send {
 pub struct RunContext<'a> {
     parameters: &'a Parameters,
     cancelled: &'a (dyn Fn(usize) -> bool + Sync),
+    progress: Option<&'a (dyn Fn(usize) -> Option<&'a Progress> + Sync)>,
     deadline: Option<Instant>,
 }
 
@@ -77,8 +78,19 @@ impl<'a> RunContext<'a> {
         Self {
             parameters,
             cancelled,
+            progress: None,
             deadline: None,
         }
+    }
+
+    /// The same context, where `progress(row)` is the [`Progress`] of the request batch row
+    /// `row` came from, if its client streams.
+    pub fn with_progress(
+        mut self,
+        progress: &'a (dyn Fn(usize) -> Option<&'a Progress> + Sync),
+    ) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// The same context, for a batch whose earliest request must be answered by `deadline`.
@@ -112,5 +124,18 @@ impl<'a> RunContext<'a> {
     /// Whether nobody waits any more for the output of batch row `row`.
     pub fn is_cancelled(&self, row: usize) -> bool {
         (self.cancelled)(row)
+    }
+
+    /// Whether the client of batch row `row` streams, and so wants [`RunContext::report`]s.
+    pub fn streams(&self, row: usize) -> bool {
+        self.progress.and_then(|p| p(row)).is_some()
+    }
+
+    /// Reports where batch row `row` stands to its client, if that client streams; a backend
+    /// that can tell (generated tokens, denoising steps) calls this after each step.
+    pub fn report(&self, row: usize, partial: Partial) {
+        if let Some(progress) = self.progress.and_then(|p| p(row)) {
+            progress.report(partial);
+        }
     }
 }

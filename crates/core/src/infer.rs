@@ -1,6 +1,6 @@
 //! An inference request and its response, independent of any wire format.
 
-use crate::NamedTensor;
+use crate::{NamedTensor, Progress};
 
 /// Free-form request parameters (the protocol's `parameters` object).
 pub type Parameters = serde_json::Map<String, serde_json::Value>;
@@ -16,6 +16,9 @@ pub struct InferRequest {
     pub outputs: Vec<String>,
     /// Request-level parameters.
     pub parameters: Parameters,
+    /// Where the backend reports the request's progress, when its client streams the answer
+    /// (see [`crate::RunContext::report`]). Not part of what a batch must share.
+    pub progress: Option<Progress>,
 }
 
 /// The answer to an [`InferRequest`].

@@ -88,20 +88,18 @@ fn summaries_match_transformers_through_every_route() {
         };
         let want = case["output_text"].as_str().unwrap();
         let kwargs = case["generate_kwargs"].as_object().unwrap();
+        // `do_sample=false` included: the query string's "false" is the boolean.
         let params: Vec<(String, String)> = kwargs
             .iter()
-            .filter(|(k, _)| *k != "do_sample")
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect();
         let mut query: Vec<(&str, &str)> = vec![("txt", input)];
         query.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         // Ray Serve's tutorial shape: GET /{model}?txt= answers the text itself.
         assert_eq!(text(&server, "/t5long", &query), want, "{kwargs:?}");
-        let mut parameters = kwargs.clone();
-        parameters.remove("do_sample");
         let (status, answer) = server.post_json(
             "/predictions/t5long",
-            &json!({"text": input, "parameters": parameters}),
+            &json!({"text": input, "parameters": kwargs}),
         );
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["summary_text"], want, "{kwargs:?}");
@@ -122,6 +120,32 @@ fn summaries_match_transformers_through_every_route() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["outputs"][0]["name"], "summary");
     assert_eq!(answer["outputs"][0]["data"][0], "Mhen Mlen Mlen Mlen Ml");
+}
+
+#[test]
+fn sampled_summaries_are_reproducible_with_a_seed() {
+    let server = Server::start(repo(), &[]);
+    let txt = "Men have landed and walked on the moon.";
+    let query = [
+        ("txt", txt),
+        ("do_sample", "true"),
+        ("temperature", "1.5"),
+        ("top_p", "0.9"),
+        ("seed", "3"),
+    ];
+    let first = text(&server, "/t5", &query);
+    assert_eq!(text(&server, "/t5", &query), first);
+    // The same parameters as JSON give the same text.
+    let (status, answer) = server.post_json(
+        "/predictions/t5",
+        &json!({"text": txt, "parameters": {"do_sample": true, "temperature": 1.5, "top_p": 0.9, "seed": 3}}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["summary_text"], first);
+    // top_k=1 sampling is greedy search.
+    let greedy = text(&server, "/t5", &[("txt", txt)]);
+    let top1 = [("txt", txt), ("do_sample", "true"), ("top_k", "1")];
+    assert_eq!(text(&server, "/t5", &top1), greedy);
 }
 
 #[test]
@@ -294,6 +318,17 @@ fn bad_generation_requests_are_clear_4xx() {
         (vec![txt, ("num_beam", "2")], "'num_beam'"),
         (vec![txt, ("repetition_penalty", "0")], "repetition_penalty"),
         (
+            vec![txt, ("do_sample", "true"), ("temperature", "0")],
+            "temperature",
+        ),
+        (vec![txt, ("do_sample", "true"), ("top_p", "1.5")], "top_p"),
+        (vec![txt, ("do_sample", "maybe")], "do_sample"),
+        (vec![txt, ("seed", "-3")], "seed"),
+        (
+            vec![txt, ("num_return_sequences", "3")],
+            "'num_return_sequences' is a transformers generate parameter that ferroserve does not support",
+        ),
+        (
             vec![txt, ("early_stopping", "\"sometimes\"")],
             "early_stopping",
         ),
@@ -394,5 +429,183 @@ fn a_client_that_leaves_stops_its_generation() {
             &[("txt", "Flat is better than nested."), ("num_beams", "2")]
         ),
         "Feat is nted ntted nat n"
+    );
+}
+
+/// One Server-Sent Event: its name and its JSON data.
+#[derive(Debug)]
+struct Sse {
+    event: String,
+    data: Value,
+}
+
+/// The events of a whole `text/event-stream` answer (keep-alive comments skipped).
+fn events(response: reqwest::blocking::Response) -> Vec<Sse> {
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let body = response.text().unwrap();
+    body.split("\n\n")
+        .filter(|block| !block.trim().is_empty() && !block.starts_with(':'))
+        .map(|block| {
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("event: ") {
+                    event = name.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            Sse {
+                event,
+                data: serde_json::from_str(&data).unwrap_or_else(|e| panic!("{data}: {e}")),
+            }
+        })
+        .collect()
+}
+
+/// The text of a summarization stream's `token` events, checked to end with `done`.
+fn streamed_text(events: &[Sse]) -> String {
+    let (done, tokens) = events.split_last().expect("events");
+    assert_eq!(done.event, "done", "{events:?}");
+    assert!(tokens.iter().all(|e| e.event == "token"), "{events:?}");
+    let text: String = tokens
+        .iter()
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(done.data["summary_text"], text.as_str());
+    text
+}
+
+#[test]
+fn streamed_answers_put_together_equal_the_plain_ones() {
+    let server = Server::start(repo(), &[]);
+    let article = "Men have landed and walked on the moon. Two Americans, astronauts of Apollo 11, steered their fragile four-legged lunar module safely to the historic landing.";
+    for params in [
+        vec![("max_new_tokens", "40")],
+        vec![
+            ("max_new_tokens", "40"),
+            ("do_sample", "true"),
+            ("temperature", "1.5"),
+            ("seed", "7"),
+        ],
+        // Beam search knows its tokens only at the end: one piece.
+        vec![("max_new_tokens", "12"), ("num_beams", "3")],
+    ] {
+        let mut query = vec![("txt", article)];
+        query.extend(params.iter().copied());
+        let plain = text(&server, "/t5", &query);
+        query.push(("stream", "true"));
+        let streamed = events(get(&server, "/t5", &query));
+        assert_eq!(streamed_text(&streamed), plain, "{params:?}");
+        if params.iter().any(|(k, _)| *k == "num_beams") {
+            assert_eq!(streamed.len(), 2, "{streamed:?}");
+        }
+        // The JSON body's "stream": true, as OpenAI-style clients send it.
+        let parameters: serde_json::Map<String, Value> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::from_str(v).unwrap()))
+            .collect();
+        let response = client()
+            .post(server.at("/predictions/t5"))
+            .json(&json!({"text": article, "stream": true, "parameters": parameters}))
+            .send()
+            .unwrap();
+        assert_eq!(streamed_text(&events(response)), plain, "{params:?}");
+    }
+
+    // Text to image: each step's progress, then the same PNG as the plain route's.
+    let query = [
+        ("prompt", "a photo of the moon"),
+        ("num_inference_steps", "6"),
+        ("img_size", "64"),
+        ("seed", "3"),
+    ];
+    let plain = png(&server, "/sd", &query);
+    let mut with_stream = query.to_vec();
+    with_stream.push(("stream", "true"));
+    let streamed = events(get(&server, "/sd", &with_stream));
+    let (done, steps) = streamed.split_last().unwrap();
+    assert_eq!(done.event, "done", "{streamed:?}");
+    assert!(!steps.is_empty(), "{streamed:?}");
+    let mut last = 0;
+    for e in steps {
+        assert_eq!(e.event, "progress", "{e:?}");
+        let step = e.data["step"].as_u64().unwrap();
+        assert!(step > last && e.data["of"] == 6, "{streamed:?}");
+        last = step;
+    }
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(done.data["image"].as_str().unwrap())
+        .unwrap();
+    let image = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(
+        (done.data["width"].clone(), done.data["height"].clone()),
+        (json!(64), json!(64))
+    );
+    assert_eq!(image, plain);
+
+    // What is wrong before the first step is a plain 4xx, not a stream.
+    let (status, e) = error(
+        &server,
+        "/t5",
+        &[
+            ("txt", article),
+            ("stream", "true"),
+            ("do_sample", "true"),
+            ("temperature", "0"),
+        ],
+    );
+    assert_eq!(status, 400, "{e}");
+    assert!(e.contains("temperature"), "{e}");
+    let (status, e) = error(&server, "/t5", &[("txt", article), ("stream", "yes")]);
+    assert_eq!(status, 400, "{e}");
+    assert!(e.contains("'stream'"), "{e}");
+    let (status, e) = server.post_json(
+        "/predictions/t5",
+        &json!({"text": [article, article], "stream": true}),
+    );
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("one text"), "{e}");
+}
+
+#[test]
+fn a_streaming_client_that_leaves_stops_its_generation() {
+    use std::io::Read;
+    let server = Server::start(repo(), &[]);
+    let mut response = client()
+        .get(server.at("/sd"))
+        .query(&[
+            ("prompt", "a photo of the moon"),
+            ("num_inference_steps", "200"),
+            ("img_size", "128"),
+            ("stream", "true"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The first progress event, then the client goes.
+    let mut first = [0u8; 64];
+    let n = response.read(&mut first).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).contains("progress"),
+        "{:?}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    drop(response);
+    let stopped = wait_for(Duration::from_secs(60), || {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .contains("image generation stopped early")
+    });
+    assert!(
+        stopped,
+        "no early stop in the log:\n{}",
+        server.log.lock().unwrap()
     );
 }

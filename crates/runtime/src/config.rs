@@ -244,10 +244,11 @@ pub struct ModelConfig {
     pub text: Option<TextConfig>,
     /// Labels, softmax and top-k for the classification tasks.
     pub classification: Option<ClassificationConfig>,
-    /// Generation defaults for `summarization` (`num_beams`, `max_length`, `min_length`,
-    /// `max_new_tokens`, `min_new_tokens`, `repetition_penalty`, `length_penalty`,
-    /// `early_stopping`, `no_repeat_ngram_size`); they win over the checkpoint's
-    /// `generation_config.json`, and requests win over them. Read (and checked) by the backend.
+    /// Generation defaults for `summarization`, by transformers' `generate` names (`num_beams`,
+    /// `max_length`, `min_length`, `repetition_penalty`, `do_sample`, `temperature`, `top_k`,
+    /// `top_p`, `seed`, ...: the candle backend's `generation::NAMES`); they win over the
+    /// checkpoint's `generation_config.json`, and requests win over them. Read (and checked) by
+    /// the backend.
     pub generation: Option<serde_yaml_ng::Value>,
     /// Image defaults for `text-to-image` (`height`, `width`, `num_inference_steps`,
     /// `guidance_scale`, `scheduler`); they win over the pipeline's own, and requests over them.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ferroserve_core::{Error, InferRequest, InferResponse, NamedTensor, Result};
+use ferroserve_core::{Error, InferRequest, InferResponse, NamedTensor, Progress, Result};
 use ferroserve_tasks::{Task, TaskInput, TaskOutput};
 
 use crate::response::TaskAnswer;
@@ -65,6 +65,21 @@ impl Runtime {
         input: TaskInput,
         parameters: ferroserve_core::Parameters,
     ) -> Result<TaskAnswer> {
+        self.run_task_reporting(model, version, input, parameters, None)
+            .await
+    }
+
+    /// [`Runtime::run_task`] for a client that streams: the model reports its progress (tokens
+    /// so far, denoising steps) to `progress` as it goes. Reports come from requests of one
+    /// input; send one text to follow it.
+    pub async fn run_task_reporting(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        input: TaskInput,
+        parameters: ferroserve_core::Parameters,
+        progress: Option<Progress>,
+    ) -> Result<TaskAnswer> {
         let v = self.resolve(model, version)?;
         let task = v.task.clone().ok_or_else(|| {
             Error::invalid(format!(
@@ -73,6 +88,7 @@ impl Runtime {
         })?;
         let request = InferRequest {
             parameters,
+            progress,
             ..Default::default()
         };
         let output = observed(&v, self.run_task_on(&v, &task, input, &request)).await?;
@@ -108,6 +124,7 @@ impl Runtime {
                 v.submit(InferRequest {
                     inputs,
                     parameters: parameters.clone(),
+                    progress: request.progress.clone(),
                     ..Default::default()
                 })
             })

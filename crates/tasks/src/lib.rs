@@ -229,6 +229,18 @@ impl Task {
         self.kind
     }
 
+    /// The text of token ids a summarization model has generated so far (a streaming client's
+    /// view of the answer in the making); other tasks make no text.
+    pub fn text_so_far(&self, ids: &[u32]) -> Result<String> {
+        match &self.head {
+            Head::Summarization(s) => s.text.decode(ids),
+            _ => Err(Error::invalid(format!(
+                "a {} model makes no text",
+                self.kind
+            ))),
+        }
+    }
+
     /// The task's inputs and outputs as V2 clients see them: a BYTES input of images or texts,
     /// and the task's outputs.
     pub fn signature(&self) -> &Signature {

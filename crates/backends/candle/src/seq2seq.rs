@@ -4,10 +4,10 @@ use std::path::Path;
 
 use candle_core::Device;
 use ferroserve_core::{
-    Backend, DataType, Error, NamedTensor, Result, RunContext, Signature, TensorSpec,
+    Backend, DataType, Error, NamedTensor, Partial, Result, RunContext, Signature, TensorSpec,
 };
 
-use crate::generation::{generate, GenerationDefaults, GenerationParams};
+use crate::generation::{generate, GenerationDefaults, GenerationParams, Listener};
 use crate::t5::T5;
 use crate::tensors::{input, int64, int_rows, token};
 use crate::CandleError;
@@ -20,8 +20,9 @@ pub const ATTENTION_MASK: &str = "attention_mask";
 /// outputs are padded with the pad token.
 pub const OUTPUT_IDS: &str = "output_ids";
 
-/// A replica of a T5-family checkpoint that generates text with greedy or beam search; the
-/// request's parameters (see [`GenerationParams`]) choose how.
+/// A replica of a T5-family checkpoint that generates text with greedy search, sampling or beam
+/// search (with or without sampling); the request's parameters (transformers' `generate` ones,
+/// see [`GenerationParams`]) choose how.
 pub struct Seq2SeqBackend {
     model: T5,
     defaults: GenerationDefaults,
@@ -99,8 +100,7 @@ impl Backend for Seq2SeqBackend {
             }
             texts.push(tokens);
         }
-        let cancelled = |row: usize| context.is_cancelled(row);
-        let generated = generate(&self.model, &texts, &generation, &cancelled)?;
+        let generated = generate(&self.model, &texts, &generation, &Following(context))?;
         let pad = i64::from(self.model.config().pad_token_id);
         let width = generated.iter().flatten().map(Vec::len).max().unwrap_or(0);
         let rows: Vec<Vec<i64>> = generated
@@ -112,5 +112,21 @@ impl Backend for Seq2SeqBackend {
             })
             .collect();
         Ok(vec![int64(OUTPUT_IDS, &rows)?])
+    }
+}
+
+/// A generation followed by the batch's clients: cancelled when they leave, told each token
+/// when they stream.
+struct Following<'a, 'b>(&'a RunContext<'b>);
+
+impl Listener for Following<'_, '_> {
+    fn cancelled(&self, row: usize) -> bool {
+        self.0.is_cancelled(row)
+    }
+
+    fn tokens(&self, row: usize, tokens: &[u32]) {
+        if self.0.streams(row) {
+            self.0.report(row, Partial::Tokens(tokens.to_vec()));
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! tiny-sd against diffusers: prompt token ids, and the decoded image from the same latents for
-//! every scheduler and guidance case of `reference_images.json`.
+//! every scheduler and guidance case of `reference_images.json` (64x64) and
+//! `reference_images_128.json` (128x128, made by `scripts/make_sd_reference.py`: the UNet attends
+//! over 4,096 tokens and the VAE over 16,384, past the tiled attention's blocks).
 
 use std::path::{Path, PathBuf};
 
@@ -29,15 +31,37 @@ fn padded(tokenizer: &tokenizers::Tokenizer, text: &str) -> (Vec<u32>, Tensor) {
     (ids, Tensor::from_vec(all, (1, 77), &Device::Cpu).unwrap())
 }
 
+/// diffusers' image of a case: float32 HWC in [0, 1], from `.npy` or an 8-bit PNG.
+fn reference_image(case: &Value) -> (Vec<usize>, Vec<f32>) {
+    if let Some(npy_file) = case["image"].as_str() {
+        return npy(&fixture().join(npy_file));
+    }
+    let png = image::open(fixture().join(case["png"].as_str().unwrap()))
+        .unwrap()
+        .to_rgb8();
+    let shape = vec![png.height() as usize, png.width() as usize, 3];
+    (
+        shape,
+        png.as_raw().iter().map(|&v| v as f32 / 255.0).collect(),
+    )
+}
+
 #[test]
-fn images_match_diffusers_for_every_reference_case() {
+fn images_match_diffusers_at_64() {
+    images_match_diffusers("reference_images.json");
+}
+
+#[test]
+fn images_match_diffusers_at_128() {
+    images_match_diffusers("reference_images_128.json");
+}
+
+fn images_match_diffusers(cases: &str) {
     let sd = StableDiffusion::load(&fixture(), &Device::Cpu).unwrap();
     let tokenizer =
         tokenizers::Tokenizer::from_file(fixture().join("tokenizer/tokenizer.json")).unwrap();
-    let cases: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture().join("reference_images.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join(cases)).unwrap()).unwrap();
     let (_, negative) = padded(&tokenizer, "");
     for case in cases.as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
@@ -68,12 +92,12 @@ fn images_match_diffusers_for_every_reference_case() {
             latents: &latents,
         };
         let image = sd
-            .generate(&inputs, &settings, &|_| true)
+            .generate(&inputs, &settings, &|_, _, _| true)
             .unwrap()
             .remove(0)
             .unwrap();
         let got: Vec<f32> = image.flatten_all().unwrap().to_vec1().unwrap();
-        let (want_shape, want) = npy(&fixture().join(case["image"].as_str().unwrap()));
+        let (want_shape, want) = reference_image(case);
         assert_eq!(image.dims(), want_shape.as_slice());
         let worst = got
             .iter()
@@ -82,8 +106,8 @@ fn images_match_diffusers_for_every_reference_case() {
             .fold(0f32, f32::max);
         assert!(worst < 2e-2, "{settings:?}: largest difference {worst}");
         eprintln!(
-            "{:?} {}: largest difference {worst}",
-            settings.scheduler, settings.guidance_scale
+            "{:?} {} at {}: largest difference {worst}",
+            settings.scheduler, settings.guidance_scale, settings.height
         );
     }
 }

@@ -46,6 +46,7 @@ pub fn request(req: ModelInferRequest) -> Result<Decoded> {
             inputs,
             outputs: req.outputs.into_iter().map(|o| o.name).collect(),
             parameters: parameters(req.parameters),
+            progress: None,
         },
     })
 }

@@ -8,8 +8,9 @@
 //! - `POST /predictions/{model}` with `{"text"|"prompt"|"inputs": ..., "parameters": {...}}`
 //!   (see [`predict`]).
 //!
-//! Every other query or JSON parameter goes to the model (`num_beams`, `num_inference_steps`,
-//! `seed`, ...). An input cut to the model's length is said in the `X-Truncated: true` header, or
+//! `stream=true` (or `"stream": true` in the JSON body) answers Server-Sent Events instead (see
+//! [`crate::stream`]). Every other query or JSON parameter goes to the model (`num_beams`,
+//! `num_inference_steps`, `seed`, ...). An input cut to the model's length is said in the `X-Truncated: true` header, or
 //! a `truncated` field in JSON.
 
 use std::collections::HashMap;
@@ -60,6 +61,9 @@ pub(crate) async fn query(
         _ => "txt",
     };
     let text = text.ok_or_else(|| Error::invalid(format!("the query has no '{field}'")))?;
+    if crate::stream::wanted(&mut parameters)? {
+        return crate::stream::answer(state.runtime.clone(), model, None, text, parameters).await;
+    }
     let answer = state
         .runtime
         .run_task(&model, None, TaskInput::Texts(vec![text]), parameters)
@@ -136,9 +140,24 @@ pub(crate) async fn predict(
     headers: &HeaderMap,
     body: Bytes,
 ) -> std::result::Result<Response, ApiError> {
-    let (texts, single, mut parameters) = parse_body(&body)?;
+    let (mut texts, single, mut parameters) = parse_body(&body)?;
     for (k, v) in query {
         parameters.entry(k).or_insert(query_value(v));
+    }
+    if crate::stream::wanted(&mut parameters)? {
+        let text = match (single, texts.pop()) {
+            (true, Some(text)) => text,
+            _ => return Err(Error::invalid("\"stream\": true takes one text, not a list").into()),
+        };
+        let (runtime, model, version) = (state.runtime.clone(), model.to_string(), version);
+        return crate::stream::answer(
+            runtime,
+            model,
+            version.map(str::to_string),
+            text,
+            parameters,
+        )
+        .await;
     }
     let answer = state
         .runtime
@@ -218,7 +237,7 @@ fn parse_body(body: &Bytes) -> Result<(Vec<String>, bool, Parameters)> {
                 .ok_or_else(|| {
                     Error::invalid("the JSON body has no 'text' (or 'prompt', 'inputs')")
                 })?;
-            let parameters = match o.remove("parameters") {
+            let mut parameters = match o.remove("parameters") {
                 None | Some(Value::Null) => Parameters::new(),
                 Some(Value::Object(p)) => p,
                 Some(other) => {
@@ -227,9 +246,13 @@ fn parse_body(body: &Bytes) -> Result<(Vec<String>, bool, Parameters)> {
                     )))
                 }
             };
+            // `"stream": true` beside the text, as OpenAI-style clients send it.
+            if let Some(stream) = o.remove("stream") {
+                parameters.insert("stream".into(), stream);
+            }
             if let Some(k) = o.keys().next() {
                 return Err(Error::invalid(format!(
-                    "unknown field '{k}' in the body (expected 'text' or 'prompt', and 'parameters')"
+                    "unknown field '{k}' in the body (expected 'text' or 'prompt', 'parameters' and 'stream')"
                 )));
             }
             (inner, parameters)

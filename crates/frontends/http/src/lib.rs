@@ -28,6 +28,7 @@ mod handler;
 mod management;
 mod openai;
 mod ray;
+mod stream;
 mod torchserve;
 pub mod v2;
 

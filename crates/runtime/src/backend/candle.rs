@@ -186,3 +186,38 @@ impl BackendLoader for CandleLoader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generation(yaml: &str) -> std::result::Result<GenerationParams, String> {
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        section("generation", Some(&value))
+    }
+
+    /// model.yaml's `generation:` takes transformers' names, with the backend's checks.
+    #[test]
+    fn generation_section_takes_transformers_parameters() {
+        let p = generation(
+            "{do_sample: true, temperature: 0.7, top_k: 20, seed: 3, num_return_sequences: 1}",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.do_sample, p.temperature, p.top_k, p.seed),
+            (Some(true), Some(0.7), Some(20), Some(3))
+        );
+        let e = generation("{num_beam_groups: 2}").unwrap_err();
+        assert!(
+            e.contains("'num_beam_groups' is a transformers generate parameter that ferroserve does not support"),
+            "{e}"
+        );
+        let e = generation("{temprature: 0.7}").unwrap_err();
+        assert!(
+            e.contains("'temprature'") && e.contains("temperature"),
+            "{e}"
+        );
+        let e = generation("{top_k: many}").unwrap_err();
+        assert!(e.contains("top_k"), "{e}");
+    }
+}

@@ -118,7 +118,10 @@ impl Worker<InferRequest> for BackendWorker {
         }
         if let [only] = requests.as_slice() {
             let gone = |_row: usize| watch.is_cancelled(0);
-            let context = RunContext::new(&only.parameters, &gone).with_deadline(watch.deadline());
+            let progress = |_row: usize| only.progress.as_ref();
+            let context = RunContext::new(&only.parameters, &gone)
+                .with_progress(&progress)
+                .with_deadline(watch.deadline());
             let t = Instant::now();
             let out = self.backend.run_with(&only.inputs, &only.outputs, &context);
             phases.infer = t.elapsed();
@@ -135,8 +138,10 @@ impl Worker<InferRequest> for BackendWorker {
             .flat_map(|(i, p)| std::iter::repeat_n(i, p.rows))
             .collect();
         let gone = |row: usize| owner.get(row).is_some_and(|&i| watch.is_cancelled(i));
-        let context =
-            RunContext::new(&requests[0].parameters, &gone).with_deadline(watch.deadline());
+        let progress = |row: usize| owner.get(row).and_then(|&i| requests[i].progress.as_ref());
+        let context = RunContext::new(&requests[0].parameters, &gone)
+            .with_progress(&progress)
+            .with_deadline(watch.deadline());
         let t = Instant::now();
         let outputs = self
             .backend

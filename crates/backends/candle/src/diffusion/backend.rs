@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use ferroserve_core::{
-    Backend, DataType, Error, NamedTensor, Result, RunContext, Signature, TensorSpec,
+    Backend, DataType, Error, NamedTensor, Partial, Result, RunContext, Signature, TensorSpec,
 };
 
 use super::params::{DiffusionDefaults, DiffusionParams};
@@ -126,7 +126,10 @@ impl Backend for DiffusionBackend {
             negative_ids: &negative_ids,
             latents: &latents,
         };
-        let keep = |row: usize| !context.is_cancelled(row);
+        let keep = |row: usize, done: usize, of: usize| {
+            context.report(row, Partial::Steps { done, of });
+            !context.is_cancelled(row)
+        };
         let generate = || self.pipeline.generate(&batch, &settings, &keep);
         let images = match &self.pool {
             Some(pool) => pool.install(generate),

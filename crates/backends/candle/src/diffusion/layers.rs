@@ -148,9 +148,6 @@ impl Resnet {
     }
 }
 
-/// Most bytes one block of attention scores may take.
-const SCORES_BYTES: usize = 256 << 20;
-
 /// Multi-head attention over (batch, tokens, channels), on itself or on a context.
 pub struct Attention {
     to_q: Linear,
@@ -195,49 +192,16 @@ impl Attention {
         })
     }
 
-    /// (batch, heads, tokens, head_dim) from (batch, tokens, heads * head_dim).
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        x.reshape((b, n, self.heads, c / self.heads))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
     /// `x` (batch, tokens, query_dim); `context` (batch, context tokens, context_dim) or
     /// itself when `None`.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        self.forward_within(x, context, SCORES_BYTES)
-    }
-
-    /// [`Attention::forward`] with the scores of one block bounded to `scores_bytes`.
-    fn forward_within(
-        &self,
-        x: &Tensor,
-        context: Option<&Tensor>,
-        scores_bytes: usize,
-    ) -> Result<Tensor> {
         let context = context.unwrap_or(x);
-        let q = self.split_heads(&self.to_q.forward(x)?)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let (b, heads, n, d) = q.dims4()?;
-        let s = k.dim(2)?;
-        let kt = k.t()?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let attend = |q: &Tensor| kernels::softmax_last_dim(&q.matmul(&kt)?, scale)?.matmul(&v);
-        // A block of query rows at a time where all the scores would not fit the bound: at
-        // 2048x2048 SD 1.5's first level has 65536 tokens, whose scores would take 137 GB.
-        let rows = (scores_bytes / (b * heads * s * 4).max(1)).clamp(1, n.max(1));
-        let out = if rows >= n {
-            attend(&q)?
-        } else {
-            let blocks = (0..n)
-                .step_by(rows)
-                .map(|start| attend(&q.narrow(2, start, rows.min(n - start))?))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&blocks, 2)?
-        };
-        let out = out.transpose(1, 2)?.reshape((b, n, heads * d))?;
+        let out = kernels::attention(
+            &self.to_q.forward(x)?,
+            &self.to_k.forward(context)?,
+            &self.to_v.forward(context)?,
+            self.heads,
+        )?;
         self.to_out.forward(&out)
     }
 }
@@ -438,44 +402,5 @@ impl Upsample {
         let (_, _, h, w) = x.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
         self.conv.forward(&x.upsample_nearest2d(th, tw)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::diffusion::largest_difference;
-    use candle_core::Device;
-
-    #[test]
-    fn attention_in_blocks_of_query_rows_equals_attention_at_once() {
-        let d = Device::Cpu;
-        let dim = 16;
-        let linear = |bias: bool| {
-            let w = Tensor::randn(0f32, 0.3, (dim, dim), &d).unwrap();
-            let b = bias.then(|| Tensor::randn(0f32, 0.3, dim, &d).unwrap());
-            Linear::new(w, b)
-        };
-        let attention = Attention {
-            to_q: linear(false),
-            to_k: linear(false),
-            to_v: linear(false),
-            to_out: linear(true),
-            heads: 4,
-        };
-        let x = Tensor::randn(0f32, 1.0, (2, 37, dim), &d).unwrap();
-        let context = Tensor::randn(0f32, 1.0, (2, 11, dim), &d).unwrap();
-        for context in [None, Some(&context)] {
-            let whole = attention.forward(&x, context).unwrap();
-            // One row's scores are 2 * 4 * s * 4 bytes: budgets of 1 and 5 rows.
-            let s = context.map_or(37, |c| c.dim(1).unwrap());
-            for rows in [1, 5] {
-                let blocks = attention
-                    .forward_within(&x, context, rows * 2 * 4 * s * 4)
-                    .unwrap();
-                let diff = largest_difference(&whole, &blocks);
-                assert!(diff < 1e-5, "{rows} rows at a time: {diff}");
-            }
-        }
     }
 }

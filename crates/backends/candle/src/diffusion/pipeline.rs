@@ -401,13 +401,13 @@ impl StableDiffusion {
 
     /// Generates a batch of images, (batch, height, width, 3) with values in [0, 1].
     ///
-    /// `keep(i)` is asked after each step for each image still generating; images it refuses
-    /// leave the batch, and come back as `None`.
+    /// `keep(i, done, of)` is asked after each step (`done` of `of` UNet steps) for each image
+    /// still generating; images it refuses leave the batch, and come back as `None`.
     pub fn generate(
         &self,
         inputs: &DiffusionInputs<'_>,
         settings: &ImageSettings,
-        keep: &dyn Fn(usize) -> bool,
+        keep: &dyn Fn(usize, usize, usize) -> bool,
     ) -> Result<Vec<Option<Tensor>>, CandleError> {
         settings.check()?;
         let n = inputs.prompt_ids.dim(0)?;
@@ -441,7 +441,7 @@ impl StableDiffusion {
             };
             latents = scheduler.step(&noise, i, &latents)?;
             let kept: Vec<u32> = (0..live.len() as u32)
-                .filter(|&r| keep(live[r as usize]))
+                .filter(|&r| keep(live[r as usize], i + 1, timesteps.len()))
                 .collect();
             if kept.is_empty() {
                 tracing::info!(

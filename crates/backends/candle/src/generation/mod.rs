@@ -1,11 +1,12 @@
-//! Text generation for encoder-decoder models: parameters, score processors, greedy and beam
-//! search.
+//! Text generation for encoder-decoder models: parameters, score processors and warpers,
+//! greedy search, sampling and beam search.
 
 mod params;
 mod processors;
 mod search;
 
 pub use params::{
-    EarlyStopping, Generation, GenerationDefaults, GenerationParams, MAX_BEAMS, MAX_NGRAM, NAMES,
+    EarlyStopping, Generation, GenerationDefaults, GenerationParams, Sampling, TokenIds,
+    Unsupported, MAX_BEAMS, MAX_NGRAM, NAMES, UNSUPPORTED,
 };
-pub use search::generate;
+pub use search::{generate, Listener};

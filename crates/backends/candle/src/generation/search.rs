@@ -1,13 +1,23 @@
-//! Greedy and beam search over a batch of inputs that share the encoder and every decoder step.
+//! Greedy search, sampling and beam search (with or without sampling) over a batch of inputs
+//! that share the encoder and every decoder step.
 //!
 //! Beam search follows transformers' vectorised `_beam_search` step for step (the candidates
 //! kept, the `-1e9` penalties, the length normalisation and the early-stop heuristic, all in
-//! float32) so that the same checkpoint yields the same tokens. Inputs that finish, and inputs
-//! whose client left, drop out of the batch; the others go on unchanged.
+//! float32) so that the same checkpoint yields the same tokens. Sampling follows `_sample` (and
+//! `_beam_search` with `do_sample`): the processed scores go through the logits warpers, then a
+//! multinomial draw; each input has its own random generator, seeded with the request's `seed`
+//! (or a random seed), so its output does not depend on its batch. The draws are ferroserve's
+//! own (ChaCha8), not torch's: the same seed gives the same tokens here, not the tokens
+//! transformers gives. Inputs that finish, and inputs whose client left, drop out of the batch;
+//! the others go on unchanged.
+
+use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
-use super::processors::{log_softmax, process};
+use super::processors::{argmax, log_softmax, process, sample, sample_without_replacement, warp};
 use super::{EarlyStopping, Generation};
 use crate::t5::{DecoderState, T5};
 use crate::CandleError;
@@ -15,15 +25,56 @@ use crate::CandleError;
 /// transformers' stand-in for minus infinity in beam scores.
 const PENALTY: f32 = -1.0e9;
 
+/// What every step of one generation needs besides the decoder.
+struct Run<'a> {
+    inputs: &'a [Vec<u32>],
+    g: &'a Generation,
+    eos: u32,
+    /// One generator per input when sampling; empty otherwise.
+    rngs: Vec<ChaCha8Rng>,
+    /// When `max_time` runs out.
+    deadline: Option<Instant>,
+    listener: &'a dyn Listener,
+}
+
+impl Run<'_> {
+    fn out_of_time(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() > d)
+    }
+}
+
+/// Who follows a generation: whether an input's client has gone, and (for clients that stream)
+/// each input's tokens as they come. Any `Fn(usize) -> bool` is a listener that only answers
+/// the first question.
+pub trait Listener {
+    /// Whether nobody waits any more for input `i`'s output (asked after each step).
+    fn cancelled(&self, i: usize) -> bool;
+
+    /// Input `i`'s tokens so far, after each step of greedy search and sampling (beam search
+    /// knows its tokens only at the end, so its outputs come whole).
+    fn tokens(&self, i: usize, tokens: &[u32]) {
+        let _ = (i, tokens);
+    }
+}
+
+impl<F: Fn(usize) -> bool> Listener for F {
+    fn cancelled(&self, i: usize) -> bool {
+        self(i)
+    }
+}
+
 /// Generates an output for each input (token ids ending with end-of-sequence). An output starts
-/// with the decoder's start token and ends with end-of-sequence unless it reached `max_length`.
-/// `cancelled(i)` is asked before each step; a cancelled input stops and gets `None`.
+/// with the decoder's start token and ends with end-of-sequence unless it reached `max_length`
+/// (or `max_time` ran out). `listener.cancelled(i)` is asked before each step; a cancelled input
+/// stops and gets `None`.
 pub fn generate(
     model: &T5,
     inputs: &[Vec<u32>],
     g: &Generation,
-    cancelled: &dyn Fn(usize) -> bool,
+    listener: &dyn Listener,
 ) -> Result<Vec<Option<Vec<u32>>>, CandleError> {
+    // transformers' MaxTimeCriteria starts its clock before the encoder runs.
+    let deadline = g.max_time.and_then(|t| Instant::now().checked_add(t));
     if inputs.is_empty() {
         return Ok(Vec::new());
     }
@@ -36,17 +87,64 @@ pub fn generate(
             "token id {t} is outside the vocabulary ({vocab} tokens)"
         )));
     }
+    check_token_ids(g, vocab)?;
+    let rngs = match &g.sampling {
+        None => Vec::new(),
+        Some(s) => inputs
+            .iter()
+            .map(|_| ChaCha8Rng::seed_from_u64(s.seed.unwrap_or_else(rand::random)))
+            .collect(),
+    };
     let (ids, mask) = padded(inputs, model.config().pad_token_id, model.device())?;
-    let all_gone = || (0..inputs.len()).all(cancelled);
+    let all_gone = || (0..inputs.len()).all(|i| listener.cancelled(i));
     let Some(encoded) = model.encode_until(&ids, &mask, &all_gone)? else {
         return Ok(vec![None; inputs.len()]);
     };
     let state = model.start(&encoded, &mask)?;
+    let mut run = Run {
+        inputs,
+        g,
+        eos: model.config().eos_token_id,
+        rngs,
+        deadline,
+        listener,
+    };
     if g.num_beams == 1 {
-        greedy(model, state, inputs.len(), g, cancelled)
+        one_beam(model, state, &mut run)
     } else {
-        beam_search(model, state, inputs.len(), g, cancelled)
+        beam_search(model, state, &mut run)
     }
+}
+
+/// The token ids of the parameters must be in the vocabulary, as transformers requires (it
+/// ignores suppressed tokens outside it, and so does this).
+fn check_token_ids(g: &Generation, vocab: u32) -> Result<(), CandleError> {
+    let lists: [(&str, Vec<u32>); 4] = [
+        (
+            "forced_bos_token_id",
+            g.forced_bos_token_id.into_iter().collect(),
+        ),
+        ("forced_eos_token_id", g.forced_eos_token_id.clone()),
+        (
+            "bad_words_ids",
+            g.bad_words_ids.iter().flatten().copied().collect(),
+        ),
+        (
+            "sequence_bias",
+            g.sequence_bias
+                .iter()
+                .flat_map(|(ids, _)| ids.iter().copied())
+                .collect(),
+        ),
+    ];
+    for (name, ids) in lists {
+        if let Some(t) = ids.iter().find(|&&t| t >= vocab) {
+            return Err(CandleError::Invalid(format!(
+                "{name}: token id {t} is outside the vocabulary ({vocab} tokens)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Right-padded ids and the 1/0 mask, (batch, longest).
@@ -72,13 +170,13 @@ fn step(model: &T5, last: &[u32], state: &mut DecoderState) -> Result<Vec<Vec<f3
     Ok(model.step(&ids, state)?.to_vec2::<f32>()?)
 }
 
-fn greedy(
+/// Greedy search, or multinomial sampling when `do_sample` is set (transformers' `_sample`).
+fn one_beam(
     model: &T5,
     mut state: DecoderState,
-    n: usize,
-    g: &Generation,
-    cancelled: &dyn Fn(usize) -> bool,
+    run: &mut Run<'_>,
 ) -> Result<Vec<Option<Vec<u32>>>, CandleError> {
+    let (g, n) = (run.g, run.inputs.len());
     let c = model.config();
     let mut seqs: Vec<Vec<u32>> = vec![vec![c.decoder_start_token_id]; n];
     let mut out: Vec<Option<Vec<u32>>> = vec![None; n];
@@ -90,14 +188,23 @@ fn greedy(
             .map(|&i| *seqs[i].last().unwrap_or(&0))
             .collect();
         let logits = step(model, &last, &mut state)?;
+        let out_of_time = run.out_of_time();
         let mut keep = Vec::with_capacity(active.len());
         for (row, (&i, mut scores)) in active.iter().zip(logits).enumerate() {
-            process(&mut scores, &seqs[i], g, c.eos_token_id);
-            let token = argmax(&scores);
+            process(&mut scores, &seqs[i], g, run.eos, &run.inputs[i]);
+            // `renormalize_logits` would change neither the best token nor the distribution.
+            let token = match (&g.sampling, run.rngs.get_mut(i)) {
+                (Some(s), Some(rng)) => {
+                    warp(&mut scores, s, 1);
+                    sample(&scores, rng)
+                }
+                _ => argmax(&scores),
+            };
             seqs[i].push(token);
-            if token == c.eos_token_id || seqs[i].len() >= g.max_length {
+            run.listener.tokens(i, &seqs[i]);
+            if token == run.eos || seqs[i].len() >= g.max_length || out_of_time {
                 out[i] = Some(std::mem::take(&mut seqs[i]));
-            } else if cancelled(i) {
+            } else if run.listener.cancelled(i) {
                 stopped(seqs[i].len(), g);
             } else {
                 keep.push(row);
@@ -120,17 +227,6 @@ fn stopped(tokens: usize, g: &Generation) {
     );
 }
 
-/// The first index of the largest score (torch's argmax).
-fn argmax(scores: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &s) in scores.iter().enumerate() {
-        if s > scores[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// The beams of one input.
 struct Beams {
     input: usize,
@@ -142,13 +238,13 @@ struct Beams {
     improvable: bool,
 }
 
+/// Beam search, or beam sampling when `do_sample` is set (transformers' `_beam_search`).
 fn beam_search(
     model: &T5,
     state: DecoderState,
-    n: usize,
-    g: &Generation,
-    cancelled: &dyn Fn(usize) -> bool,
+    run: &mut Run<'_>,
 ) -> Result<Vec<Option<Vec<u32>>>, CandleError> {
+    let (g, n, eos) = (run.g, run.inputs.len(), run.eos);
     let c = model.config();
     let nb = g.num_beams;
     let start = vec![c.decoder_start_token_id];
@@ -178,25 +274,38 @@ fn beam_search(
             .flat_map(|b| b.running.iter().map(|s| *s.last().unwrap_or(&0)))
             .collect();
         let logits = step(model, &last, &mut state)?;
+        let out_of_time = run.out_of_time();
         let mut reorder: Vec<u32> = Vec::with_capacity(last.len());
         let mut next_groups = Vec::with_capacity(groups.len());
         for (gi, (mut beams, rows)) in groups.into_iter().zip(logits.chunks(nb)).enumerate() {
             let vocab = rows[0].len();
             let mut flat: Vec<f32> = Vec::with_capacity(nb * vocab);
+            let input = &run.inputs[beams.input];
             for (b, row) in rows.iter().enumerate() {
                 let mut lp = row.clone();
                 log_softmax(&mut lp);
-                process(&mut lp, &beams.running[b], g, c.eos_token_id);
+                process(&mut lp, &beams.running[b], g, eos, input);
+                if let Some(s) = &g.sampling {
+                    // One eos token: transformers keeps at least 2 tokens per beam.
+                    warp(&mut lp, s, 2);
+                }
+                if g.renormalize_logits {
+                    log_softmax(&mut lp);
+                }
                 flat.extend(lp.iter().map(|&s| s + beams.running_scores[b]));
             }
-            let top = top_k(&flat, keep_candidates);
+            // The candidates: the best, or drawn from the softmax of the accumulated scores.
+            let top = match (&g.sampling, run.rngs.get_mut(beams.input)) {
+                (Some(_), Some(rng)) => sample_without_replacement(&flat, keep_candidates, rng),
+                _ => top_k(&flat, keep_candidates),
+            };
             let candidates: Vec<(Vec<u32>, f32, bool)> = top
                 .iter()
                 .map(|&(score, index)| {
                     let (beam, token) = (index / vocab, (index % vocab) as u32);
                     let mut seq = beams.running[beam].clone();
                     seq.push(token);
-                    let hit = token == c.eos_token_id || seq.len() >= g.max_length;
+                    let hit = token == eos || seq.len() >= g.max_length || out_of_time;
                     (seq, score, hit)
                 })
                 .collect();
@@ -259,7 +368,7 @@ fn beam_search(
             let open = !(all_finished && g.early_stopping == EarlyStopping::Always);
             if !(beams.improvable && open && !all_hit) {
                 out[beams.input] = beams.finished.into_iter().next().map(|f| f.0);
-            } else if cancelled(beams.input) {
+            } else if run.listener.cancelled(beams.input) {
                 stopped(cur_len + 1, g);
             } else {
                 reorder.extend(

@@ -99,6 +99,7 @@ pub fn decode(body: Bytes, header_len: Option<usize>) -> Result<Decoded> {
             inputs,
             outputs,
             parameters: header.parameters,
+            progress: None,
         },
         binary_outputs,
         binary_default,
