@@ -17,7 +17,10 @@ use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::processors::{argmax, log_softmax, process, sample, sample_without_replacement, warp};
+use super::choice::{argmax, sample, sample_without_replacement, top_k};
+use super::processors::process;
+use super::softmax::log_softmax;
+use super::warpers::warp;
 use super::{EarlyStopping, Generation};
 use crate::t5::{DecoderState, T5};
 use crate::CandleError;
@@ -384,29 +387,4 @@ fn beam_search(
         cur_len += 1;
     }
     Ok(out)
-}
-
-/// The `k` largest values with their indices, largest first; ties go to the lower index.
-fn top_k(values: &[f32], k: usize) -> Vec<(f32, usize)> {
-    let mut indexed: Vec<(f32, usize)> = values.iter().copied().zip(0..).collect();
-    let order = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-    let k = k.min(indexed.len());
-    if k < indexed.len() && k > 0 {
-        indexed.select_nth_unstable_by(k - 1, order);
-    }
-    indexed.truncate(k);
-    indexed.sort_by(order);
-    indexed
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_k_is_sorted_and_stable() {
-        let v = [1.0, 3.0, 3.0, -1.0, 2.0];
-        assert_eq!(top_k(&v, 3), vec![(3.0, 1), (3.0, 2), (2.0, 4)]);
-        assert_eq!(top_k(&v, 9).len(), 5);
-    }
 }
