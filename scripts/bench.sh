@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md: set-up, the peers (nginx and wrk from Debian, onnxruntime from
 # PyPI for the in-process baseline, sentence-transformers from PyPI for the Python embedding
-# peer, diffusers for the text-to-image peer), then scripts/bench.py. Table 8's peers
+# peer), then scripts/bench.py. Table 6's peers (transformers and diffusers on PyTorch) run in
+# tests/python/torch_env.py's serve environment, made by scripts/bench_generative.py when missing. Table 8's peers
 # (nvidia-pytriton's tritonserver, sentence-transformers for the SentenceEncoder executor) are
 # installed by scripts/bench_python.py into venvs under ~/.cache/ferroserve, and table 9's
 # (TorchServe 0.12 with captum) by scripts/bench_torchserve.py, and table 10's (Ray Serve 2.60)
@@ -26,8 +27,4 @@ fi
 # The Python peer for embeddings (table 5). It brings PyTorch: a large download, once.
 "$ROOT/.venv/bin/python" -c "import sentence_transformers" 2>/dev/null \
   || "$ROOT/.venv/bin/python" -m pip install --quiet "sentence-transformers==6.2.0"
-# The Python peers of the generative tasks (table 6): transformers comes with
-# sentence-transformers; diffusers on its own.
-"$ROOT/.venv/bin/python" -c "import diffusers" 2>/dev/null \
-  || "$ROOT/.venv/bin/python" -m pip install --quiet "diffusers==0.42.1"
 exec "$ROOT/.venv/bin/python" "$ROOT/scripts/bench.py" "$@"

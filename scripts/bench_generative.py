@@ -99,8 +99,8 @@ def measure(seconds):
                     out = t5.generate(**ids, max_new_tokens=NEW, min_new_tokens=NEW, **kwargs)
                 assert out.shape[1] == NEW + 1
 
-            ours, theirs = alternate(lambda: get(server, path), torch_gen, rounds=max(3, int(seconds)))
-            rows.append((f"tiny-t5, {name}, {NEW} new tokens", NEW / ours, NEW / theirs, "tokens/s"))
+            ours, theirs = alternate(lambda: get(server, path), torch_gen, rounds=max(10, int(4 * seconds)))
+            rows.append((f"tiny-t5, {name}, {NEW} new tokens", ours / NEW * 1e3, theirs / NEW * 1e3, "ms per token"))
         for model, pipe_name, size, steps, rounds in (("sd", "tiny-sd", 64, 20, 5), ("sd", "tiny-sd", 256, 20, 2),
                                                       ("sd", "tiny-sd", 512, 4, 1), ("sd15", "sd15", 512, 2, 1)):
             pipe = pipes[pipe_name]
@@ -113,17 +113,17 @@ def measure(seconds):
 
             ours, theirs = alternate(lambda: get(server, path), torch_sd, rounds, warm=1 if size < 512 else 0)
             label = "tiny-sd" if pipe_name == "tiny-sd" else "SD 1.5-shaped UNet + VAE (random weights)"
-            rows.append((f"{label}, {size}x{size}, {steps} steps, {rounds} round(s)", steps / ours, steps / theirs,
-                         "steps/s"))
+            rows.append((f"{label}, {size}x{size}, {steps} steps, median of {rounds}", ours, theirs, "s per image"))
             print(f"  {rows[-1][0]}: {ours:.1f} s vs {theirs:.1f} s", file=sys.stderr, flush=True)
     finally:
         server.stop()
     print("### 6. Generative tasks, one request at a time (`--only generative`)\n")
     print(f"torch {torch.__version__} (CPU, {torch.get_num_threads()} threads); ferroserve over HTTP\n")
-    print("| workload | ferroserve (HTTP, candle) | PyTorch eager in-process | ferroserve / PyTorch |")
+    print("| workload | ferroserve (HTTP, candle) | PyTorch eager in-process | PyTorch time / ferroserve time |")
     print("| --- | --- | --- | --- |")
+    # Every row is a time: the ratio is PyTorch's time over ferroserve's (above 1: ferroserve is faster).
     for name, a, b, unit in rows:
-        print(f"| {name} | {a:,.2f} {unit} | {b:,.2f} {unit} | {a / b:.2f} |")
+        print(f"| {name} | {a:,.2f} {unit} | {b:,.2f} {unit} | {b / a:.2f} |")
     print()
 
 

@@ -5,7 +5,7 @@ Run with a Python that has torch and transformers (5.23 was used):
     python scripts/sampling_reference.py
 
 Each line printed is `name: [scores after the warper]` as a Rust array of f32 (`NEG` is minus
-infinity); crates/backends/candle/src/generation/processors.rs pastes them into its tests.
+infinity); crates/backends/candle/src/generation/warpers.rs pastes them into its tests.
 
 Then, for the other logits processors (deterministic, so the token ids must match exactly), it
 prints `generate(**kwargs)` on the tiny-t5 fixture for two texts:
@@ -31,7 +31,7 @@ from transformers.generation.logits_process import (
 )
 
 NEG = float("-inf")
-# The logit vectors of the tests (`V1` to `V4` and `TIES` in processors.rs).
+# The logit vectors of the tests (`V1` to `V4` and `TIES` in warpers.rs).
 V1 = [2.0, -1.0, 0.5, 3.5, 0.0, 1.25, -2.5, 3.0]
 V2 = [NEG, 1.0, 4.0, 2.0, 2.5, -0.5, 0.25, NEG, 3.25, 1.5]
 V3 = [10.0, 1.0, 0.5, 0.2, -1.0, 0.3]

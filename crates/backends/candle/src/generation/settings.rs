@@ -93,7 +93,7 @@ impl Generation {
         // A decoder start token always comes first.
         let prompt = 1;
         let max_length = match (p.max_new_tokens, p.max_length) {
-            (Some(n), _) => n + prompt,
+            (Some(n), _) => n.saturating_add(prompt),
             (None, Some(n)) => n,
             // transformers' default.
             (None, None) => 20,
@@ -107,7 +107,7 @@ impl Generation {
             ));
         }
         let min_length = match (p.min_new_tokens, p.min_length) {
-            (Some(n), _) => n + prompt,
+            (Some(n), _) => n.saturating_add(prompt),
             (None, Some(n)) => n,
             (None, None) => 0,
         };
@@ -361,6 +361,11 @@ mod tests {
         let e = error(json!({"max_length": 65}));
         assert!(e.contains("limit of 64"), "{e}");
         let e = error(json!({"min_length": 30, "max_length": 20}));
+        assert!(e.contains("min_length"), "{e}");
+        // The largest counts a client can send are over the limit, not wrapped round.
+        let e = error(json!({"max_new_tokens": u64::MAX}));
+        assert!(e.contains("limit of 64"), "{e}");
+        let e = error(json!({"min_new_tokens": u64::MAX}));
         assert!(e.contains("min_length"), "{e}");
     }
 
