@@ -7,6 +7,12 @@ use super::{threads, values, Out};
 
 /// im2col tile size in values (1 MiB of f32), so large images never need a full patch matrix.
 const TILE_VALUES: usize = 1 << 18;
+/// Fewest output columns of a tile, whatever its size: each tile's matrix product packs the
+/// whole weight matrix again, so a tile of one 64-pixel row under a deep layer (SD 1.5's
+/// 320-2,880 weights) would spend more on packing than on arithmetic.
+const MIN_COLUMNS: usize = 512;
+/// Largest tile a thread keeps between convolutions, in values (32 MiB of f32).
+const KEPT_VALUES: usize = 1 << 23;
 
 thread_local! {
     /// Each thread's im2col tile, kept between convolutions: every value of it is overwritten
@@ -210,7 +216,9 @@ impl CustomOp3 for Conv2d {
             }
         } else {
             let k = c.k();
-            let rows_per_tile = (TILE_VALUES / (k * c.ow).max(1)).clamp(1, c.oh);
+            let rows_per_tile = (TILE_VALUES / (k * c.ow).max(1))
+                .max(MIN_COLUMNS.div_ceil(c.ow.max(1)))
+                .clamp(1, c.oh);
             let tiles_per_image = c.oh.div_ceil(rows_per_tile);
             let tasks = batch * tiles_per_image;
             // Either tiles run side by side with a single-threaded gemm each, or one after the
@@ -245,8 +253,10 @@ impl CustomOp3 for Conv2d {
                         gemm_threads,
                     )
                 }
-                // A tile larger than the usual bound (one very wide row) is not kept.
-                if col.capacity() <= 4 * TILE_VALUES {
+                // Kept for the next convolution unless it is unusually large: allocating (and
+                // the kernel zeroing) a deep layer's tile for every tile costs more than its
+                // copy. SD 1.5's deepest layer needs 23 MiB.
+                if col.capacity() <= KEPT_VALUES {
                     PATCHES.set(col);
                 }
             };

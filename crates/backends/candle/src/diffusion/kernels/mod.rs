@@ -385,6 +385,8 @@ mod tests {
             (2, 3, 9, 9, 4, 3, 2, 0),
             (3, 6, 5, 4, 7, 1, 1, 0),
             (1, 2, 300, 300, 2, 3, 1, 1),
+            // Deep enough that MIN_COLUMNS sets the tile: 13 rows a tile, the last one short.
+            (2, 64, 40, 40, 8, 3, 1, 1),
             // A kernel wider than the image plus one side's padding.
             (1, 2, 3, 3, 2, 7, 1, 2),
         ] {
