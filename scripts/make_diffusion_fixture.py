@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 OUT = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "diffusion-parts"
 
 
-def randomise(model, seed):
+def randomise(model, seed, weight_spread=0.2, bias_spread=0.1):
     # Default initialisation leaves norms at 1/0 and some projections at zero; random values
-    # everywhere make every weight matter to the output.
+    # everywhere make every weight matter to the output. Matrices are scaled by their fan-in;
+    # vectors spread around 1 (norm weights) or 0 (biases).
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -26,9 +27,9 @@ def randomise(model, seed):
             if p.dim() > 1:
                 p.copy_(r / p[0].numel() ** 0.5)
             elif name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * r)
+                p.copy_(1.0 + weight_spread * r)
             else:
-                p.copy_(0.1 * r)
+                p.copy_(bias_spread * r)
 
 
 def main():

@@ -16,22 +16,14 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from make_diffusion_fixture import randomise as fixture_randomise
+
 TINY = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "models" / "tiny-sd"
 
 
 def randomise(model, seed):
-    # Scaled random values everywhere (as scripts/make_diffusion_fixture.py): default
-    # initialisation leaves some projections at zero, which would skip work in a comparison.
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.dim() > 1:
-                p.copy_(r / p[0].numel() ** 0.5)
-            elif name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * r)
-            else:
-                p.copy_(0.05 * r)
+    # Narrower spreads than the small fixture's (0.2 and 0.1), as the benchmark's pipeline was made.
+    fixture_randomise(model, seed, weight_spread=0.1, bias_spread=0.05)
 
 
 def main():

@@ -24,7 +24,7 @@ use base64::Engine;
 use bytes::Bytes;
 use ferroserve_core::{Error, Parameters, Result};
 use ferroserve_runtime::{ModelState, Runtime};
-use ferroserve_tasks::{GeneratedImage, TaskInput, TaskKind, TaskOutput};
+use ferroserve_tasks::{Generated, GeneratedImage, TaskInput, TaskKind, TaskOutput};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -165,16 +165,7 @@ pub(crate) async fn predict(
         .await?;
     match answer.output {
         TaskOutput::Texts(texts) => {
-            let items: Vec<Value> = texts
-                .iter()
-                .map(|g| {
-                    let mut v = json!({ "summary_text": g.text });
-                    if g.truncated {
-                        v["truncated"] = true.into();
-                    }
-                    v
-                })
-                .collect();
+            let items: Vec<Value> = texts.iter().map(summary_json).collect();
             Ok(one_or_list(single, items))
         }
         TaskOutput::Images(images) => {
@@ -185,24 +176,35 @@ pub(crate) async fn predict(
             if let (true, false, [image]) = (single, wants_json, images.as_slice()) {
                 return Ok(png_response(image)?);
             }
-            let items = images
-                .iter()
-                .map(|i| {
-                    let mut v = json!({
-                        "image": base64::engine::general_purpose::STANDARD.encode(i.png()?),
-                        "width": i.width,
-                        "height": i.height,
-                    });
-                    if i.truncated {
-                        v["truncated"] = true.into();
-                    }
-                    Ok(v)
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let items = images.iter().map(image_json).collect::<Result<Vec<_>>>()?;
             Ok(one_or_list(single, items))
         }
         _ => Err(Error::internal("unexpected answer from a generative task").into()),
     }
+}
+
+/// A summary as JSON answers carry it: `{"summary_text": ...}`, with `"truncated": true` when
+/// the input was cut.
+pub(crate) fn summary_json(g: &Generated) -> Value {
+    let mut v = json!({ "summary_text": g.text });
+    if g.truncated {
+        v["truncated"] = true.into();
+    }
+    v
+}
+
+/// An image as JSON answers carry it: `{"image": <base64 PNG>, "width", "height"}`, with
+/// `"truncated": true` when the prompt was cut.
+pub(crate) fn image_json(image: &GeneratedImage) -> Result<Value> {
+    let mut v = json!({
+        "image": base64::engine::general_purpose::STANDARD.encode(image.png()?),
+        "width": image.width,
+        "height": image.height,
+    });
+    if image.truncated {
+        v["truncated"] = true.into();
+    }
+    Ok(v)
 }
 
 /// A query string value as a parameter: `max_length=60` is the number 60, `scheduler=ddim`

@@ -20,13 +20,13 @@ use std::sync::Arc;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use ferroserve_core::{Error, Parameters, Partial, Progress, ProgressReader, Result};
 use ferroserve_runtime::{Runtime, TaskAnswer};
 use ferroserve_tasks::{Task, TaskInput, TaskOutput};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::generate::{image_json, summary_json};
 
 /// Whether a request asks for a stream: `stream` in its parameters (taken out of them: it is
 /// the server's, not the model's), as a JSON boolean or the query's `true`/`false`.
@@ -208,25 +208,13 @@ impl Events {
                     .pop()
                     .ok_or_else(|| Error::internal("the model gave no text"))?;
                 self.send_text(&g.text);
-                let mut value = json!({ "summary_text": g.text });
-                if g.truncated {
-                    value["truncated"] = true.into();
-                }
-                Ok(value)
+                Ok(summary_json(&g))
             }
             TaskOutput::Images(mut images) => {
                 let image = images
                     .pop()
                     .ok_or_else(|| Error::internal("the model gave no image"))?;
-                let mut value = json!({
-                    "image": base64::engine::general_purpose::STANDARD.encode(image.png()?),
-                    "width": image.width,
-                    "height": image.height,
-                });
-                if image.truncated {
-                    value["truncated"] = true.into();
-                }
-                Ok(value)
+                image_json(&image)
             }
             _ => Err(Error::internal("unexpected answer from a generative task")),
         }

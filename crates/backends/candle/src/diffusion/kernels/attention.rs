@@ -271,9 +271,9 @@ impl FlashAttention {
         let v_head = &packed.v[bh * s * dp..];
         let m = rows.len();
         let mp = m.div_ceil(ROW_PAD) * ROW_PAD;
-        // Padding rows stay zero: their scores are zeros, harmless, and never written out.
+        // Padding rows are zero: their scores are zeros, harmless, and never written out.
         let packed_q = &mut tile.q[..mp * d];
-        packed_q.fill(0.0);
+        packed_q[m * d..].fill(0.0);
         for (r, dst) in packed_q.chunks_exact_mut(d).take(m).enumerate() {
             let src = &q[(b * n + rows.start + r) * row + h * d..][..d];
             for (x, &y) in dst.iter_mut().zip(src) {
