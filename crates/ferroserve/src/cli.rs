@@ -47,6 +47,106 @@ pub enum Command {
     /// TorchServe's command line (`--start --ncs --model-store DIR --models NAME=FILE.mar`,
     /// `--stop`): serves `.mar` archives with TorchServe's ports and config.properties.
     Torchserve(TorchServeArgs),
+    /// Write deployment files for a cluster (`export kubernetes`).
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+/// `ferroserve export`: what to write.
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Kubernetes manifests (Deployment, Service, HorizontalPodAutoscaler,
+    /// PodDisruptionBudget, ConfigMap) for a model repository or a `ferroserve run` file, one
+    /// resource per file: `kubectl apply -f DIR`.
+    Kubernetes(Box<KubernetesArgs>),
+}
+
+/// `ferroserve export kubernetes`. Defaults are those of the Helm chart's values.yaml.
+#[derive(Debug, Args)]
+pub struct KubernetesArgs {
+    /// A `ferroserve run` file (a Deployment or Flow YAML, or a Ray Serve config) to export
+    /// instead of a model repository. Its folder goes into a ConfigMap unless --app-source says
+    /// where the pod finds it.
+    #[arg(value_name = "FILE.yml", required_unless_present = "model_repository", conflicts_with_all = ["model_repository", "models_from"])]
+    pub file: Option<PathBuf>,
+
+    /// The model repository: `pvc://CLAIM[/SUBPATH]` (mounted read-only), a URI that KServe's
+    /// storage initializer downloads (s3://, gs://, https://, ...), or a local folder, whose
+    /// model.yaml files go into a ConfigMap while --models-from brings the weights.
+    #[arg(long, value_name = "PATH|pvc://CLAIM[/SUB]|URI")]
+    pub model_repository: Option<String>,
+
+    /// With a local --model-repository: where the pod gets the repository's files
+    /// (`pvc://CLAIM[/SUBPATH]` or a URI).
+    #[arg(long, value_name = "pvc://CLAIM[/SUB]|URI")]
+    pub models_from: Option<String>,
+
+    /// With FILE: where the pod gets the file's folder (`pvc://CLAIM[/SUBPATH]` or a URI)
+    /// instead of a ConfigMap, for folders over 900 KiB.
+    #[arg(long, value_name = "pvc://CLAIM[/SUB]|URI", requires = "file")]
+    pub app_source: Option<String>,
+
+    /// Name of every resource (a DNS-1123 label). Default: ferroserve.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Container image. Default: ghcr.io/ferroserve/ferroserve:VERSION (VERSION-cuda with
+    /// --gpus).
+    #[arg(long)]
+    pub image: Option<String>,
+
+    /// Replicas, without --autoscale. Default: 1.
+    #[arg(long, conflicts_with = "autoscale")]
+    pub replicas: Option<u32>,
+
+    /// NVIDIA GPUs per pod (`nvidia.com/gpu`); models choose them with `devices: [cuda:0]`.
+    #[arg(long)]
+    pub gpus: Option<u32>,
+
+    /// CPU request per pod (a Kubernetes quantity). Default: 1.
+    #[arg(long)]
+    pub cpu: Option<String>,
+
+    /// Memory request and limit per pod. Default: 2Gi.
+    #[arg(long)]
+    pub memory: Option<String>,
+
+    /// A HorizontalPodAutoscaler between MIN and MAX replicas, on CPU and on the pods' queue
+    /// depth (`ferroserve_queue_depth` through the Prometheus Adapter).
+    #[arg(long, value_name = "MIN:MAX")]
+    pub autoscale: Option<String>,
+
+    /// Average CPU use the autoscaler keeps, in percent of the request. Default: 70.
+    #[arg(long, value_name = "PERCENT", requires = "autoscale")]
+    pub target_cpu: Option<u32>,
+
+    /// Average requests waiting per pod the autoscaler keeps. Default: 4.
+    #[arg(long, value_name = "N", requires = "autoscale")]
+    pub target_queue: Option<u32>,
+
+    /// The server's --shutdown-grace in the pod. Default: 30.
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_grace: Option<u32>,
+
+    /// The server's --drain-delay in the pod. Default: 5.
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_delay: Option<u32>,
+
+    /// Seconds the models may take to load before Kubernetes restarts the pod. Default: 600.
+    #[arg(long, value_name = "SECONDS")]
+    pub startup_timeout: Option<u32>,
+
+    /// KServe's storage initializer image, which downloads URIs.
+    #[arg(long, value_name = "IMAGE")]
+    pub storage_initializer: Option<String>,
+
+    /// No PodDisruptionBudget.
+    #[arg(long)]
+    pub no_disruption_budget: bool,
+
+    /// Folder to write the files into (created if missing).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: PathBuf,
 }
 
 /// `ferroserve torchserve`: TorchServe's own flags.
@@ -122,6 +222,17 @@ pub struct ServeArgs {
     /// folders (`1/model.onnx`) and an optional `model.yaml`.
     #[arg(long, value_name = "DIR", required_unless_present = "model_store")]
     pub model_repository: Option<PathBuf>,
+
+    /// Name of the model when --model-repository is itself one model's folder (KServe's
+    /// single-model layout: a model file, model.yaml, config.pbtxt or numeric version folders
+    /// at its top) rather than a folder of model folders. Default: the folder's name.
+    #[arg(long, env = "MODEL_NAME", value_name = "NAME")]
+    pub model_name: Option<String>,
+
+    /// Folder of MODEL/model.yaml files that replace the model folders' own configuration:
+    /// settings kept apart from the weights, as a Kubernetes ConfigMap mounts them.
+    #[arg(long, value_name = "DIR")]
+    pub model_config_dir: Option<PathBuf>,
 
     /// Model store: a folder of archives (`ferroserve archive`). --models picks what is served
     /// at start; the management API registers others from it.
@@ -264,6 +375,12 @@ pub struct RuntimeArgs {
     /// seconds to finish before exiting.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub shutdown_grace: f64,
+
+    /// On SIGTERM or SIGINT, first answer not-ready on the health routes and keep accepting
+    /// requests for this many seconds, so that a load balancer (a Kubernetes Service) stops
+    /// sending new ones before the listeners close; --shutdown-grace counts from then.
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+    pub drain_delay: f64,
 
     /// Estimated bytes of model weights loaded at once on each device: BYTES for every device,
     /// or DEVICE=BYTES,... (`cpu=8Gi,cuda:0=20Gi`); suffixes K, M, G, Ki, Mi, Gi. Loading past

@@ -28,6 +28,7 @@ mod archive;
 mod bench;
 mod cli;
 mod client;
+mod export;
 mod grpc_client;
 mod infer;
 mod logging;
@@ -61,6 +62,7 @@ pub fn main_with(executors: Executors) -> std::process::ExitCode {
         cli::Command::Bench(args) => bench::run(args),
         cli::Command::Archive(args) => archive::run(args),
         cli::Command::Torchserve(args) => torchserve::run(args),
+        cli::Command::Export(cli::ExportCommand::Kubernetes(args)) => export::kubernetes(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -148,7 +148,7 @@ pub fn run(args: RunArgs, target: Target) -> anyhow::Result<()> {
         tracing::info!("server ready");
         shutdown_signal().await;
         let grace = args.runtime.shutdown_grace;
-        drain(stop, vec![server], runtime, grace).await?;
+        drain(stop, vec![server], runtime, &args.runtime).await?;
         let joined = tokio::task::spawn_blocking(move || apps.shut_down());
         if tokio::time::timeout(Duration::from_secs_f64(grace), joined)
             .await

@@ -110,6 +110,6 @@ pub fn run(args: RunArgs, mut executors: Executors) -> anyhow::Result<()> {
             }
             tracing::info!("server ready");
             shutdown_signal().await;
-            drain(stop, servers, runtime, args.runtime.shutdown_grace).await
+            drain(stop, servers, runtime, &args.runtime).await
         })
 }

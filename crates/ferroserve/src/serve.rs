@@ -17,6 +17,9 @@ pub(crate) fn start_runtime(args: &RuntimeArgs) -> anyhow::Result<Arc<Runtime>> 
     if !(args.shutdown_grace >= 0.0 && args.shutdown_grace.is_finite()) {
         anyhow::bail!("--shutdown-grace must be a number of seconds, 0 or more");
     }
+    if !(args.drain_delay >= 0.0 && args.drain_delay.is_finite()) {
+        anyhow::bail!("--drain-delay must be a number of seconds, 0 or more");
+    }
     let backends = ferroserve_runtime::backend::Backends::builtin(
         &ferroserve_runtime::backend::BuiltinOptions {
             ort_lib: args.ort_lib.clone(),
@@ -186,11 +189,15 @@ async fn serve(
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    let repo = args.model_repository.clone();
+    let layout = repository_layout(&args)?;
+    if let Some(dir) = &args.model_config_dir {
+        runtime.set_model_config_dir(dir);
+    }
     let loader = runtime.clone();
-    let loading = tokio::task::spawn_blocking(move || match &repo {
-        Some(repo) => loader.load_repository(repo),
-        None => loader.load_all(),
+    let loading = tokio::task::spawn_blocking(move || match layout {
+        Layout::Repository(repo) => loader.load_repository(&repo),
+        Layout::SingleModel(dir, name) => loader.load_single_model(&dir, &name),
+        Layout::StoreOnly => loader.load_all(),
     });
     let mut poller = None;
     tokio::select! {
@@ -212,7 +219,46 @@ async fn serve(
         p.abort();
     }
 
-    drain(stop, servers, runtime, args.runtime.shutdown_grace).await
+    drain(stop, servers, runtime, &args.runtime).await
+}
+
+/// What `--model-repository` holds.
+enum Layout {
+    /// Model folders.
+    Repository(std::path::PathBuf),
+    /// One model (KServe's layout), with the name it is served under.
+    SingleModel(std::path::PathBuf, String),
+    /// No repository: only the model store.
+    StoreOnly,
+}
+
+/// Tells a repository of model folders from one model's folder (KServe mounts the files of
+/// the InferenceService's one model at `/mnt/models`), which is served under `--model-name`.
+fn repository_layout(args: &ServeArgs) -> anyhow::Result<Layout> {
+    let Some(repo) = &args.model_repository else {
+        return Ok(Layout::StoreOnly);
+    };
+    let single = ferroserve_runtime::repository::is_single_model(repo)
+        .with_context(|| format!("cannot read the model repository {}", repo.display()))?;
+    if !single {
+        if let Some(name) = &args.model_name {
+            tracing::info!(model_name = %name, repository = %repo.display(), "the repository holds model folders: each is served under its folder's name, and --model-name is not used");
+        }
+        return Ok(Layout::Repository(repo.clone()));
+    }
+    let name = match &args.model_name {
+        Some(name) if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) => {
+            anyhow::bail!("--model-name (MODEL_NAME) '{name}' is not a model name: it must be non-empty, without '/' or '\\', and not start with '.'")
+        }
+        Some(name) => name.clone(),
+        None => repo
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+            .ok_or_else(|| anyhow::anyhow!("{} holds one model's files rather than model folders: name it with --model-name or MODEL_NAME", repo.display()))?,
+    };
+    tracing::info!(model = %name, folder = %repo.display(), "the repository folder is one model (single-model layout)");
+    Ok(Layout::SingleModel(repo.clone(), name))
 }
 
 /// Re-scans the model sources every `interval` (`--poll-interval`), one scan at a time.
@@ -234,14 +280,25 @@ async fn poll(runtime: Arc<Runtime>, interval: Duration) {
     }
 }
 
-/// Stops the listeners (through `stop`), waits for requests in flight and the models' queues,
-/// up to `grace_s` seconds.
+/// Turns readiness false, keeps accepting for the settings' drain delay (so a load balancer
+/// such as a Kubernetes Service stops sending new requests first), then stops the listeners
+/// (through `stop`) and waits for requests in flight and the models' queues, up to the
+/// shutdown grace.
 pub(crate) async fn drain(
     stop: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     runtime: Arc<Runtime>,
-    grace_s: f64,
+    args: &RuntimeArgs,
 ) -> anyhow::Result<()> {
+    runtime.begin_drain();
+    if args.drain_delay > 0.0 {
+        tracing::info!(
+            drain_delay_s = args.drain_delay,
+            "shutting down: not ready, still accepting requests until the drain delay ends"
+        );
+        tokio::time::sleep(Duration::from_secs_f64(args.drain_delay)).await;
+    }
+    let grace_s = args.shutdown_grace;
     let grace = Duration::from_secs_f64(grace_s);
     tracing::info!(
         grace_s,

@@ -221,6 +221,7 @@ impl Deployment {
                         replicas: Some(spec.replicas().max(1)),
                         devices: placement,
                         autoscaling: spec.autoscaling.clone(),
+                        config_file: None,
                     },
                 )
                 .map_err(|err| err.to_string())?;

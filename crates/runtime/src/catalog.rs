@@ -48,6 +48,10 @@ pub(crate) enum OriginKind {
 /// The sources of models a runtime knows.
 pub(crate) struct Catalog {
     pub repository: Option<PathBuf>,
+    /// The repository folder is itself this one model (KServe's single-model layout).
+    pub single_model: Option<String>,
+    /// Where `MODEL/model.yaml` files replace the model folders' configuration.
+    pub config_dir: Option<PathBuf>,
     pub store: Option<(Arc<Store>, Selection)>,
     /// Unpacks archives registered by path.
     pub cache: PathBuf,
@@ -63,6 +67,8 @@ impl Catalog {
     pub fn new() -> Self {
         Catalog {
             repository: None,
+            single_model: None,
+            config_dir: None,
             store: None,
             // Never a shared temporary folder: what is in the cache is served.
             cache: ferroserve_core::default_home().join("cache"),
@@ -78,8 +84,16 @@ impl Catalog {
     pub fn scan(&self) -> std::io::Result<BTreeMap<String, std::result::Result<Origin, String>>> {
         let mut out = BTreeMap::new();
         if let Some(root) = &self.repository {
-            for source in repository::scan(root)? {
-                out.insert(source.name, Ok(scanned_folder(source.dir)));
+            match &self.single_model {
+                Some(name) => {
+                    out.insert(name.clone(), Ok(self.scanned_folder(name, root.clone())));
+                }
+                None => {
+                    for source in repository::scan(root)? {
+                        let origin = self.scanned_folder(&source.name, source.dir);
+                        out.insert(source.name, Ok(origin));
+                    }
+                }
             }
         }
         if let Some((store, selection)) = &self.store {
@@ -89,8 +103,9 @@ impl Catalog {
                     tracing::warn!(model = %name, store = %store.dir().display(), "the repository has a model of this name; the store's is not served");
                     continue;
                 }
+                let config = self.config_file(&name);
                 let origin = model.map_err(|e| e.to_string()).map(|m| Origin {
-                    fingerprint: m.fingerprint(),
+                    fingerprint: with_config(m.fingerprint(), config.as_deref()),
                     url: m
                         .archives
                         .iter()
@@ -99,7 +114,10 @@ impl Catalog {
                         .join(", "),
                     dir: m.dir,
                     kind: OriginKind::Scanned,
-                    overrides: Overrides::default(),
+                    overrides: Overrides {
+                        config_file: config,
+                        ..Overrides::default()
+                    },
                 });
                 out.insert(name, origin);
             }
@@ -118,9 +136,10 @@ impl Catalog {
             return Err(Error::invalid(format!("'{name}' is not a model name")));
         }
         // The repository's folder of that name wins, as in a scan; only the store is listed.
-        if let Some(dir) = self.repository.as_ref().map(|r| r.join(name)) {
+        if let (Some(root), None) = (&self.repository, &self.single_model) {
+            let dir = root.join(name);
             if dir.is_dir() && !self.suppressed.contains(name) {
-                return Ok(scanned_folder(dir));
+                return Ok(self.scanned_folder(name, dir));
             }
         }
         let scanned = self
@@ -166,14 +185,39 @@ impl Catalog {
     }
 }
 
-/// A repository folder, which polls manage.
-fn scanned_folder(dir: PathBuf) -> Origin {
-    Origin {
-        fingerprint: repository::fingerprint(&dir),
-        url: dir.display().to_string(),
-        dir,
-        kind: OriginKind::Scanned,
-        overrides: Overrides::default(),
+impl Catalog {
+    /// The repository folder of model `name`, which polls manage.
+    fn scanned_folder(&self, name: &str, dir: PathBuf) -> Origin {
+        let config = self.config_file(name);
+        Origin {
+            fingerprint: with_config(repository::fingerprint(&dir), config.as_deref()),
+            url: dir.display().to_string(),
+            dir,
+            kind: OriginKind::Scanned,
+            overrides: Overrides {
+                config_file: config,
+                ..Overrides::default()
+            },
+        }
+    }
+
+    /// Model `name`'s `model.yaml` under `--model-config-dir`, when there is one.
+    fn config_file(&self, name: &str) -> Option<PathBuf> {
+        let file = self
+            .config_dir
+            .as_ref()?
+            .join(name)
+            .join(crate::config::CONFIG_FILE);
+        file.is_file().then_some(file)
+    }
+}
+
+/// A model's fingerprint with its separate `model.yaml`'s, so that editing the ConfigMap
+/// reloads the model as editing its folder does.
+fn with_config(fingerprint: String, config: Option<&Path>) -> String {
+    match config {
+        Some(file) => format!("{fingerprint}+{}", repository::fingerprint(file)),
+        None => fingerprint,
     }
 }
 

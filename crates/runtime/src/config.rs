@@ -405,6 +405,15 @@ impl ModelConfig {
         }
     }
 
+    /// Reads a `model.yaml` kept apart from its model folder (`--model-config-dir`).
+    pub fn load_file(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(file, &text)
+    }
+
     /// Parses YAML text; `file` is only used in error messages.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
         let fail = |message: String| ConfigError {

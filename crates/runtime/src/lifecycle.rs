@@ -96,6 +96,25 @@ impl Runtime {
         self.lock_catalog().policy = policy;
     }
 
+    /// Reads each model's `model.yaml` from `dir/MODEL/model.yaml` where that file exists,
+    /// instead of from the model folder: configuration kept apart from the weights, as a
+    /// Kubernetes ConfigMap mounts it. Call before loading.
+    pub fn set_model_config_dir(&self, dir: &Path) {
+        self.lock_catalog().config_dir = Some(dir.to_path_buf());
+    }
+
+    /// Serves `root` as the one model `name` (KServe's single-model layout, see
+    /// [`crate::repository::is_single_model`]): it loads and polls like a repository of one
+    /// model folder.
+    pub fn load_single_model(&self, root: &Path, name: &str) -> std::io::Result<()> {
+        {
+            let mut catalog = self.lock_catalog();
+            catalog.repository = Some(root.to_path_buf());
+            catalog.single_model = Some(name.to_string());
+        }
+        self.load_all()
+    }
+
     /// Loads every model under `root`. A model that fails is recorded as unavailable with its
     /// reason, and the others still serve; only an unreadable `root` is an error.
     pub fn load_repository(&self, root: &Path) -> std::io::Result<()> {
@@ -332,6 +351,7 @@ impl Runtime {
         let source = ModelSource {
             name: name.to_string(),
             dir: origin.dir.clone(),
+            config_file: origin.overrides.config_file.clone(),
         };
         let layout = source.layout(&self.backends).map(|mut l| {
             if let Some(n) = origin.overrides.replicas {

@@ -23,6 +23,8 @@ pub struct ModelSource {
     pub name: String,
     /// The folder.
     pub dir: PathBuf,
+    /// A `model.yaml` read instead of the folder's configuration (`--model-config-dir`).
+    pub config_file: Option<PathBuf>,
 }
 
 /// A model folder's configuration and the model file of each version.
@@ -82,10 +84,31 @@ pub fn scan(root: &Path) -> std::io::Result<Vec<ModelSource>> {
         models.push(ModelSource {
             name,
             dir: entry.path(),
+            config_file: None,
         });
     }
     models.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(models)
+}
+
+/// Whether `root` is itself one model rather than a repository of model folders: KServe's
+/// single-model layout, where `/mnt/models` holds the model's files (a model file,
+/// `model.yaml`, `config.pbtxt`) or its numeric version folders. A repository holds only model
+/// folders (hidden entries aside).
+pub fn is_single_model(root: &Path) -> std::io::Result<bool> {
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_file() || (path.is_dir() && name.parse::<u64>().is_ok()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 impl ModelSource {
@@ -95,14 +118,20 @@ impl ModelSource {
     /// Numeric sub-folders that contain the model file are versions. A model file directly in
     /// the folder is version 1, unless a folder `1/` exists too, which wins.
     pub fn layout(&self, backends: &Backends) -> Result<ModelLayout, LayoutError> {
-        let mut config = ModelConfig::load(&self.dir)?;
+        let mut config = match &self.config_file {
+            Some(file) => ModelConfig::load_file(file)?,
+            None => ModelConfig::load(&self.dir)?,
+        };
         let io = |e: std::io::Error| LayoutError::Io {
             dir: self.dir.clone(),
             reason: e.to_string(),
         };
         let config_error = |message: String| {
             LayoutError::Config(ConfigError {
-                file: self.dir.join(CONFIG_FILE),
+                file: self
+                    .config_file
+                    .clone()
+                    .unwrap_or_else(|| self.dir.join(CONFIG_FILE)),
                 message,
             })
         };
@@ -173,32 +202,36 @@ impl ModelSource {
     }
 }
 
-/// A summary of every file under `dir` (paths, sizes, modification times; links followed): it
-/// changes when a file is added, removed or rewritten, which is what a repository poll looks for.
+/// A summary of every file under `dir`, or of the one file `dir` names (paths, sizes,
+/// modification times; links followed): it changes when a file is added, removed or rewritten,
+/// which is what a repository poll looks for.
 pub fn fingerprint(dir: &Path) -> String {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let mut stack = vec![dir.to_path_buf()];
+    let mut stack = Vec::new();
     let mut entries = Vec::new();
+    let mut visit = |path: PathBuf, stack: &mut Vec<PathBuf>| {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return;
+        };
+        if meta.is_dir() {
+            stack.push(path);
+        } else {
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            entries.push((path, meta.len(), mtime));
+        }
+    };
+    visit(dir.to_path_buf(), &mut stack);
     while let Some(d) = stack.pop() {
         let Ok(list) = std::fs::read_dir(&d) else {
             continue;
         };
         for entry in list.flatten() {
-            let path = entry.path();
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if meta.is_dir() {
-                stack.push(path);
-            } else {
-                let mtime = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos());
-                entries.push((path, meta.len(), mtime));
-            }
+            visit(entry.path(), &mut stack);
         }
     }
     entries.sort();
@@ -245,6 +278,45 @@ mod tests {
     fn touch(p: &Path) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn a_folder_of_model_files_or_version_folders_is_one_model() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        touch(&root.join("resnet/1/model.onnx"));
+        touch(&root.join(".cache/x"));
+        assert!(!is_single_model(root).unwrap());
+        let one = root.join("resnet");
+        assert!(is_single_model(&one).unwrap());
+        let bare = tmp.path().join("bare");
+        touch(&bare.join("model.onnx"));
+        assert!(is_single_model(&bare).unwrap());
+    }
+
+    #[test]
+    fn a_separate_model_yaml_replaces_the_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        touch(&tmp.path().join("m/1/model.onnx"));
+        std::fs::write(tmp.path().join("m/model.yaml"), "replicas: 2\n").unwrap();
+        let config = tmp.path().join("config/m/model.yaml");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, "replicas: 3\n").unwrap();
+        let mut source = ModelSource {
+            name: "m".into(),
+            dir: tmp.path().join("m"),
+            config_file: None,
+        };
+        assert_eq!(source.layout(&backends()).unwrap().config.replicas, 2);
+        source.config_file = Some(config.clone());
+        assert_eq!(source.layout(&backends()).unwrap().config.replicas, 3);
+        std::fs::write(&config, "replicas: many\n").unwrap();
+        let e = source.layout(&backends()).unwrap_err().to_string();
+        assert!(e.contains("config/m/model.yaml"), "{e}");
+        // Editing the separate file changes what a poll compares.
+        let before = fingerprint(&config);
+        std::fs::write(&config, "replicas: 10\n").unwrap();
+        assert_ne!(before, fingerprint(&config));
     }
 
     #[test]

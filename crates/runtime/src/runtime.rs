@@ -1,6 +1,7 @@
 //! The runtime itself: its settings, its parts, and the calls that concern the whole server.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -53,6 +54,9 @@ pub struct Overrides {
     pub devices: Option<Devices>,
     /// Autoscaling (replaces `replicas`; its `initial_replicas` is the start).
     pub autoscaling: Option<Autoscaling>,
+    /// A `model.yaml` kept apart from the model folder (`--model-config-dir`, a Kubernetes
+    /// ConfigMap), read instead of the folder's own configuration.
+    pub config_file: Option<PathBuf>,
 }
 
 /// The runtime: every model of the repository, and `infer` for frontends.
@@ -65,6 +69,9 @@ pub struct Runtime {
     pub(crate) options: RuntimeOptions,
     pub(crate) models: RwLock<BTreeMap<String, ModelEntry>>,
     pub(crate) ready: AtomicBool,
+    /// Set when the server begins to shut down: readiness turns false so load balancers stop
+    /// sending requests while those already sent finish.
+    pub(crate) draining: AtomicBool,
     pub(crate) metrics: Metrics,
     /// Where models come from, for loading single models later and for polls.
     pub(crate) catalog: Mutex<Catalog>,
@@ -92,6 +99,7 @@ impl Runtime {
             options,
             models: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             metrics: Metrics::new(),
             catalog: Mutex::new(Catalog::new()),
             model_locks: Mutex::new(std::collections::HashMap::new()),
@@ -139,9 +147,20 @@ impl Runtime {
     }
 
     /// True once the repository has been loaded (models that failed do not hold the server
-    /// back; they report their own readiness).
+    /// back; they report their own readiness), until the server begins to drain.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Turns readiness false for good: the server is shutting down, and load balancers should
+    /// stop sending it requests while it finishes those it has.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Runtime::begin_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Marks the server ready when models were loaded one by one rather than from a repository.

@@ -106,6 +106,16 @@ pub async fn serve_with(
         health
             .set_serving::<proto::grpc_inference_service_server::GrpcInferenceServiceServer<InferenceService>>()
             .await;
+        // Readiness only turns false again when the server drains, for good.
+        while ready.is_ready() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_not_serving::<proto::grpc_inference_service_server::GrpcInferenceServiceServer<InferenceService>>()
+            .await;
     });
     let inference = proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(
         InferenceService::new(runtime).with_token(

@@ -30,7 +30,20 @@ pub fn ray_router(
         flow: None,
     });
     let routes = routes_for_health()
-        .route("/-/healthz", get(|| async { "success" }))
+        // As Ray's proxy answers while its node drains.
+        .route(
+            "/-/healthz",
+            get(|State(s): State<Arc<AppState>>| async move {
+                if s.runtime.is_draining() {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "This node is being drained.",
+                    )
+                } else {
+                    (StatusCode::OK, "success")
+                }
+            }),
+        )
         .route(
             "/-/routes",
             get({
