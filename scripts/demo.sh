@@ -4,5 +4,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
+echo "==> serving examples/models: open http://127.0.0.1:${PORT:-8000}/ (the console) or /docs (the API reference)"
 exec "${CARGO_TARGET_DIR:-$ROOT/target}/release/ferroserve" serve \
   --model-repository "$ROOT/examples/models" --http-port "${PORT:-8000}" "$@"

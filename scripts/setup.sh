@@ -7,8 +7,11 @@
 #      examples/models/minilm/1;
 #   3. with --test: a Python venv (.venv) with tritonclient[http,grpc] 2.50.0 (whose wheel carries
 #      perf_analyzer), numpy, pytest and prometheus_client, kubernetes-validate, jsonschema and
-#      pyyaml (the Kubernetes manifests' checks), plus what perf_analyzer links
+#      pyyaml (the Kubernetes manifests' checks), schemathesis and openapi-spec-validator (the
+#      OpenAPI description's), plus what perf_analyzer links
 #      against: libb64 (Debian's libb64-0d) and libcudart (the nvidia-cuda-runtime-cu12 wheel);
+#      and for the console's browser tests Debian's chromium and playwright-core from npm (Node.js
+#      20 or newer must be installed), in ~/.cache/ferroserve/node-<hash of tests/browser's lock file>;
 #   4. a release build of ferroserve.
 # Every step is skipped when its result is already there, so running it again is cheap.
 set -euo pipefail
@@ -85,18 +88,38 @@ fi
 # 3. Test tools.
 if [ "$WITH_TEST" = 1 ]; then
   VENV="$ROOT/.venv"
-  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, prometheus_client, nvidia.cuda_runtime, kubernetes_validate, jsonschema, yaml" 2>/dev/null; then
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, prometheus_client, nvidia.cuda_runtime, kubernetes_validate, jsonschema, yaml, schemathesis, openapi_spec_validator" 2>/dev/null; then
     say "Python test venv with tritonclient[http,grpc] -> $VENV"
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet "tritonclient[http,grpc]==2.50.0" numpy pytest prometheus_client \
-      nvidia-cuda-runtime-cu12 "kubernetes-validate==1.37.0" "jsonschema==4.26.0" "pyyaml==6.0.3"
+      nvidia-cuda-runtime-cu12 "kubernetes-validate==1.37.0" "jsonschema==4.26.0" "pyyaml==6.0.3" \
+      "schemathesis==4.32.5" "openapi-spec-validator==0.9.0"
   fi
   if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
     say "libb64-0d from Debian (perf_analyzer needs it)"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q libb64-0d
+  fi
+  # The console's browser tests (tests/python/test_console.py): Debian's Chromium, driven by
+  # playwright-core from npm, installed outside the clone by tests/python/node_env.py.
+  if [ ! -x /usr/bin/chromium ]; then
+    say "chromium from Debian (the console's browser tests)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+  fi
+  # Debian 12's own nodejs is 18, older than playwright-core supports: ask for a newer one
+  # rather than install that.
+  if ! command -v npm >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -lt 20 ]; then
+    echo "the console's browser tests need Node.js 20 or newer with npm (playwright-core 1.65.1)" >&2
+    exit 1
+  fi
+  NODE_DIR=$("$PYTHON" "$ROOT/tests/python/node_env.py" --path)
+  if [ ! -f "$NODE_DIR/.complete" ]; then
+    say "playwright-core (tests/browser/package-lock.json) -> $NODE_DIR"
+    "$PYTHON" "$ROOT/tests/python/node_env.py" >/dev/null
   fi
 fi
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// The names (`FP32`, `INT64`, `BYTES`, ...) are the Open Inference Protocol's, so the wire form
 /// and the in-memory form never need a translation table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum DataType {
     /// One byte per element, 0 or 1.

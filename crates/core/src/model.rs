@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::DataType;
 
 /// One input or output of a model, as read from the model file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TensorSpec {
     /// Name the model gives the tensor.
     pub name: String,

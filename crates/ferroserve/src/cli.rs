@@ -382,6 +382,11 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
     pub drain_delay: f64,
 
+    /// Do not serve the web console at `/` on the HTTP port (the API, `/openapi.json` and
+    /// `/docs` stay).
+    #[arg(long)]
+    pub no_console: bool,
+
     /// Estimated bytes of model weights loaded at once on each device: BYTES for every device,
     /// or DEVICE=BYTES,... (`cpu=8Gi,cuda:0=20Gi`); suffixes K, M, G, Ki, Mi, Gi. Loading past
     /// it first unloads the least recently used idle `load: lazy` models there. Default: none.

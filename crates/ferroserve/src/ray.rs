@@ -134,6 +134,7 @@ pub fn run(args: RunArgs, target: Target) -> anyhow::Result<()> {
                 max_request_bytes: args.runtime.max_request_bytes,
                 management_token: None,
                 repository_changes_without_token: host.is_loopback(),
+                console: false,
             },
         );
         let server = tokio::spawn(ferroserve_listen::serve(

@@ -78,6 +78,7 @@ pub fn run(args: RunArgs, mut executors: Executors) -> anyhow::Result<()> {
                         max_request_bytes: args.runtime.max_request_bytes,
                         management_token: None,
                         repository_changes_without_token: host.is_loopback(),
+                        console: !args.runtime.no_console,
                     },
                 );
                 servers.push(tokio::spawn(ferroserve_listen::serve(

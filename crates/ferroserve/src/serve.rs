@@ -138,6 +138,7 @@ async fn serve(
             max_request_bytes: args.runtime.max_request_bytes,
             management_token: token.clone(),
             repository_changes_without_token: args.host.is_loopback(),
+            console: !args.runtime.no_console,
         },
     );
     let mut servers = vec![tokio::spawn(ferroserve_listen::serve(
@@ -181,6 +182,7 @@ async fn serve(
                 max_request_bytes: args.runtime.max_request_bytes,
                 management_token: token,
                 repository_changes_without_token: true,
+                console: false,
             },
         ),
         limits,

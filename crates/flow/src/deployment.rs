@@ -324,7 +324,7 @@ fn custom_shards(
                     scheduler: Arc::downgrade(&scheduler),
                     make: Box::new(move |replica| make(shard, replica)),
                 }),
-                gauges: runtime.metrics().deployment(name),
+                report: runtime.metrics().deployment(name),
             }
             .start()
             .map_err(|e| format!("cannot start the autoscaler: {e}"))?;

@@ -20,7 +20,7 @@ pub const EXTENSIONS: [&str; 4] = [
 ];
 
 /// What `GET /v2` and gRPC `ServerMetadata` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ServerMetadata {
     /// `ferroserve`.
     pub name: String,
@@ -41,7 +41,7 @@ impl Default for ServerMetadata {
 }
 
 /// A model's description, as the protocol's metadata endpoint reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ModelMetadata {
     /// Model name.
     pub name: String,
@@ -163,7 +163,7 @@ impl ModelConfigInfo {
 
 /// Triton's `ModelConfig` (the fields this server fills), as `GET .../config` returns it and
 /// perf_analyzer reads it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelConfig {
     /// Model name.
     pub name: String,
@@ -189,7 +189,7 @@ pub struct ModelConfig {
 }
 
 /// Triton's `version_policy`: one of its three keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VersionPolicyConfig {
     /// Every version.
@@ -219,7 +219,7 @@ impl From<&VersionPolicy> for VersionPolicyConfig {
 }
 
 /// One input or output of a [`ModelConfig`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ConfigTensor {
     /// Name.
     pub name: String,
@@ -233,7 +233,7 @@ pub struct ConfigTensor {
 }
 
 /// Triton's instance group: the replicas and where they run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InstanceGroup {
     /// The model's name.
     pub name: String,
@@ -246,7 +246,7 @@ pub struct InstanceGroup {
 }
 
 /// Where an instance group runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum InstanceKind {
     /// CPU.
     #[serde(rename = "KIND_CPU")]
@@ -257,7 +257,7 @@ pub enum InstanceKind {
 }
 
 /// Triton's dynamic batching settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DynamicBatchingConfig {
     /// Preferred batch sizes.
     pub preferred_batch_size: Vec<usize>,
@@ -270,7 +270,7 @@ pub struct DynamicBatchingConfig {
 }
 
 /// Triton's default queue policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QueuePolicy {
     /// A request queued this long is answered without running (0: never).
     pub default_timeout_microseconds: u64,
@@ -279,7 +279,7 @@ pub struct QueuePolicy {
 }
 
 /// Cumulative statistics of a model version, in Triton's nesting.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ModelStatistics {
     /// Model name.
     pub name: String,
@@ -298,7 +298,7 @@ pub struct ModelStatistics {
 }
 
 /// The phases of [`ModelStatistics`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InferStatistics {
     /// Successful requests, end to end.
     pub success: StatisticDuration,
@@ -315,7 +315,7 @@ pub struct InferStatistics {
 }
 
 /// `{"model_stats": [...]}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Statistics {
     /// One entry per model version.
     pub model_stats: Vec<ModelStatistics>,

@@ -6,6 +6,7 @@
 //! A target at zero with requests waiting starts a replica at once.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use crate::metrics::Gauge;
 
 /// Ray Serve's `autoscaling_config`, with its names and meanings.
-#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Autoscaling {
     /// Fewest instances; 0 lets an idle deployment scale to zero (the first request then waits,
@@ -149,8 +150,60 @@ pub struct Autoscaler {
     pub name: String,
     /// What it scales.
     pub target: Box<dyn Scaled>,
-    /// `(serving now, target)`.
-    pub gauges: (Gauge, Gauge),
+    /// Where its decisions are reported (from [`crate::metrics::Metrics::deployment`]).
+    pub report: ScaleReport,
+}
+
+/// Where an autoscaler reports: the replica gauges and the log of its decisions.
+#[derive(Clone)]
+pub struct ScaleReport {
+    /// Replicas serving now.
+    pub current: Gauge,
+    /// The autoscaler's target.
+    pub target: Gauge,
+    /// The server's log of decisions.
+    pub log: ScaleLog,
+}
+
+/// One autoscaling decision, as the console's log shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ScaleEvent {
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// The model or deployment scaled.
+    pub name: String,
+    /// Replicas before.
+    pub from: usize,
+    /// Replicas decided.
+    pub to: usize,
+    /// Requests running and waiting when it decided.
+    pub ongoing: usize,
+    /// Why scaling failed, when it did.
+    pub error: Option<String>,
+}
+
+/// The server's latest autoscaling decisions, oldest first, at most [`ScaleLog::CAPACITY`]
+/// (older ones are dropped): enough to see what happened lately without growing forever.
+#[derive(Debug, Clone, Default)]
+pub struct ScaleLog(Arc<Mutex<VecDeque<ScaleEvent>>>);
+
+impl ScaleLog {
+    /// Decisions kept.
+    pub const CAPACITY: usize = 200;
+
+    fn record(&self, event: ScaleEvent) {
+        let mut events = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() == Self::CAPACITY {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    /// The decisions kept, oldest first.
+    pub fn events(&self) -> Vec<ScaleEvent> {
+        let events = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        events.iter().cloned().collect()
+    }
 }
 
 impl Autoscaler {
@@ -168,10 +221,10 @@ impl Autoscaler {
         };
         let mut rule = Rule::new(config.clone());
         while let Some(load) = self.target.load() {
-            self.gauges.0.set(load.replicas as i64);
+            self.report.current.set(load.replicas as i64);
             let (target, decision) =
                 rule.observe(Instant::now(), load.ongoing, load.waiting, load.replicas);
-            self.gauges.1.set(target as i64);
+            self.report.target.set(target as i64);
             if let Decision::ScaleTo(n) = decision {
                 tracing::info!(
                     name = %self.name,
@@ -180,12 +233,25 @@ impl Autoscaler {
                     ongoing = load.ongoing,
                     "autoscaling"
                 );
-                match self.target.scale_to(n) {
+                let error = match self.target.scale_to(n) {
                     Ok(now) => {
-                        self.gauges.0.set(now as i64);
+                        self.report.current.set(now as i64);
+                        None
                     }
-                    Err(e) => tracing::error!(name = %self.name, error = %e, "cannot scale"),
-                }
+                    Err(e) => {
+                        tracing::error!(name = %self.name, error = %e, "cannot scale");
+                        Some(e)
+                    }
+                };
+                self.report.log.record(ScaleEvent {
+                    time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                        .to_string(),
+                    name: self.name.clone(),
+                    from: load.replicas,
+                    to: n,
+                    ongoing: load.ongoing,
+                    error,
+                });
             }
             std::thread::sleep(Duration::from_secs_f64(config.metrics_interval_s));
             match self.target.config() {

@@ -104,7 +104,7 @@ impl TryFrom<DevicesRepr> for Devices {
 }
 
 /// Dynamic batching: how requests wait to be combined (Triton's and Jina's field names).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DynamicBatching {
     /// Batch sizes to aim for: a batch is dispatched as soon as its rows reach the largest

@@ -12,7 +12,7 @@ use crate::runtime::Runtime;
 use crate::table::{EntryState, VersionState};
 
 /// A model as `GET /models/{model}` describes it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelDescription {
     /// Name.
     pub name: String,
@@ -36,7 +36,7 @@ pub struct ModelDescription {
 }
 
 /// One version of a described model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct VersionDescription {
     /// Version number.
     pub version: String,
@@ -80,7 +80,7 @@ pub struct VersionDescription {
 }
 
 /// One page of `GET /models` (TorchServe's field names).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ModelList {
     /// The models of this page, by name.
     pub models: Vec<ModelListItem>,
@@ -90,7 +90,7 @@ pub struct ModelList {
 }
 
 /// One model in a [`ModelList`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ModelListItem {
     /// Name.
     #[serde(rename = "modelName")]
@@ -101,7 +101,7 @@ pub struct ModelListItem {
 }
 
 /// A change of replicas (TorchServe's `min_worker` / `max_worker`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ScaleRequest {
     /// Replicas to run (TorchServe scales to `min_worker`).
     pub min: Option<usize>,

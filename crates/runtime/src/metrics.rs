@@ -75,6 +75,8 @@ pub struct Metrics {
     memory_budget: Family<DeviceLabels, Gauge>,
     /// Serialises scrapes, so the CPU counter's catch-up below is not done twice.
     scrape: Mutex<()>,
+    /// Every autoscaler's decisions.
+    scale_log: crate::autoscale::ScaleLog,
 }
 
 impl Default for Metrics {
@@ -105,6 +107,7 @@ impl Metrics {
             memory_used: Family::default(),
             memory_budget: Family::default(),
             scrape: Mutex::new(()),
+            scale_log: Default::default(),
             registry: Registry::with_prefix("ferroserve"),
         };
         m.registry.register(
@@ -259,14 +262,22 @@ impl Metrics {
         }
     }
 
-    /// The replica gauges of a Flow's deployment: `(serving now, autoscaler's target)`.
-    pub fn deployment(&self, name: &str) -> (Gauge, Gauge) {
+    /// Where the autoscaler of `name` (a model or a Flow's deployment) reports: its replica
+    /// gauges and the server's log of decisions.
+    pub fn deployment(&self, name: &str) -> crate::autoscale::ScaleReport {
         let l = DeploymentLabels {
             deployment: name.to_string(),
         };
-        let current = self.deployment_replicas.get_or_create(&l).clone();
-        let target = self.deployment_target.get_or_create(&l).clone();
-        (current, target)
+        crate::autoscale::ScaleReport {
+            current: self.deployment_replicas.get_or_create(&l).clone(),
+            target: self.deployment_target.get_or_create(&l).clone(),
+            log: self.scale_log.clone(),
+        }
+    }
+
+    /// The latest autoscaling decisions of every autoscaler, oldest first.
+    pub fn scale_events(&self) -> Vec<crate::autoscale::ScaleEvent> {
+        self.scale_log.events()
     }
 
     /// The metrics in the OpenMetrics text format (which Prometheus scrapes).
@@ -374,7 +385,7 @@ impl Stats {
 }
 
 /// A count and the total nanoseconds of the events counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct StatisticDuration {
     /// Events.
     pub count: u64,

@@ -14,7 +14,7 @@ pub struct TaskAnswer {
 }
 
 /// Whether a model version can serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ModelState {
     /// Loaded and serving.
@@ -34,7 +34,7 @@ impl ModelState {
 }
 
 /// One row of the repository index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct IndexEntry {
     /// Model name.
     pub name: String,

@@ -13,10 +13,10 @@ use ferroserve_core::{
 use ferroserve_tasks::{Files, Task};
 
 use crate::admin::ModelConfigInfo;
-use crate::autoscale::{Autoscaler, Autoscaling, Load, Scaled};
+use crate::autoscale::{Autoscaler, Autoscaling, Load, ScaleReport, Scaled};
 use crate::backend::{BackendLoader, LoadSpec};
 use crate::config::ModelConfig;
-use crate::metrics::{Gauge, ModelMetrics};
+use crate::metrics::ModelMetrics;
 use crate::placement;
 use crate::runtime::Runtime;
 use crate::scheduler::{BatchPolicy, Scheduler, SchedulerConfig, TensorBatching};
@@ -187,7 +187,7 @@ impl Version {
     pub(crate) fn set_autoscaling(
         self: &Arc<Self>,
         config: Option<Autoscaling>,
-        gauges: (Gauge, Gauge),
+        report: ScaleReport,
     ) -> Result<()> {
         let on = config.is_some();
         // Under the lock that the thread also takes to decide to stop, so a thread that is
@@ -198,7 +198,7 @@ impl Version {
             Autoscaler {
                 name: self.recipe.model.clone(),
                 target: Box::new(VersionScaled(Arc::downgrade(self))),
-                gauges,
+                report,
             }
             .start()
             .map_err(|e| {

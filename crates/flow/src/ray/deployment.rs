@@ -70,7 +70,7 @@ impl RayDeployment {
             Autoscaler {
                 name: name.clone(),
                 target: Box::new(replicas),
-                gauges: runtime.metrics().deployment(&name),
+                report: runtime.metrics().deployment(&name),
             }
             .start()
             .map_err(|e| format!("cannot start the autoscaler: {e}"))?;

@@ -19,13 +19,19 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// The request body: documents, an endpoint, parameters.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DocumentsRequest {
+    /// Documents (Jina's fields: `id`, `text`, `tensor`, `embedding`, `tags`, `matches`, ...),
+    /// or bare strings as text documents.
+    #[schema(value_type = Vec<serde_json::Value>)]
     data: Vec<Item>,
+    /// The endpoint to run (`/post` only; default `/`).
     #[serde(default, rename = "execEndpoint", alias = "exec_endpoint")]
     exec_endpoint: Option<String>,
+    /// Parameters for the executors.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Parameters,
 }
 
@@ -37,20 +43,32 @@ enum Item {
     Doc(Box<Document>),
 }
 
-#[derive(Serialize)]
+/// The documents the Flow returned.
+#[derive(Serialize, utoipa::ToSchema)]
 struct DocumentsResponse<'a> {
+    /// Documents, in Jina's fields.
+    #[schema(value_type = Vec<Object>)]
     data: Vec<Document>,
+    /// The request's parameters.
+    #[schema(value_type = Object)]
     parameters: &'a Parameters,
+    /// The endpoint that ran.
     header: Header<'a>,
 }
 
-#[derive(Serialize)]
+/// Which endpoint ran.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = DocumentsHeader)]
 struct Header<'a> {
+    /// The endpoint.
     #[serde(rename = "execEndpoint")]
     exec_endpoint: &'a str,
 }
 
-/// `POST /post`.
+/// `POST /post`: documents through the Flow (`execEndpoint` in the body, default `/`).
+#[utoipa::path(post, path = "/post", tag = "documents",
+    request_body(content = DocumentsRequest, content_type = "application/json"),
+    responses((status = 200, description = "The documents the Flow returned", body = DocumentsResponse), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn post(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -60,7 +78,11 @@ pub(crate) async fn post(
     run(&s, None, bytes).await
 }
 
-/// `POST /{endpoint}`.
+/// `POST /{endpoint}`: documents through the Flow's endpoint of that name.
+#[utoipa::path(post, path = "/{name}", tag = "documents",
+    params(("name" = String, Path, description = "An endpoint of the Flow's executors (`/index`, `/search`, ...) without its slash")),
+    request_body(content = DocumentsRequest, content_type = "application/json"),
+    responses((status = 200, description = "The documents the Flow returned", body = DocumentsResponse), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn endpoint(
     State(s): State<Arc<AppState>>,
     Path(endpoint): Path<String>,

@@ -30,11 +30,37 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::AppState;
 
+/// The documented keys of `GET /{name}`'s query; every other key goes to the model as a
+/// parameter (`max_length`, `num_beams`, `num_inference_steps`, `img_size`, `seed`, ...).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // describes what `query` reads from its query map
+struct GenerateQuery {
+    /// The text to summarise (also `text`), or for an executor the document's text.
+    txt: Option<String>,
+    /// The prompt of a text-to-image model.
+    prompt: Option<String>,
+    /// Answer with server-sent events of the progress, then the result.
+    stream: Option<bool>,
+}
+
 /// Header saying that an input was cut to the model's longest input.
 pub const TRUNCATED_HEADER: &str = "x-truncated";
 
 /// `GET /{name}`: a Flow's executor when `ferroserve run` serves one by that name, else a
 /// generative model.
+#[utoipa::path(get, path = "/{name}", tag = "tasks",
+    params(
+        ("name" = String, Path, description = "A generative model (or `summarize` / `imagine` for the server's one), or an executor of the Flow `ferroserve run` serves"),
+        GenerateQuery),
+    responses(
+        (status = 200, description = "A summary (text/plain), an image (image/png), server-sent events with `stream=true`, or an executor's document (JSON)",
+            content(
+                (String = "text/plain"),
+                (Vec<u8> = "image/png"),
+                (crate::openapi::schemas::ServerSentEvent = "text/event-stream"),
+                (serde_json::Value = "application/json"))),
+        (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn query(
     state: State<Arc<AppState>>,
     Path(name): Path<String>,

@@ -17,7 +17,9 @@
 
 #![warn(missing_docs)]
 
+mod assets;
 mod body;
+mod console;
 mod documents;
 mod error;
 #[cfg(feature = "fuzzing")]
@@ -27,6 +29,7 @@ mod generate;
 mod handler;
 mod management;
 mod openai;
+mod openapi;
 mod ray;
 mod stream;
 mod torchserve;
@@ -38,7 +41,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use ferroserve_core::Error;
@@ -46,6 +49,9 @@ use ferroserve_runtime::Runtime;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::routes;
+
+use openapi::Routes;
 
 pub use error::{status, ApiError};
 pub use management::management_router;
@@ -63,6 +69,8 @@ pub struct HttpOptions {
     /// server turns it off when this listener is reachable from other machines and there is
     /// no token. Default: true.
     pub repository_changes_without_token: bool,
+    /// Whether `/` serves the web console. Default: true.
+    pub console: bool,
 }
 
 impl HttpOptions {
@@ -81,6 +89,7 @@ impl Default for HttpOptions {
             max_request_bytes: 64 * 1024 * 1024,
             management_token: None,
             repository_changes_without_token: true,
+            console: true,
         }
     }
 }
@@ -153,8 +162,8 @@ pub fn flow_router(
 ) -> Router {
     // `GET /{name}` (in `routes`) answers for the flow's executors first.
     let routes = routes()
-        .route("/post", post(documents::post))
-        .route("/{name}", post(documents::endpoint));
+        .routes(routes!(documents::post))
+        .routes(routes!(documents::endpoint));
     finish(
         routes,
         Arc::new(AppState {
@@ -165,8 +174,19 @@ pub fn flow_router(
     )
 }
 
-fn finish(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
-    layered(routes.fallback(not_found), state)
+const DESCRIPTION: &str = "The Open Inference Protocol (KServe V2) with Triton's extensions, \
+TorchServe's inference routes, OpenAI's embeddings, ferroserve's task routes and, under \
+`ferroserve run`, Jina's document routes. Errors are `{\"error\": \"...\"}` with the status \
+their kind calls for.";
+
+fn finish(routes: Routes, state: Arc<AppState>) -> Router {
+    let routes = if state.options.console {
+        routes.merge(console::routes())
+    } else {
+        routes
+    };
+    let described = openapi::described(routes, "ferroserve", DESCRIPTION);
+    layered(described.fallback(not_found), state)
 }
 
 /// The layers every router has (405s, decompression, tracing), around routes that have their
@@ -180,71 +200,46 @@ fn layered(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
 }
 
 /// Health and metrics: what every server ferroserve runs answers, whatever else it serves.
-fn routes_for_health() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v2/health/live", get(v2::live))
-        .route("/v2/health/ready", get(v2::ready))
-        .route("/metrics", get(metrics))
+fn routes_for_health() -> Routes {
+    Routes::new()
+        .routes(routes!(v2::live))
+        .routes(routes!(v2::ready))
+        .routes(routes!(metrics))
 }
 
-fn routes() -> Router<Arc<AppState>> {
+fn routes() -> Routes {
     routes_for_health()
-        .route("/v2", get(v2::server_metadata))
-        .route("/v2/models/{model}", get(v2::model_metadata))
-        .route(
-            "/v2/models/{model}/versions/{version}",
-            get(v2::model_metadata),
-        )
-        .route("/v2/models/{model}/ready", get(v2::model_ready))
-        .route(
-            "/v2/models/{model}/versions/{version}/ready",
-            get(v2::model_ready),
-        )
-        .route("/v2/models/{model}/infer", post(v2::infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(v2::infer),
-        )
-        .route("/v2/models/{model}/config", get(v2::model_config))
-        .route(
-            "/v2/models/{model}/versions/{version}/config",
-            get(v2::model_config),
-        )
-        .route("/v2/models/stats", get(v2::all_stats))
-        .route("/v2/models/{model}/stats", get(v2::model_stats))
-        .route(
-            "/v2/models/{model}/versions/{version}/stats",
-            get(v2::model_stats),
-        )
+        .routes(routes!(v2::server_metadata))
+        .routes(routes!(v2::model_metadata))
+        .routes(routes!(v2::versioned::model_metadata))
+        .routes(routes!(v2::model_ready))
+        .routes(routes!(v2::versioned::model_ready))
+        .routes(routes!(v2::infer))
+        .routes(routes!(v2::versioned::infer))
+        .routes(routes!(v2::model_config))
+        .routes(routes!(v2::versioned::model_config))
+        .routes(routes!(v2::all_stats))
+        .routes(routes!(v2::model_stats))
+        .routes(routes!(v2::versioned::model_stats))
         .merge(repository_routes())
-        // TorchServe's inference routes share the port with V2 (see the README).
-        .route("/ping", get(torchserve::ping))
-        // `curl -T img.jpg` sends a PUT; TorchServe accepts both.
-        .route(
-            "/predictions/{model}",
-            post(torchserve::predict).put(torchserve::predict),
-        )
-        .route(
-            "/predictions/{model}/{version}",
-            post(torchserve::predict).put(torchserve::predict),
-        )
-        .route("/v1/embeddings", post(openai::embeddings))
+        // TorchServe's inference routes share the port with V2 (see the README); `curl -T
+        // img.jpg` sends a PUT, and TorchServe accepts both.
+        .routes(routes!(torchserve::ping))
+        .routes(routes!(torchserve::predict))
+        .routes(routes!(torchserve::predict_version))
+        .routes(routes!(torchserve::upload))
+        .routes(routes!(torchserve::upload_version))
+        .routes(routes!(openai::embeddings))
         // Generative models by name (`/summarize`, `/imagine`); see `generate`.
-        .route("/{name}", get(generate::query))
+        .routes(routes!(generate::query))
 }
 
 /// Triton's repository extension, on the inference port and the management port alike.
-pub(crate) fn repository_routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v2/repository/index", post(v2::repository_index))
-        .route(
-            "/v2/repository/models/{model}/load",
-            post(v2::repository_load),
-        )
-        .route(
-            "/v2/repository/models/{model}/unload",
-            post(v2::repository_unload),
-        )
+pub(crate) fn repository_routes() -> Routes {
+    Routes::new()
+        .routes(routes!(v2::repository_index))
+        .routes(routes!(v2::repository_load))
+        .routes(routes!(v2::repository_unload))
 }
 
 /// A router with only `GET /metrics`, for a separate metrics port.
@@ -260,6 +255,10 @@ pub fn metrics_router(runtime: Arc<Runtime>) -> Router {
         .with_state(state)
 }
 
+/// The server's metrics in the OpenMetrics text format, for Prometheus.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Every metric (names in the README)",
+        content((String = "application/openmetrics-text")))))]
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(

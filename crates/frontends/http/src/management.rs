@@ -21,13 +21,14 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
 use axum::{Json, Router};
 use ferroserve_core::Error;
 use ferroserve_runtime::{Runtime, ScaleRequest};
 use serde_json::json;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
+use crate::openapi::Routes;
 use crate::{AppState, HttpOptions};
 
 /// The management router. Every route requires `options.management_token` when it is set.
@@ -37,18 +38,17 @@ pub fn management_router(runtime: Arc<Runtime>, options: HttpOptions) -> Router 
         options,
         flow: None,
     });
-    Router::new()
-        .route("/models", get(list).post(register))
-        .route(
-            "/models/{model}",
-            get(describe).put(scale).delete(unregister),
-        )
-        .route(
-            "/models/{model}/{version}",
-            get(describe).put(scale).delete(unregister),
-        )
-        .route("/models/{model}/{version}/set-default", put(set_default))
-        .merge(crate::repository_routes())
+    let routes = Routes::new()
+        .routes(routes!(list, register))
+        .routes(routes!(describe, scale, unregister))
+        .routes(routes!(
+            versioned::describe,
+            versioned::scale,
+            versioned::unregister
+        ))
+        .routes(routes!(set_default))
+        .merge(crate::repository_routes());
+    crate::openapi::described(routes, "ferroserve management", DESCRIPTION)
         .fallback(crate::not_found)
         .method_not_allowed_fallback(crate::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -57,6 +57,99 @@ pub fn management_router(runtime: Arc<Runtime>, options: HttpOptions) -> Router 
         ))
         .layer(crate::trace_layer())
         .with_state(state)
+}
+
+const DESCRIPTION: &str = "TorchServe's management API and Triton's repository extension, \
+on their own listener. With a management token, every route needs `Authorization: Bearer TOKEN`.";
+
+/// A management answer: what was done.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // the handlers answer with `json!`; this describes it
+struct Status {
+    /// What was done, or started.
+    status: String,
+    /// Replicas now (a synchronous scale).
+    replicas: Option<usize>,
+}
+
+/// The query of `GET /models`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // describes what `list` reads from its query map
+struct ListQuery {
+    /// Models per page.
+    limit: Option<u32>,
+    /// Where the previous page ended.
+    next_page_token: Option<String>,
+}
+
+/// The query of `POST /models`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // describes what `register` reads from its query map
+struct RegisterQuery {
+    /// An archive in the model store, or a path under --allowed-paths, or an allow-listed URL.
+    url: String,
+    /// The name to serve it under (default: the archive's).
+    model_name: Option<String>,
+    /// Replicas to start with.
+    initial_workers: Option<u32>,
+    /// Answer once loaded (default true) rather than at once (202).
+    synchronous: Option<bool>,
+}
+
+/// The query of `PUT /models/{model}`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // describes what `scale` reads from its query map
+struct ScaleQuery {
+    /// Fewest replicas.
+    min_worker: Option<u32>,
+    /// Most replicas (autoscaling between the two when they differ).
+    max_worker: Option<u32>,
+    /// Answer once scaled rather than at once (202, the default).
+    synchronous: Option<bool>,
+}
+
+/// The routes with `/{version}`.
+mod versioned {
+    use super::*;
+
+    /// One version of a model (`all`: every version).
+    #[utoipa::path(get, operation_id = "describe_version", path = "/models/{model}/{version}", tag = "management",
+        params(crate::openapi::schemas::ModelVersion),
+        responses((status = 200, description = "The model with that version", body = ferroserve_runtime::ModelDescription), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
+    pub(super) async fn describe(
+        s: State<Arc<AppState>>,
+        p: Path<ManagedPath>,
+    ) -> Result<Response, ApiError> {
+        super::describe(s, p).await
+    }
+
+    /// Scales one version.
+    #[utoipa::path(put, operation_id = "scale_version", path = "/models/{model}/{version}", tag = "management",
+        params(crate::openapi::schemas::ModelVersion, ScaleQuery),
+        responses(
+            (status = 200, description = "Scaled", body = Status),
+            (status = 202, description = "Scaling", body = Status), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
+    pub(super) async fn scale(
+        s: State<Arc<AppState>>,
+        p: Path<ManagedPath>,
+        q: Query<HashMap<String, String>>,
+    ) -> Result<Response, ApiError> {
+        super::scale(s, p, q).await
+    }
+
+    /// Unregisters one version.
+    #[utoipa::path(delete, operation_id = "unregister_version", path = "/models/{model}/{version}", tag = "management",
+        params(crate::openapi::schemas::ModelVersion),
+        responses((status = 200, description = "Unregistered", body = Status), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
+    pub(super) async fn unregister(
+        s: State<Arc<AppState>>,
+        p: Path<ManagedPath>,
+    ) -> Result<Response, ApiError> {
+        super::unregister(s, p).await
+    }
 }
 
 /// Refuses requests without the management token, when there is one.
@@ -153,6 +246,9 @@ fn in_background<T>(
     });
 }
 
+/// The models, a page at a time.
+#[utoipa::path(get, path = "/models", tag = "management", params(ListQuery),
+    responses((status = 200, description = "A page of models", body = ferroserve_runtime::ModelList), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 async fn list(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
@@ -162,6 +258,11 @@ async fn list(
     Ok(Json(s.runtime.list(limit, get("next_page_token"))?).into_response())
 }
 
+/// Registers a model from an archive, a path or a URL.
+#[utoipa::path(post, path = "/models", tag = "management", params(RegisterQuery),
+    responses(
+        (status = 200, description = "Registered", body = Status),
+        (status = 202, description = "Registering", body = Status), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 async fn register(
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
@@ -200,6 +301,10 @@ struct ManagedPath {
     version: Option<String>,
 }
 
+/// A model, every version.
+#[utoipa::path(get, path = "/models/{model}", tag = "management",
+    params(crate::openapi::schemas::ModelName),
+    responses((status = 200, description = "The model", body = ferroserve_runtime::ModelDescription), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 async fn describe(
     State(s): State<Arc<AppState>>,
     Path(p): Path<ManagedPath>,
@@ -221,6 +326,12 @@ async fn describe(
     Ok(Json(d).into_response())
 }
 
+/// Scales a model's default version.
+#[utoipa::path(put, path = "/models/{model}", tag = "management",
+    params(crate::openapi::schemas::ModelName, ScaleQuery),
+    responses(
+        (status = 200, description = "Scaled", body = Status),
+        (status = 202, description = "Scaling", body = Status), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 async fn scale(
     State(s): State<Arc<AppState>>,
     Path(p): Path<ManagedPath>,
@@ -251,6 +362,10 @@ async fn scale(
         .into_response())
 }
 
+/// Unregisters a model, every version.
+#[utoipa::path(delete, path = "/models/{model}", tag = "management",
+    params(crate::openapi::schemas::ModelName),
+    responses((status = 200, description = "Unregistered", body = Status), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 async fn unregister(
     State(s): State<Arc<AppState>>,
     Path(p): Path<ManagedPath>,
@@ -271,6 +386,10 @@ struct VersionPath {
     version: String,
 }
 
+/// Makes a version the one requests without a version go to.
+#[utoipa::path(put, operation_id = "set_default_version", path = "/models/{model}/{version}/set-default", tag = "management",
+    params(crate::openapi::schemas::ModelVersion),
+    responses((status = 200, description = "Done", body = Status), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 async fn set_default(
     State(s): State<Arc<AppState>>,
     Path(p): Path<VersionPath>,

@@ -23,6 +23,9 @@ const FIELDS: &[&str] = &["input", "model", "encoding_format", "dimensions", "us
 
 /// `POST /v1/embeddings`: `{"input": "text" | ["text", ...], "model": "minilm",
 /// "encoding_format": "float" | "base64"}`.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai",
+    request_body(content = EmbeddingsRequest, content_type = "application/json"),
+    responses((status = 200, description = "One embedding per input", body = Response), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn embeddings(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -124,33 +127,81 @@ pub(crate) async fn embeddings(
     .into_response())
 }
 
+/// OpenAI's embeddings request, as [`embeddings`] reads it (field by field, to name what is
+/// wrong); here for the OpenAPI description.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct EmbeddingsRequest {
+    /// A text, or a list of texts.
+    input: TextOrTexts,
+    /// A text-embedding model (default: the only one loaded).
+    model: Option<String>,
+    /// `float` (default) or `base64` (little-endian f32 bytes).
+    encoding_format: Option<EncodingFormat>,
+    /// Must equal the model's dimension when given.
+    dimensions: Option<u32>,
+    /// Accepted and ignored, as OpenAI's.
+    user: Option<String>,
+}
+
+/// `input`: one text or several.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum TextOrTexts {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum EncodingFormat {
+    Float,
+    Base64,
+}
+
 /// OpenAI's embeddings response.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = EmbeddingsResponse)]
 struct Response<'a> {
+    /// `list`.
     object: &'static str,
+    /// One entry per input, in order.
     data: Vec<Datum<'a>>,
+    /// The model that answered.
     model: &'a str,
+    /// Tokens read.
     usage: Usage,
 }
 
-#[derive(Serialize)]
+/// One embedding.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Embedding)]
 struct Datum<'a> {
+    /// `embedding`.
     object: &'static str,
+    /// The input's position.
     index: usize,
+    /// The vector.
     embedding: Embedding<'a>,
 }
 
 /// A vector as numbers, or as base64 of its little-endian f32 bytes.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = EmbeddingVector)]
 #[serde(untagged)]
 enum Embedding<'a> {
     Float(&'a [f32]),
     Base64(String),
 }
 
-#[derive(Serialize)]
+/// Tokens read.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Usage {
+    /// Tokens of the inputs.
     prompt_tokens: usize,
+    /// The same: embeddings generate none.
     total_tokens: usize,
 }
 

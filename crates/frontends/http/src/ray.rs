@@ -29,7 +29,10 @@ pub fn ray_router(
         options,
         flow: None,
     });
-    let routes = routes_for_health()
+    // The applications' own routes are theirs to describe (FastAPI's /docs): no /openapi.json
+    // here.
+    let (health, _) = routes_for_health().split_for_parts();
+    let routes = health
         // As Ray's proxy answers while its node drains.
         .route(
             "/-/healthz",

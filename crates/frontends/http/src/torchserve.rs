@@ -20,10 +20,15 @@ use serde_json::json;
 
 use crate::body;
 use crate::error::ApiError;
+use crate::openapi::schemas::{ModelName, ModelVersion};
 use crate::v2::{self, ModelPath};
 use crate::AppState;
 
 /// `GET /ping`: TorchServe's health check.
+#[utoipa::path(get, path = "/ping", tag = "torchserve",
+    responses(
+        (status = 200, description = "Healthy", body = crate::openapi::schemas::Ping),
+        (status = 503, description = "Unhealthy", body = crate::openapi::schemas::Ping)))]
 pub(crate) async fn ping(State(s): State<Arc<AppState>>) -> Response {
     if s.runtime.is_ready() {
         Json(json!({ "status": "Healthy" })).into_response()
@@ -36,10 +41,10 @@ pub(crate) async fn ping(State(s): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// `POST /predictions/{model}[/{version}]`. A model with a task takes its natural input (an
-/// image as the body or a multipart field; text as JSON or the body) and answers in
+/// `POST /predictions/{model}[/{version}]` (and `PUT`). A model with a task takes its natural
+/// input (an image as the body or a multipart field; text as JSON or the body) and answers in
 /// TorchServe's shapes; a plain model takes a V2 inference request and answers like V2 infer.
-pub(crate) async fn predict(
+async fn answer(
     state: State<Arc<AppState>>,
     path: Path<ModelPath>,
     Query(query): Query<HashMap<String, String>>,
@@ -118,6 +123,82 @@ pub(crate) async fn predict(
         (true, [one]) => Json(one).into_response(),
         _ => Json(&items).into_response(),
     })
+}
+
+/// The four inference routes of TorchServe: `POST` and `PUT` (TorchServe's `curl -T file`
+/// sends a PUT), with and without a version. One macro gives each its own operation in the
+/// description and the same documentation.
+macro_rules! predict_route {
+    ($method:ident, $name:ident, $path:literal, $params:ident, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path($method, operation_id = stringify!($name), path = $path, tag = "torchserve",
+            params($params, PredictQuery),
+            request_body(description = "The model's natural input: an image (its bytes, or a multipart/form-data field) for image classification; text (the body, or JSON `{\"text\"|\"prompt\"|\"inputs\": s | [s], \"parameters\": {...}}`) for text tasks; a V2 inference request for a plain model; anything a TorchServe handler reads",
+                content(
+                    (Vec<u8> = "application/octet-stream"),
+                    (Vec<u8> = "image/jpeg"),
+                    (Vec<u8> = "image/png"),
+                    (Vec<u8> = "multipart/form-data"),
+                    (String = "text/plain"),
+                    (serde_json::Value = "application/json"))),
+            responses(
+                (status = 200, description = "Image classification: `{label: probability}`, most likely first; text classification: `[{\"label\", \"score\"}]`; embeddings: a vector per text; summarization: `{\"summary_text\"}`; text-to-image: a PNG; a plain model: a V2 response; `stream=true`: server-sent events",
+                    content(
+                        (serde_json::Value = "application/json"),
+                        (Vec<u8> = "image/png"),
+                        (crate::openapi::schemas::ServerSentEvent = "text/event-stream"))),
+                (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
+        pub(crate) async fn $name(
+            state: State<Arc<AppState>>,
+            path: Path<ModelPath>,
+            query: Query<HashMap<String, String>>,
+            headers: HeaderMap,
+            request: Body,
+        ) -> Result<Response, ApiError> {
+            answer(state, path, query, headers, request).await
+        }
+    };
+}
+
+predict_route!(
+    post,
+    predict,
+    "/predictions/{model}",
+    ModelName,
+    "`POST /predictions/{model}`: the default version's answer."
+);
+predict_route!(
+    post,
+    predict_version,
+    "/predictions/{model}/{version}",
+    ModelVersion,
+    "`POST /predictions/{model}/{version}`: one version's answer."
+);
+predict_route!(
+    put,
+    upload,
+    "/predictions/{model}",
+    ModelName,
+    "`PUT /predictions/{model}`: as `POST`, for clients that upload the input (`curl -T`)."
+);
+predict_route!(
+    put,
+    upload_version,
+    "/predictions/{model}/{version}",
+    ModelVersion,
+    "`PUT /predictions/{model}/{version}`: as `POST` to that version."
+);
+
+/// The query of `/predictions`: only the documented keys; others go to generative models as
+/// parameters (`num_beams`, `seed`, ...).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // describes what `predict` reads from its query map
+struct PredictQuery {
+    /// Classes in a classifier's answer (default: the task's, 5 for images).
+    topk: Option<u32>,
+    /// Answer a generative model with server-sent events of its progress.
+    stream: Option<bool>,
 }
 
 /// One input's answer.

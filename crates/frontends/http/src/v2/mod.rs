@@ -33,10 +33,18 @@ pub(crate) struct ModelPath {
     pub(crate) version: Option<String>,
 }
 
+/// Whether the server answers.
+#[utoipa::path(get, path = "/v2/health/live", tag = "health",
+    responses((status = 200, description = "Live", body = crate::openapi::schemas::Live)))]
 pub(crate) async fn live() -> Json<serde_json::Value> {
     Json(json!({ "live": true }))
 }
 
+/// Whether the server takes inference requests: not while models load or it drains.
+#[utoipa::path(get, path = "/v2/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::schemas::Ready),
+        (status = 503, description = "Not ready", body = crate::openapi::schemas::Ready)))]
 pub(crate) async fn ready(State(s): State<Arc<AppState>>) -> Response {
     let ready = s.runtime.is_ready();
     let status = if ready {
@@ -47,10 +55,16 @@ pub(crate) async fn ready(State(s): State<Arc<AppState>>) -> Response {
     (status, Json(json!({ "ready": ready }))).into_response()
 }
 
+/// The server's name, version and protocol extensions.
+#[utoipa::path(get, path = "/v2", tag = "v2",
+    responses((status = 200, description = "Server metadata", body = ferroserve_runtime::admin::ServerMetadata)))]
 pub(crate) async fn server_metadata() -> Json<ferroserve_runtime::admin::ServerMetadata> {
     Json(Default::default())
 }
 
+/// A model's inputs and outputs.
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "v2", params(crate::openapi::schemas::ModelName),
+    responses((status = 200, description = "Inputs and outputs", body = ferroserve_runtime::admin::ModelMetadata), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn model_metadata(
     State(s): State<Arc<AppState>>,
     Path(p): Path<ModelPath>,
@@ -59,6 +73,12 @@ pub(crate) async fn model_metadata(
     Ok(Json(meta).into_response())
 }
 
+/// Whether a model takes inference requests.
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "v2", params(crate::openapi::schemas::ModelName),
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::schemas::ModelReady),
+        (status = 503, description = "Not ready", body = crate::openapi::schemas::ModelReady),
+        (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn model_ready(
     State(s): State<Arc<AppState>>,
     Path(p): Path<ModelPath>,
@@ -72,6 +92,18 @@ pub(crate) async fn model_ready(
     Ok((status, Json(json!({ "name": p.model, "ready": ready }))).into_response())
 }
 
+/// Runs a model on the request's inputs.
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2", params(crate::openapi::schemas::ModelName),
+    request_body(description = "V2 JSON, or JSON followed by binary tensors (Triton's binary data extension, with the Inference-Header-Content-Length header)",
+        content(
+            (request::InferenceRequest = "application/json"),
+            (Vec<u8> = "application/octet-stream"))),
+    responses(
+        (status = 200, description = "Outputs (binary ones after the JSON when asked for)",
+            content(
+                (response::InferenceResponse = "application/json"),
+                (Vec<u8> = "application/octet-stream"))),
+        (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn infer(
     State(s): State<Arc<AppState>>,
     Path(p): Path<ModelPath>,
@@ -124,12 +156,18 @@ pub(crate) async fn infer(
     Ok(out)
 }
 
-#[derive(Deserialize, Default)]
-struct IndexRequest {
+/// The body of a repository index request (optional).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+pub(crate) struct IndexRequest {
+    /// Only the models ready now.
     #[serde(default)]
     ready: bool,
 }
 
+/// Every model of the repository, with its state.
+#[utoipa::path(post, path = "/v2/repository/index", tag = "repository",
+    request_body(content = Option<IndexRequest>, content_type = "application/json"),
+    responses((status = 200, description = "The models", body = Vec<ferroserve_runtime::IndexEntry>), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn repository_index(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -147,6 +185,8 @@ pub(crate) async fn repository_index(
 
 /// `GET /v2/models/{m}[/versions/{v}]/config`: the model's configuration in Triton's JSON shape,
 /// which perf_analyzer reads (dims without the batch dimension when the server batches).
+#[utoipa::path(get, path = "/v2/models/{model}/config", tag = "v2", params(crate::openapi::schemas::ModelName),
+    responses((status = 200, description = "Triton's model configuration", body = ferroserve_runtime::admin::ModelConfig), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn model_config(
     State(s): State<Arc<AppState>>,
     Path(p): Path<ModelPath>,
@@ -156,6 +196,8 @@ pub(crate) async fn model_config(
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]/stats`: Triton's statistics extension.
+#[utoipa::path(get, path = "/v2/models/{model}/stats", tag = "v2", params(crate::openapi::schemas::ModelName),
+    responses((status = 200, description = "Triton's statistics", body = ferroserve_runtime::admin::Statistics), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn model_stats(
     State(s): State<Arc<AppState>>,
     Path(p): Path<ModelPath>,
@@ -164,6 +206,8 @@ pub(crate) async fn model_stats(
 }
 
 /// `GET /v2/models/stats`: statistics of every ready model version.
+#[utoipa::path(get, path = "/v2/models/stats", tag = "v2",
+    responses((status = 200, description = "Triton's statistics", body = ferroserve_runtime::admin::Statistics), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn all_stats(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
     stats(&s, None, None)
 }
@@ -178,6 +222,9 @@ pub(crate) struct RepositoryPath {
 }
 
 /// `POST /v2/repository/models/{m}/load`: loads or reloads a model folder of the repository.
+#[utoipa::path(post, path = "/v2/repository/models/{model}/load", tag = "repository", params(crate::openapi::schemas::ModelName),
+    request_body(content = Option<crate::openapi::schemas::RepositoryChange>, content_type = "application/json"),
+    responses((status = 200, description = "Done", body = crate::openapi::schemas::Done), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn repository_load(
     State(s): State<Arc<AppState>>,
     Path(p): Path<RepositoryPath>,
@@ -188,6 +235,9 @@ pub(crate) async fn repository_load(
 }
 
 /// `POST /v2/repository/models/{m}/unload`: unloads a model.
+#[utoipa::path(post, path = "/v2/repository/models/{model}/unload", tag = "repository", params(crate::openapi::schemas::ModelName),
+    request_body(content = Option<crate::openapi::schemas::RepositoryChange>, content_type = "application/json"),
+    responses((status = 200, description = "Done", body = crate::openapi::schemas::Done), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
 pub(crate) async fn repository_unload(
     State(s): State<Arc<AppState>>,
     Path(p): Path<RepositoryPath>,
@@ -230,4 +280,74 @@ async fn repository_op(
         .await
         .map_err(|e| Error::internal(e.to_string()))??;
     Ok(Json(json!({})).into_response())
+}
+
+/// The routes with `/versions/{version}`: the same handlers; each needs a function of its own
+/// to be described at its own path.
+pub(crate) mod versioned {
+    use super::*;
+
+    /// A model version's inputs and outputs.
+    #[utoipa::path(get, operation_id = "model_metadata_version", path = "/v2/models/{model}/versions/{version}", tag = "v2",
+        params(crate::openapi::schemas::ModelVersion), responses((status = 200, description = "Inputs and outputs", body = ferroserve_runtime::admin::ModelMetadata), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
+    pub(crate) async fn model_metadata(
+        s: State<Arc<AppState>>,
+        p: Path<ModelPath>,
+    ) -> Result<Response, ApiError> {
+        super::model_metadata(s, p).await
+    }
+
+    /// Whether a model version takes inference requests.
+    #[utoipa::path(get, operation_id = "model_ready_version", path = "/v2/models/{model}/versions/{version}/ready", tag = "v2",
+        params(crate::openapi::schemas::ModelVersion), responses(
+        (status = 200, description = "Ready", body = crate::openapi::schemas::ModelReady),
+        (status = 503, description = "Not ready", body = crate::openapi::schemas::ModelReady),
+        (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
+    pub(crate) async fn model_ready(
+        s: State<Arc<AppState>>,
+        p: Path<ModelPath>,
+    ) -> Result<Response, ApiError> {
+        super::model_ready(s, p).await
+    }
+
+    /// Runs a model version on the request's inputs.
+    #[utoipa::path(post, operation_id = "infer_version", path = "/v2/models/{model}/versions/{version}/infer", tag = "v2",
+        params(crate::openapi::schemas::ModelVersion), request_body(description = "V2 JSON, or JSON followed by binary tensors (Triton's binary data extension, with the Inference-Header-Content-Length header)",
+        content(
+            (request::InferenceRequest = "application/json"),
+            (Vec<u8> = "application/octet-stream"))),
+    responses(
+        (status = 200, description = "Outputs (binary ones after the JSON when asked for)",
+            content(
+                (response::InferenceResponse = "application/json"),
+                (Vec<u8> = "application/octet-stream"))),
+        (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
+    pub(crate) async fn infer(
+        s: State<Arc<AppState>>,
+        p: Path<ModelPath>,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<Response, ApiError> {
+        super::infer(s, p, headers, body).await
+    }
+
+    /// A model version's configuration in Triton's shape.
+    #[utoipa::path(get, operation_id = "model_config_version", path = "/v2/models/{model}/versions/{version}/config", tag = "v2",
+        params(crate::openapi::schemas::ModelVersion), responses((status = 200, description = "Triton's model configuration", body = ferroserve_runtime::admin::ModelConfig), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
+    pub(crate) async fn model_config(
+        s: State<Arc<AppState>>,
+        p: Path<ModelPath>,
+    ) -> Result<Response, ApiError> {
+        super::model_config(s, p).await
+    }
+
+    /// A model version's statistics.
+    #[utoipa::path(get, operation_id = "model_stats_version", path = "/v2/models/{model}/versions/{version}/stats", tag = "v2",
+        params(crate::openapi::schemas::ModelVersion), responses((status = 200, description = "Triton's statistics", body = ferroserve_runtime::admin::Statistics), (status = "default", description = "An error", body = crate::openapi::schemas::ErrorBody)))]
+    pub(crate) async fn model_stats(
+        s: State<Arc<AppState>>,
+        p: Path<ModelPath>,
+    ) -> Result<Response, ApiError> {
+        super::model_stats(s, p).await
+    }
 }

@@ -7,33 +7,57 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// The JSON part of an inference request.
-#[derive(Deserialize)]
-struct Header<'a> {
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = InferenceRequest)]
+pub(crate) struct Header<'a> {
+    /// Echoed in the response.
     #[serde(default)]
     id: Option<String>,
+    /// Request parameters (`binary_data_output`, `timeout`, ...).
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Parameters,
+    /// The input tensors.
     #[serde(borrow)]
     inputs: Vec<InputHeader<'a>>,
+    /// The outputs wanted (default: all), and how each is sent.
     #[serde(default)]
     outputs: Vec<OutputHeader>,
 }
 
-#[derive(Deserialize)]
+/// The request of the OpenAPI description: `Header` for any lifetime.
+pub(crate) type InferenceRequest = Header<'static>;
+
+/// One input tensor.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = RequestInput)]
 struct InputHeader<'a> {
+    /// The model's input name.
     name: String,
+    /// Dimensions.
     shape: Vec<i64>,
+    /// Element type.
+    #[schema(value_type = ferroserve_core::DataType)]
     datatype: String,
+    /// `binary_data_size` when the tensor's bytes follow the JSON.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Parameters,
+    /// The elements, row-major, flat or nested (absent when sent as binary data).
     #[serde(borrow, default)]
+    #[schema(value_type = Option<Vec<serde_json::Value>>)]
     data: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+/// One output asked for.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = RequestOutput)]
 struct OutputHeader {
+    /// The model's output name.
     name: String,
+    /// `binary_data: true` to get it as binary data.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Parameters,
 }
 

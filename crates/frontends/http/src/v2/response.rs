@@ -6,28 +6,48 @@ use serde::Serialize;
 
 use ferroserve_core::json::Encode;
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The JSON part of an inference response.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = InferenceResponse)]
+pub(crate) struct Body<'a> {
+    /// The model that answered.
     model_name: &'a str,
+    /// Its version.
     model_version: &'a str,
+    /// The request's `id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+    /// The output tensors.
     outputs: Vec<Output<'a>>,
 }
 
-#[derive(Serialize)]
+/// The response of the OpenAPI description: `Body` for any lifetime.
+pub(crate) type InferenceResponse = Body<'static>;
+
+/// One output tensor.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ResponseOutput)]
 struct Output<'a> {
+    /// The model's output name.
     name: &'a str,
+    /// Element type.
+    #[schema(value_type = ferroserve_core::DataType)]
     datatype: &'static str,
+    /// Dimensions.
     shape: &'a [usize],
+    /// `binary_data_size` when its bytes follow the JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<BinarySize>,
+    /// The elements, flat, row-major (absent when sent as binary data).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<serde_json::Value>>)]
     data: Option<Encode<'a>>,
 }
 
-#[derive(Serialize)]
+/// Where an output's bytes are.
+#[derive(Serialize, utoipa::ToSchema)]
 struct BinarySize {
+    /// Bytes of this output after the JSON.
     binary_data_size: usize,
 }
 
