@@ -26,6 +26,9 @@ because the machine is shared and absolute numbers drift.
    one torch thread per worker), in alternating rounds: images/s, latency, idle memory.
 10. Ray Serve applications (scripts/bench_ray.py): the summarizer tutorial's file under
    `ferroserve run` beside Ray Serve 2.60 running it: requests/s, p50/p99, idle memory.
+11. Memory per replica: the server's idle PSS with MiniLM int8 at 1, 2 and 4 CPU replicas, once
+   loaded and after a second of requests (ONNX Runtime's arenas grow with the batches they
+   saw), less the bare server's, per replica, beside the weight file + 30 MiB; and sentences/s.
 
 Usage: scripts/bench.sh [--seconds 5]   (it installs nginx, wrk and onnxruntime first)
 """
@@ -392,11 +395,51 @@ def tasks(seconds):
     print()
 
 
+def memory(seconds):
+    from bench_torchserve import idle_memory
+    demo = MODELS / "minilm"
+    weights = (demo / "1" / "model.onnx").stat().st_size
+    ref = json.loads((ROOT / "tests" / "fixtures" / "reference" / "minilm_embeddings.json").read_text())
+    bodies = [json.dumps({"model": "minilm", "input": s}) for s in ref["sentences"]]
+    headers = {"Content-Type": "application/json"}
+    bare = Server({})
+    try:
+        base = idle_memory(bare.proc.pid)[1]
+    finally:
+        bare.stop()
+    rows = []
+    for replicas in [1, 2, 4]:
+        folder = tempfile.TemporaryDirectory()
+        os.symlink(demo / "1", pathlib.Path(folder.name) / "1")
+        config = (demo / "model.yaml").read_text()
+        (pathlib.Path(folder.name) / "model.yaml").write_text(re.sub(r"(?m)^replicas: \d+", f"replicas: {replicas}", config))
+        server = Server({}, folders={"minilm": folder.name})
+        try:
+            loaded = idle_memory(server.proc.pid)[1]
+            closed_loop(server, "POST", "/v1/embeddings", bodies, 4, 1.0, headers, warmup=0.5)
+            pss = idle_memory(server.proc.pid)[1]
+            rate = closed_loop(server, "POST", "/v1/embeddings", bodies, 8, seconds, headers)[0]
+        finally:
+            server.stop()
+            folder.cleanup()
+        rows.append((replicas, loaded, pss, rate))
+    print(f"### 11. Memory per replica: MiniLM int8 ({weights / 2**20:.1f} MiB file), idle PSS ({seconds:.0f} s per rate)\n")
+    print(f"Bare server (no models): {base / 1024:.0f} MiB.\n")
+    print("| replicas | PSS loaded | per replica | PSS after requests | per replica | target (file + 30 MiB) "
+          "| sentences/s, 8 clients x 1 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for replicas, loaded, pss, rate in rows:
+        print(f"| {replicas} | {loaded / 1024:.0f} MiB | {(loaded - base) / replicas / 1024:.0f} MiB | "
+              f"{pss / 1024:.0f} MiB | {(pss - base) / replicas / 1024:.0f} MiB | {weights / 2**20 + 30:.0f} MiB | "
+              f"{rate:,.0f} |")
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks", "generative", "python",
-                                        "torchserve", "ray"])
+                                        "torchserve", "ray", "memory"])
     args = ap.parse_args()
     for tool in ["nginx", "wrk"]:
         if not shutil.which(tool) and args.only in (None, "ceiling"):
@@ -425,6 +468,8 @@ def main():
     if args.only in (None, "ray"):
         import bench_ray
         bench_ray.run(args.seconds)
+    if args.only in (None, "memory"):
+        memory(args.seconds)
 
 
 if __name__ == "__main__":

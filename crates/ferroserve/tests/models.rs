@@ -197,6 +197,69 @@ fn minilm_embeddings_match_reference() {
     }
 }
 
+/// The files `ferroserve serve` (process `pid`) keeps for the weights its CPU replicas share.
+fn shared_weight_files(pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("ferroserve-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".onnx"))
+        })
+        .collect()
+}
+
+#[test]
+fn replicas_share_one_copy_of_the_weights_and_answer_as_one_session_does() {
+    let refs = reference("minilm_embeddings.json");
+    let ids: Vec<Vec<i64>> = serde_json::from_value(refs["input_ids"].clone()).unwrap();
+    let expected: Vec<Vec<f32>> = serde_json::from_value(refs["embeddings"].clone()).unwrap();
+    let repo = Repo::plain(&["minilm"]);
+    repo.write("minilm/model.yaml", b"replicas: 3\nthreads: 1\n");
+    let server = Server::start(repo, &[]);
+    // One group for the three replicas: one optimised model file, kept while they live.
+    assert_eq!(shared_weight_files(server.pid()).len(), 1);
+    // Requests at once, which the scheduler spreads over free replicas, answer as the
+    // reference does.
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| embed_all(&server, "minilm", &ids)))
+            .collect();
+        for worker in workers {
+            let got = worker.join().expect("client thread");
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                let c = cosine(g, e);
+                assert!(
+                    c >= 0.999,
+                    "sentence {i}: cosine {c} < 0.999 with the reference"
+                );
+            }
+        }
+    });
+    let batches = server
+        .metric("ferroserve_batch_size_count", &[("model", "minilm")])
+        .unwrap_or(0.0);
+    assert!(batches >= 3.0, "{batches} batches");
+    // Unloaded, the group goes with its last replica.
+    let (status, body) = server.post_json("/v2/repository/models/minilm/unload", &json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        common::wait_for(std::time::Duration::from_secs(30), || {
+            shared_weight_files(server.pid()).is_empty()
+        }),
+        "the shared weights outlived the model: {:?}",
+        shared_weight_files(server.pid())
+    );
+    // Loaded again, it is grouped again and answers as before.
+    let (status, body) = server.post_json("/v2/repository/models/minilm/load", &json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(shared_weight_files(server.pid()).len(), 1);
+    let got = embed_all(&server, "minilm", &ids[..1]);
+    assert!(cosine(&got[0], &expected[0]) >= 0.999);
+}
+
 #[test]
 fn tiny_bert_logits_match_reference() {
     let server = Server::start(Repo::plain(&["tiny-bert-classifier"]), &[]);

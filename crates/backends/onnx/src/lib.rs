@@ -18,6 +18,7 @@
 
 mod library;
 mod session;
+mod shared;
 
 pub use library::{
     default_home, library_path, LibraryError, OnnxRuntime, HOME_ENV, LIBRARY_FILE, ORT_DYLIB_ENV,

@@ -48,6 +48,7 @@ pub fn library_path(explicit: Option<&Path>) -> PathBuf {
 pub struct OnnxRuntime {
     env: Environment,
     path: PathBuf,
+    shared: std::sync::Arc<crate::shared::SharedModels>,
 }
 
 impl OnnxRuntime {
@@ -68,6 +69,7 @@ impl OnnxRuntime {
         Ok(Self {
             env,
             path: path.to_path_buf(),
+            shared: Default::default(),
         })
     }
 
@@ -78,6 +80,10 @@ impl OnnxRuntime {
 
     pub(crate) fn environment(&self) -> &Environment {
         &self.env
+    }
+
+    pub(crate) fn shared_models(&self) -> &crate::shared::SharedModels {
+        &self.shared
     }
 }
 

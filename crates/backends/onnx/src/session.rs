@@ -1,14 +1,17 @@
 //! One ONNX Runtime session: a replica of an ONNX model.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use ferroserve_core::{
     Backend, DataType, Device, Error, NamedTensor, Result, Signature, Tensor, TensorSpec,
 };
+use ort::memory::Allocator;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{OutputSelector, RunOptions, Session, SessionOutputs};
 use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType, ValueType};
 
+use crate::shared::SharedModel;
 use crate::OnnxRuntime;
 
 /// Per-session settings.
@@ -22,6 +25,9 @@ pub struct SessionOptions {
     pub intra_op_threads: Option<usize>,
     /// Threads for running independent operators in parallel; `None` runs them sequentially.
     pub inter_op_threads: Option<usize>,
+    /// Share the weights with the other CPU sessions of the same file (see `shared.rs`): worth
+    /// it from the second replica on; for a single one it only adds the preparation.
+    pub share_weights: bool,
 }
 
 impl Default for SessionOptions {
@@ -30,6 +36,7 @@ impl Default for SessionOptions {
             device: Device::Cpu,
             intra_op_threads: None,
             inter_op_threads: None,
+            share_weights: false,
         }
     }
 }
@@ -54,6 +61,9 @@ pub enum LoadError {
 pub struct OnnxBackend {
     session: Session,
     signature: Signature,
+    /// The weights this replica shares with the model's other CPU replicas, kept while it
+    /// lives (see `shared.rs`).
+    _shared: Option<Arc<SharedModel>>,
 }
 
 impl OnnxBackend {
@@ -67,10 +77,26 @@ impl OnnxBackend {
             path: model_path.display().to_string(),
             reason,
         };
+        let shared = match options.device {
+            Device::Cpu if options.share_weights => {
+                runtime.shared_models().group(runtime, model_path)
+            }
+            _ => None,
+        };
         let mut builder = Session::builder(runtime.environment())
             .map_err(|e| fail(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| fail(e.to_string()))?;
+        if let Some(group) = &shared {
+            builder = builder
+                .with_prepacked_weights(group.prepacked())
+                .map_err(|e| fail(e.to_string()))?;
+            for (name, value) in group.initializers() {
+                builder = builder
+                    .with_initializer(name, value.clone())
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
         if let Device::Cuda(id) = options.device {
             builder = with_cuda(builder, id).map_err(fail)?;
         }
@@ -86,9 +112,11 @@ impl OnnxBackend {
                 .with_inter_threads(n)
                 .map_err(|e| fail(e.to_string()))?;
         }
+        let file = shared.as_ref().map_or(model_path, |g| g.model_file());
         let session = builder
-            .commit_from_file(model_path)
+            .commit_from_file(file)
             .map_err(|e| fail(e.to_string()))?;
+        crate::shared::trim_c_heap();
         let signature = Signature {
             inputs: session
                 .inputs()
@@ -101,7 +129,11 @@ impl OnnxBackend {
                 .map(|o| spec(o.name(), o.dtype(), "output"))
                 .collect::<std::result::Result<_, _>>()?,
         };
-        Ok(Self { session, signature })
+        Ok(Self {
+            session,
+            signature,
+            _shared: shared,
+        })
     }
 }
 
@@ -113,7 +145,10 @@ impl Backend for OnnxBackend {
     fn run(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>> {
         let mut values: Vec<(&str, DynValue)> = Vec::with_capacity(inputs.len());
         for input in inputs {
-            values.push((input.name.as_str(), to_ort(&self.session, &input.tensor)?));
+            values.push((
+                input.name.as_str(),
+                to_ort(self.session.allocator(), &input.tensor)?,
+            ));
         }
         let wanted: Vec<String> = if outputs.is_empty() {
             self.signature
@@ -246,7 +281,7 @@ fn element_type(t: DataType) -> TensorElementType {
 
 /// Copies a tensor into an ONNX Runtime value: one copy, into memory ONNX Runtime allocated and
 /// aligned, for every fixed-size type alike.
-fn to_ort(session: &Session, tensor: &Tensor) -> Result<DynValue> {
+fn to_ort(allocator: &Allocator, tensor: &Tensor) -> Result<DynValue> {
     let shape: Vec<i64> = tensor.shape().iter().map(|&d| d as i64).collect();
     let alloc_failed = |e: ort::Error| Error::internal(format!("ONNX Runtime allocation: {e}"));
     if tensor.dtype() == DataType::Bytes {
@@ -265,8 +300,8 @@ fn to_ort(session: &Session, tensor: &Tensor) -> Result<DynValue> {
             .map_err(alloc_failed)?;
         return Ok(value.into_dyn());
     }
-    let mut value = DynTensor::new(session.allocator(), element_type(tensor.dtype()), shape)
-        .map_err(alloc_failed)?;
+    let mut value =
+        DynTensor::new(allocator, element_type(tensor.dtype()), shape).map_err(alloc_failed)?;
     let src = tensor.data();
     if !src.is_empty() {
         let dst = value.data_ptr_mut().cast::<u8>();

@@ -104,6 +104,12 @@ impl BackendLoader for OnnxLoader {
                 device: spec.device,
                 intra_op_threads: Some(spec.threads),
                 inter_op_threads: spec.config.inter_op_threads,
+                share_weights: spec.config.replicas > 1
+                    || spec
+                        .config
+                        .autoscaling
+                        .as_ref()
+                        .is_some_and(|a| a.max_replicas > 1),
             },
         )
         .map_err(|e| Error::invalid(e.to_string()))?;
