@@ -29,6 +29,8 @@ because the machine is shared and absolute numbers drift.
 11. Memory per replica: the server's idle PSS with MiniLM int8 at 1, 2 and 4 CPU replicas, once
    loaded and after a second of requests (ONNX Runtime's arenas grow with the batches they
    saw), less the bare server's, per replica, beside the weight file + 30 MiB; and sentences/s.
+   Where ../shared/models/all-MiniLM-L6-v2 (the fp32 export) exists, the same at 2 replicas for
+   it, and both exports' sentences/s with 4 clients of 32 sentences.
 
 Usage: scripts/bench.sh [--seconds 5]   (it installs nginx, wrk and onnxruntime first)
 """
@@ -407,10 +409,15 @@ def memory(seconds):
         base = idle_memory(bare.proc.pid)[1]
     finally:
         bare.stop()
-    rows = []
-    for replicas in [1, 2, 4]:
+    fp32 = ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2" / "model.onnx"
+    batch = [json.dumps({"model": "minilm", "input": (ref["sentences"] * 5)[:32]})]
+
+    def measure(model_file, replicas):
         folder = tempfile.TemporaryDirectory()
-        os.symlink(demo / "1", pathlib.Path(folder.name) / "1")
+        version = pathlib.Path(folder.name) / "1"
+        version.mkdir()
+        for item in (demo / "1").iterdir():
+            os.symlink(model_file if item.name == "model.onnx" else item, version / item.name)
         config = (demo / "model.yaml").read_text()
         (pathlib.Path(folder.name) / "model.yaml").write_text(re.sub(r"(?m)^replicas: \d+", f"replicas: {replicas}", config))
         server = Server({}, folders={"minilm": folder.name})
@@ -419,19 +426,35 @@ def memory(seconds):
             closed_loop(server, "POST", "/v1/embeddings", bodies, 4, 1.0, headers, warmup=0.5)
             pss = idle_memory(server.proc.pid)[1]
             rate = closed_loop(server, "POST", "/v1/embeddings", bodies, 8, seconds, headers)[0]
+            many = closed_loop(server, "POST", "/v1/embeddings", batch, 4, seconds, headers)[0] * 32
         finally:
             server.stop()
             folder.cleanup()
-        rows.append((replicas, loaded, pss, rate))
+        return loaded, pss, rate, many
+
+    rows = [(replicas, *measure(demo / "1" / "model.onnx", replicas)) for replicas in [1, 2, 4]]
     print(f"### 11. Memory per replica: MiniLM int8 ({weights / 2**20:.1f} MiB file), idle PSS ({seconds:.0f} s per rate)\n")
     print(f"Bare server (no models): {base / 1024:.0f} MiB.\n")
     print("| replicas | PSS loaded | per replica | PSS after requests | per replica | target (file + 30 MiB) "
           "| sentences/s, 8 clients x 1 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for replicas, loaded, pss, rate in rows:
+    for replicas, loaded, pss, rate, _ in rows:
         print(f"| {replicas} | {loaded / 1024:.0f} MiB | {(loaded - base) / replicas / 1024:.0f} MiB | "
               f"{pss / 1024:.0f} MiB | {(pss - base) / replicas / 1024:.0f} MiB | {weights / 2**20 + 30:.0f} MiB | "
               f"{rate:,.0f} |")
+    print()
+    if not fp32.is_file():
+        print(f"({fp32} is not here: no fp32 comparison.)\n")
+        return
+    int8 = rows[1]
+    loaded, pss, rate, many = measure(fp32, 2)
+    print(f"MiniLM exports side by side, 2 replicas each ({seconds:.0f} s per rate):\n")
+    print("| export | file | PSS loaded | PSS after requests | sentences/s, 8 clients x 1 | sentences/s, 4 clients x 32 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| int8 (the demo's) | {weights / 2**20:.1f} MiB | {int8[1] / 1024:.0f} MiB | {int8[2] / 1024:.0f} MiB | "
+          f"{int8[3]:,.0f} | {int8[4]:,.0f} |")
+    print(f"| fp32 (../shared) | {fp32.stat().st_size / 2**20:.1f} MiB | {loaded / 1024:.0f} MiB | {pss / 1024:.0f} MiB | "
+          f"{rate:,.0f} | {many:,.0f} |")
     print()
 
 
