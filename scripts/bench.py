@@ -223,21 +223,38 @@ def perf_analyzer(url, protocol, concurrency, seconds):
     return float(m.group(1)), int(m.group(2)) / 1000
 
 
+def server_cpu(pid):
+    """User + system CPU seconds of process pid so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def grpc(seconds):
     server = Server({"simple": "simple"})
     grpc_url = re.sub(r":\d+$", f":{server.grpc_port}", server.url)
     shapes = ["--shape", "INPUT0=1,16", "--shape", "INPUT1=1,16"]
+
+    def bench_with_cpu(extra, url=None):
+        # The server's CPU per request, over the warm-up second and the measured ones alike
+        # (the warm-up runs at the measured rate): what the protocol costs the server, whatever
+        # the client costs.
+        before = server_cpu(server.proc.pid)
+        result = fbench(server, "simple", c, seconds, extra, url=url)
+        used = server_cpu(server.proc.pid) - before
+        return result["throughput_rps"], 1e6 * used / (result["throughput_rps"] * (seconds + 1))
+
     print(f"### 2b. gRPC and HTTP on `simple`, ferroserve bench and perf_analyzer ({seconds:.0f} s per cell)\n")
-    print("| concurrency | bench HTTP (binary) | bench gRPC | gRPC / HTTP | perf_analyzer HTTP | perf_analyzer gRPC | perf_analyzer gRPC avg latency |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| concurrency | bench HTTP (binary) | bench gRPC | gRPC / HTTP | server CPU per request, HTTP / gRPC "
+          "| perf_analyzer HTTP | perf_analyzer gRPC | perf_analyzer gRPC avg latency |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     try:
         for c in [1, 8, 32, 128]:
-            http = fbench(server, "simple", c, seconds, ["--format", "binary", *shapes])["throughput_rps"]
-            g = fbench(server, "simple", c, seconds, ["--protocol", "grpc", *shapes], url=grpc_url)["throughput_rps"]
+            http, http_cpu = bench_with_cpu(["--format", "binary", *shapes])
+            g, g_cpu = bench_with_cpu(["--protocol", "grpc", *shapes], url=grpc_url)
             pa_http, _ = perf_analyzer(f"{server.host}:{server.port}", "http", c, seconds)
             pa_grpc, pa_lat = perf_analyzer(f"{server.host}:{server.grpc_port}", "grpc", c, seconds)
-            print(f"| {c} | {http:,.0f} req/s | {g:,.0f} req/s | {g / http:.2f} | {pa_http:,.0f} infer/s | "
-                  f"{pa_grpc:,.0f} infer/s | {pa_lat:.3f} ms |")
+            print(f"| {c} | {http:,.0f} req/s | {g:,.0f} req/s | {g / http:.2f} | {http_cpu:.1f} / {g_cpu:.1f} µs | "
+                  f"{pa_http:,.0f} infer/s | {pa_grpc:,.0f} infer/s | {pa_lat:.3f} ms |")
     finally:
         server.stop()
     print()

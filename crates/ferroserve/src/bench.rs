@@ -138,7 +138,7 @@ enum Connection {
     Http(Sender),
     Grpc(
         ferroserve_grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient<
-            tonic::transport::Channel,
+            grpc_client::Connection,
         >,
     ),
 }
@@ -147,7 +147,7 @@ impl Target {
     async fn connect(&self) -> anyhow::Result<Connection> {
         Ok(match self {
             Target::Http { authority, .. } => Connection::Http(connect(authority).await?),
-            Target::Grpc { url, .. } => Connection::Grpc(grpc_client::connect(url).await?),
+            Target::Grpc { url, .. } => Connection::Grpc(grpc_client::connect_one(url).await?),
         })
     }
 
@@ -189,7 +189,13 @@ impl Target {
                 .model_infer(request.clone())
                 .await
                 .map(|_| ())
-                .map_err(|s| (format!("gRPC {:?}", s.code()), false)),
+                .map_err(|s| {
+                    // A failure of the connection itself (not an answer) comes with hyper's
+                    // error as its source: the worker connects again.
+                    let gone = std::error::Error::source(&s)
+                        .is_some_and(|e| e.downcast_ref::<hyper::Error>().is_some());
+                    (format!("gRPC {:?}", s.code()), gone)
+                }),
             _ => Err(("connection of the wrong protocol".into(), true)),
         }
     }

@@ -22,6 +22,59 @@ pub async fn connect(url: &str) -> anyhow::Result<GrpcInferenceServiceClient<Cha
         .max_encoding_message_size(MAX_MESSAGE))
 }
 
+/// One HTTP/2 connection as a gRPC transport, without tonic's `Channel` (its buffer task and
+/// reconnection): `bench` keeps one such connection per worker, as it keeps one HTTP/1.1
+/// connection per worker for HTTP, so that both protocols are measured with clients of the
+/// same make.
+#[derive(Clone)]
+pub struct Connection(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Connection {
+    type Response = tonic::codegen::http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(request))
+    }
+}
+
+/// Opens one HTTP/2 connection to `url` (`http://host:port`) for a client of its own.
+pub async fn connect_one(url: &str) -> anyhow::Result<GrpcInferenceServiceClient<Connection>> {
+    let origin: tonic::codegen::http::Uri = url
+        .parse()
+        .with_context(|| format!("'{url}' is not a URL"))?;
+    let authority = origin
+        .authority()
+        .with_context(|| format!("'{url}' has no host and port"))?
+        .to_string();
+    let stream = tokio::net::TcpStream::connect(&authority)
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .with_context(|| format!("HTTP/2 handshake with {url}"))?;
+    tokio::spawn(connection);
+    Ok(
+        GrpcInferenceServiceClient::with_origin(Connection(sender), origin)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    )
+}
+
 /// A `ModelInferRequest` with every input as raw bytes.
 pub fn request(
     model: &str,
