@@ -1,9 +1,11 @@
-//! `ferroserve bench`: a closed-loop load generator for the Open Inference Protocol over HTTP.
+//! `ferroserve bench`: a closed-loop load generator for the Open Inference Protocol over HTTP
+//! and gRPC.
 //!
-//! Each of `--concurrency` workers keeps one HTTP/1.1 connection and sends the next request as
-//! soon as the previous answer is in, so the offered load adapts to the server. The request body
-//! is built once and shared; latencies go into one HDR histogram per worker, so memory stays
-//! fixed however long the run.
+//! Each of `--concurrency` workers keeps one connection (HTTP/1.1, or HTTP/2 for gRPC, without
+//! tonic's `Channel`, so that both protocols get clients of the same make) and sends the next
+//! request as soon as the previous answer is in, so the offered load adapts to the server. The
+//! request body is built once and shared; latencies go into one HDR histogram per worker, so
+//! memory stays fixed however long the run.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
