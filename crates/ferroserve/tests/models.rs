@@ -197,18 +197,34 @@ fn minilm_embeddings_match_reference() {
     }
 }
 
-/// The files `ferroserve serve` (process `pid`) keeps for the weights its CPU replicas share.
-fn shared_weight_files(pid: u32) -> Vec<std::path::PathBuf> {
+/// The optimised model files `ferroserve serve` (process `pid`) holds for the weights its CPU
+/// replicas share: open, and already unlinked from the temporary folder.
+fn shared_weight_files(pid: u32) -> Vec<String> {
+    let prefix = std::env::temp_dir()
+        .join(format!("ferroserve-{pid}-"))
+        .display()
+        .to_string();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the server's open files")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|t| t.starts_with(&prefix) && t.ends_with(".onnx (deleted)"))
+        .collect()
+}
+
+/// Files of process `pid`'s shared weights still in the temporary folder (there should be none:
+/// a server that is killed must not leave them behind).
+fn left_in_temp(pid: u32) -> usize {
     let prefix = format!("ferroserve-{pid}-");
     std::fs::read_dir(std::env::temp_dir())
         .expect("temp dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".onnx"))
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
         })
-        .collect()
+        .count()
 }
 
 #[test]
@@ -219,8 +235,10 @@ fn replicas_share_one_copy_of_the_weights_and_answer_as_one_session_does() {
     let repo = Repo::plain(&["minilm"]);
     repo.write("minilm/model.yaml", b"replicas: 3\nthreads: 1\n");
     let server = Server::start(repo, &[]);
-    // One group for the three replicas: one optimised model file, kept while they live.
+    // One group for the three replicas: one optimised model file, held open while they live
+    // and never left in the temporary folder.
     assert_eq!(shared_weight_files(server.pid()).len(), 1);
+    assert_eq!(left_in_temp(server.pid()), 0);
     // Requests at once, which the scheduler spreads over free replicas, answer as the
     // reference does.
     std::thread::scope(|scope| {
@@ -258,6 +276,7 @@ fn replicas_share_one_copy_of_the_weights_and_answer_as_one_session_does() {
     assert_eq!(shared_weight_files(server.pid()).len(), 1);
     let got = embed_all(&server, "minilm", &ids[..1]);
     assert!(cosine(&got[0], &expected[0]) >= 0.999);
+    assert_eq!(left_in_temp(server.pid()), 0);
 }
 
 #[test]

@@ -58,7 +58,14 @@ struct Key {
 
 /// What the CPU replicas of one model file share.
 pub(crate) struct SharedModel {
-    /// The model after ONNX Runtime's basic optimisations; removed with the group.
+    /// Where ONNX Runtime wrote the model after its basic optimisations. On Linux the file is
+    /// unlinked as soon as it is open (below), so that no end of the process, a crash or a
+    /// SIGKILL included, leaves it in the temporary folder; elsewhere it is removed with the
+    /// group.
+    written: PathBuf,
+    /// That file, open: on Linux the only thing that keeps it.
+    _open: Option<std::fs::File>,
+    /// The path the replicas' sessions load it from (`/proc/self/fd/N` on Linux).
     optimized: PathBuf,
     /// Its large initializers, by name.
     initializers: Vec<(String, Arc<DynValue>)>,
@@ -85,7 +92,7 @@ impl SharedModel {
 
 impl Drop for SharedModel {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.optimized);
+        let _ = std::fs::remove_file(&self.written);
     }
 }
 
@@ -139,14 +146,16 @@ impl SharedModels {
 
 fn prepare(runtime: &OnnxRuntime, path: &Path) -> Result<SharedModel, String> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let optimized = std::env::temp_dir().join(format!(
+    let written = std::env::temp_dir().join(format!(
         "ferroserve-{}-{}.onnx",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     // Made first so that its Drop removes the file whatever goes wrong below.
     let mut group = SharedModel {
-        optimized,
+        optimized: written.clone(),
+        written,
+        _open: None,
         initializers: Vec::new(),
         prepacked: PrepackedWeights::new(),
     };
@@ -156,7 +165,7 @@ fn prepare(runtime: &OnnxRuntime, path: &Path) -> Result<SharedModel, String> {
         .map_err(|e| e.to_string())?
         .with_intra_threads(1)
         .map_err(|e| e.to_string())?
-        .with_optimized_model_path(&group.optimized)
+        .with_optimized_model_path(&group.written)
         .map_err(|e| e.to_string())?
         .commit_from_file(path)
         .map_err(|e| e.to_string())?;
@@ -165,12 +174,20 @@ fn prepare(runtime: &OnnxRuntime, path: &Path) -> Result<SharedModel, String> {
 
     // Mapped rather than read, so that the file's bytes leave the process with the mapping
     // instead of staying in the allocator's free lists.
-    let file = std::fs::File::open(&group.optimized)
+    let file = std::fs::File::open(&group.written)
         .map_err(|e| format!("cannot open the optimised model: {e}"))?;
     // SAFETY: the file is this group's own, in the temporary folder, and nothing writes it
     // while it is mapped.
     let map = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| format!("cannot map the optimised model: {e}"))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        group.optimized = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        std::fs::remove_file(&group.written)
+            .map_err(|e| format!("cannot unlink the optimised model: {e}"))?;
+    }
+    group._open = Some(file);
     let bytes = Bytes::from_owner(map);
     let model = <proto::Model as prost::Message>::decode(bytes)
         .map_err(|e| format!("cannot parse the optimised model: {e}"))?;
