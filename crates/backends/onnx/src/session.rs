@@ -6,7 +6,6 @@ use std::sync::Arc;
 use ferroserve_core::{
     Backend, DataType, Device, Error, NamedTensor, Result, Signature, Tensor, TensorSpec,
 };
-use ort::memory::Allocator;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{OutputSelector, RunOptions, Session, SessionOutputs};
 use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType, ValueType};
@@ -145,10 +144,7 @@ impl Backend for OnnxBackend {
     fn run(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>> {
         let mut values: Vec<(&str, DynValue)> = Vec::with_capacity(inputs.len());
         for input in inputs {
-            values.push((
-                input.name.as_str(),
-                to_ort(self.session.allocator(), &input.tensor)?,
-            ));
+            values.push((input.name.as_str(), to_ort(&self.session, &input.tensor)?));
         }
         let wanted: Vec<String> = if outputs.is_empty() {
             self.signature
@@ -281,7 +277,7 @@ fn element_type(t: DataType) -> TensorElementType {
 
 /// Copies a tensor into an ONNX Runtime value: one copy, into memory ONNX Runtime allocated and
 /// aligned, for every fixed-size type alike.
-fn to_ort(allocator: &Allocator, tensor: &Tensor) -> Result<DynValue> {
+fn to_ort(session: &Session, tensor: &Tensor) -> Result<DynValue> {
     let shape: Vec<i64> = tensor.shape().iter().map(|&d| d as i64).collect();
     let alloc_failed = |e: ort::Error| Error::internal(format!("ONNX Runtime allocation: {e}"));
     if tensor.dtype() == DataType::Bytes {
@@ -300,8 +296,8 @@ fn to_ort(allocator: &Allocator, tensor: &Tensor) -> Result<DynValue> {
             .map_err(alloc_failed)?;
         return Ok(value.into_dyn());
     }
-    let mut value =
-        DynTensor::new(allocator, element_type(tensor.dtype()), shape).map_err(alloc_failed)?;
+    let mut value = DynTensor::new(session.allocator(), element_type(tensor.dtype()), shape)
+        .map_err(alloc_failed)?;
     let src = tensor.data();
     if !src.is_empty() {
         let dst = value.data_ptr_mut().cast::<u8>();

@@ -14,19 +14,26 @@ fn runtime() -> Arc<Runtime> {
     Arc::new(Runtime::new(Backends::new(), RuntimeOptions::default()).expect("runtime"))
 }
 
+/// `method path` with no body: the status, the headers and the whole body.
+async fn send(
+    app: &axum::Router,
+    method: Method,
+    path: &str,
+) -> (axum::http::StatusCode, axum::http::HeaderMap, bytes::Bytes) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Body::empty())
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
 async fn get_json(app: &axum::Router, path: &str) -> Value {
-    let response = app
-        .clone()
-        .oneshot(Request::get(path).body(Body::empty()).expect("request"))
-        .await
-        .expect("response");
-    assert_eq!(response.status(), 200, "{path}");
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, _, bytes) = send(app, Method::GET, path).await;
+    assert_eq!(status, 200, "{path}");
     serde_json::from_slice(&bytes).expect("JSON")
 }
 
@@ -55,24 +62,7 @@ async fn assert_every_operation_is_routed(app: axum::Router) {
     let ops = operations(&api);
     assert!(!ops.is_empty());
     for (method, path) in ops {
-        let response = app
-            .clone()
-            .oneshot(
-                Request::builder()
-                    .method(method.clone())
-                    .uri(&path)
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let (status, _, bytes) = send(&app, method.clone(), &path).await;
         let text = String::from_utf8_lossy(&bytes);
         assert_ne!(status, 405, "{method} {path}: {text}");
         // The fallbacks' exact answers; a handler may refuse a name in its own words.
@@ -137,11 +127,8 @@ async fn the_console_is_served_unless_turned_off() {
     let api = get_json(&off, "/openapi.json").await;
     assert!(api["paths"].get("/").is_none());
     assert!(api["paths"].get("/console/api/models").is_none());
-    let response = off
-        .oneshot(Request::get("/").body(Body::empty()).expect("request"))
-        .await
-        .expect("response");
-    assert_eq!(response.status(), 404);
+    let (status, _, _) = send(&off, Method::GET, "/").await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]
@@ -153,13 +140,9 @@ async fn docs_are_served_from_the_binary() {
         ("/docs/swagger-ui.css", "text/css"),
         ("/docs/docs.js", "javascript"),
     ] {
-        let response = app
-            .clone()
-            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
-            .await
-            .expect("response");
-        assert_eq!(response.status(), 200, "{path}");
-        let ct = response.headers()["content-type"].to_str().expect("ascii");
+        let (status, headers, _) = send(&app, Method::GET, path).await;
+        assert_eq!(status, 200, "{path}");
+        let ct = headers["content-type"].to_str().expect("ascii");
         assert!(ct.contains(kind), "{path}: {ct}");
     }
 }
