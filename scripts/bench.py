@@ -5,6 +5,8 @@ because the machine is shared and absolute numbers drift.
    one request at a time, alternating in short slices.
 2. HTTP ceiling: wrk against a static nginx response, beside wrk and `ferroserve bench` against
    ferroserve's no-op V2 JSON infer (identity, simple), at concurrency 1, 8, 32, 128.
+2c. With --baseline BIN: the no-op rows of table 2 (wrk, concurrency 1, 8, 32) for this build and
+   for another one, in alternating rounds beside nginx, with each server's CPU per request.
 2b. gRPC: `ferroserve bench` and NVIDIA's perf_analyzer over HTTP (binary tensors) and gRPC on
    `simple`, at concurrency 1, 8, 32, 128.
 3. MiniLM at concurrency 32 with dynamic batching off and on, beside in-process onnxruntime at
@@ -179,14 +181,20 @@ def overhead(seconds):
     print()
 
 
-def ceiling(seconds):
-    server = Server({"identity": "identity", "simple": "simple"})
-    nginx = Nginx()
+def identity_script():
+    """A wrk script that posts a V2 JSON infer request for `identity`; the caller unlinks it."""
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]})
     script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
                  'wrk.headers["Content-Type"] = "application/json"\n')
     script.close()
+    return script
+
+
+def ceiling(seconds):
+    server = Server({"identity": "identity", "simple": "simple"})
+    nginx = Nginx()
+    script = identity_script()
     print(f"### 2. The HTTP ceiling: no-op V2 JSON infer vs. a static nginx response ({seconds:.0f} s per cell)\n")
     print("| concurrency | nginx static (wrk) | identity infer (wrk) | ratio | identity (ferroserve bench) | simple (ferroserve bench) | bench p50 / p99 (identity) | bench client CPU |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -204,6 +212,44 @@ def ceiling(seconds):
         os.unlink(script.name)
         nginx.stop()
         server.stop()
+    print()
+
+
+def ceiling_against(seconds, baseline, rounds=4):
+    """Table 2c: this build and `baseline` on the no-op model in alternating rounds, a fresh
+    server each, so that the machine's drift hits both alike."""
+    nginx = Nginx()
+    script = identity_script()
+    builds = {"this build": BIN, "baseline": pathlib.Path(baseline)}
+    print(f"### 2c. No-op V2 JSON infer, this build and {baseline}, {rounds} alternating rounds "
+          f"({seconds:.0f} s per cell)\n")
+    print("| concurrency | build | req/s per round | median ratio to nginx | server CPU per request (median) |")
+    print("| --- | --- | --- | --- | --- |")
+    try:
+        for c in [1, 8, 32]:
+            rates = {name: [] for name in builds}
+            cpu = {name: [] for name in builds}
+            ng = []
+            for _ in range(rounds):
+                ng.append(wrk(nginx.url, c, seconds))
+                for name, path in builds.items():
+                    server = Server({"identity": "identity"}, bin=path)
+                    try:
+                        url = f"{server.url}/v2/models/identity/infer"
+                        wrk(url, c, 1, script.name)
+                        before = server_cpu(server.proc.pid)
+                        rps = wrk(url, c, seconds, script.name)
+                        cpu[name].append((server_cpu(server.proc.pid) - before) / (rps * max(1, round(seconds))))
+                        rates[name].append(rps)
+                    finally:
+                        server.stop()
+            for name in builds:
+                ratio = statistics.median(r / n for r, n in zip(rates[name], ng))
+                print(f"| {c} | {name} | {' / '.join(f'{r:,.0f}' for r in rates[name])} | {ratio:.2f} | "
+                      f"{statistics.median(cpu[name]) * 1e6:.1f} µs |")
+    finally:
+        os.unlink(script.name)
+        nginx.stop()
     print()
 
 
@@ -480,6 +526,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks", "generative", "python",
                                         "torchserve", "ray", "memory"])
+    ap.add_argument("--baseline", help="another ferroserve binary: adds table 2c, this build beside it")
     args = ap.parse_args()
     for tool in ["nginx", "wrk"]:
         if not shutil.which(tool) and args.only in (None, "ceiling"):
@@ -490,6 +537,8 @@ def main():
         overhead(args.seconds)
     if args.only in (None, "ceiling"):
         ceiling(args.seconds)
+        if args.baseline:
+            ceiling_against(args.seconds, args.baseline)
     if args.only in (None, "grpc"):
         grpc(args.seconds)
     if args.only in (None, "minilm"):

@@ -18,9 +18,9 @@ BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "relea
 class Server:
     """A ferroserve process on an ephemeral port over a temporary repository: `models` as plain
     models (their version folder only), `whole` as the demo configures them (tasks), `folders`
-    ({name: path}) as they are."""
+    ({name: path}) as they are. `bin`: another ferroserve build than this clone's."""
 
-    def __init__(self, models, configs=None, whole=(), extra_args=(), folders=None):
+    def __init__(self, models, configs=None, whole=(), extra_args=(), folders=None, bin=None):
         self.repo = tempfile.TemporaryDirectory()
         for name, src in (folders or {}).items():
             os.symlink(src, pathlib.Path(self.repo.name) / name)
@@ -32,7 +32,7 @@ class Server:
                 (d / "model.yaml").write_text(configs[name])
         for name in whole:
             os.symlink(MODELS / name, pathlib.Path(self.repo.name) / name)
-        self.proc = subprocess.Popen([str(BIN), "serve", "--http-port", "0", "--grpc-port", "0", "--management-port", "0",
+        self.proc = subprocess.Popen([str(bin or BIN), "serve", "--http-port", "0", "--grpc-port", "0", "--management-port", "0",
                                       "--model-repository", self.repo.name, *extra_args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         found, ev = {}, threading.Event()

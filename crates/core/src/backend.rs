@@ -38,6 +38,16 @@ pub trait Backend: Send {
         false
     }
 
+    /// Whether this backend computes in this process, on whatever thread calls it, and never
+    /// waits on another process. The runtime may then run a small request of a model whose
+    /// runs take microseconds on the server thread that received it, instead of waking the
+    /// replica's thread and waiting for it to answer (two thread hand-offs that cost more than
+    /// such a model's compute). A backend that talks to a worker process, which can hang until
+    /// a deadline, keeps the default.
+    fn in_process(&self) -> bool {
+        false
+    }
+
     /// Runs a batch of `requests` on a backend that [`Backend::takes_requests`]: one answer per
     /// request, in order, each its own result, so one request's error leaves the others' outputs.
     /// The outer error fails them all.

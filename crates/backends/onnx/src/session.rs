@@ -141,6 +141,11 @@ impl Backend for OnnxBackend {
         &self.signature
     }
 
+    /// ONNX Runtime's `Run` may be called from any thread, and computes here.
+    fn in_process(&self) -> bool {
+        true
+    }
+
     fn run(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>> {
         let mut values: Vec<(&str, DynValue)> = Vec::with_capacity(inputs.len());
         for input in inputs {

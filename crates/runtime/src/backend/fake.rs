@@ -118,6 +118,10 @@ impl Backend for Fake {
         &self.signature
     }
 
+    fn in_process(&self) -> bool {
+        true
+    }
+
     fn run(&mut self, inputs: &[NamedTensor], _: &[String]) -> Result<Vec<NamedTensor>> {
         std::thread::sleep(self.delay);
         let x = inputs

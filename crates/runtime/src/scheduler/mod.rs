@@ -8,21 +8,24 @@
 //! documents are another, in the Flow crate.
 
 mod batch;
+mod inline;
 mod order;
 mod queue;
+mod replica;
 mod tensor;
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ferroserve_core::{Error, Result};
 use tokio::sync::oneshot;
 
-use self::order::{Gate, Reply};
-use self::queue::{Pending, Push, Queue, Work, ABANDONED, QUEUED};
+use self::inline::{Arrivals, Cost, Slot};
+use self::order::Gate;
+use self::queue::{Pending, Push, Queue, ABANDONED, QUEUED};
+use self::replica::{Replica, Shared};
 use crate::metrics::ModelMetrics;
 
 pub use self::queue::BatchPolicy;
@@ -34,6 +37,13 @@ pub trait Job: Send + 'static {
     type Output: Send + 'static;
     /// What requests must share to run in one batch.
     type Key: PartialEq + Send + Sync + 'static;
+
+    /// Bytes of input the request carries, where that is cheap to tell. Only a request that
+    /// says, and carries little, may run on the task that submitted it (see
+    /// [`Worker::in_process`]); `None` always goes through the queue.
+    fn input_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// One replica's compute for a kind of job.
@@ -51,6 +61,14 @@ pub trait Worker<J: Job>: Send + 'static {
     /// Whether this replica is to stop taking work (a worker that is one of several threads of
     /// one process, all stopping together; see [`Scheduler::retire_marked`]).
     fn retiring(&self) -> bool {
+        false
+    }
+
+    /// Whether this worker computes in this process and may run on any thread, never waiting
+    /// on another process. Then a small request that would otherwise wake an idle replica's
+    /// thread runs on the submitting task's thread instead, while the queue is empty, nothing
+    /// is batched or ordered, and recent requests took microseconds each.
+    fn in_process(&self) -> bool {
         false
     }
 }
@@ -117,11 +135,11 @@ pub(crate) struct SchedulerConfig {
 
 /// Runs one model version's (or one executor shard's) requests on its replicas.
 pub struct Scheduler<J: Job> {
-    config: Arc<SchedulerConfig>,
+    shared: Arc<Shared<J>>,
     queue: Arc<Queue<J>>,
+    /// The replicas' workers, for requests run inline; stopped ones are pruned on `add`.
+    slots: RwLock<Vec<Arc<Slot<J>>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
-    gate: Option<Arc<Gate<J::Output>>>,
-    metrics: ModelMetrics,
     /// Replicas serving (started and not asked to retire).
     replicas: AtomicUsize,
     /// Replica threads started so far, for their names.
@@ -141,11 +159,16 @@ impl<J: Job> Scheduler<J> {
             gate.clone(),
         ));
         Self {
-            config,
+            shared: Arc::new(Shared {
+                config,
+                metrics,
+                gate,
+                cost: Cost::default(),
+                arrivals: Arrivals::default(),
+            }),
             queue,
+            slots: RwLock::new(Vec::new()),
             workers: Mutex::new(Vec::new()),
-            gate,
-            metrics,
             replicas: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
         }
@@ -154,23 +177,26 @@ impl<J: Job> Scheduler<J> {
     /// Starts a replica thread on `worker`; it takes the next batch like the others. Fails only
     /// when the process cannot start a thread.
     pub fn add(&self, worker: Box<dyn Worker<J>>) -> Result<()> {
+        let slot = Arc::new(Slot::new(worker));
         let replica = Replica {
-            worker,
+            slot: slot.clone(),
             queue: self.queue.clone(),
-            gate: self.gate.clone(),
-            config: self.config.clone(),
-            metrics: self.metrics.clone(),
+            shared: self.shared.clone(),
         };
         let i = self.started.fetch_add(1, Ordering::AcqRel);
         let worker = std::thread::Builder::new()
-            .name(format!("replica-{}-{i}", self.config.name))
+            .name(format!("replica-{}-{i}", self.shared.config.name))
             .spawn(move || replica.run())
             .map_err(|e| Error::unavailable(format!("cannot start a replica thread: {e}")))?;
-        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         workers.retain(|w| !w.is_finished());
         workers.push(worker);
+        drop(workers);
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        slots.retain(|s| !s.stopped());
+        slots.push(slot);
         let n = self.replicas.fetch_add(1, Ordering::AcqRel) + 1;
-        self.metrics.replicas.set(n as i64);
+        self.shared.metrics.replicas.set(n as i64);
         Ok(())
     }
 
@@ -187,7 +213,7 @@ impl<J: Job> Scheduler<J> {
             ) {
                 Ok(_) => {
                     self.queue.retire(take);
-                    self.metrics.replicas.set((current - take) as i64);
+                    self.shared.metrics.replicas.set((current - take) as i64);
                     return take;
                 }
                 Err(now) => current = now,
@@ -202,7 +228,7 @@ impl<J: Job> Scheduler<J> {
             .replicas
             .fetch_sub(n.min(self.replicas()), Ordering::AcqRel)
             .saturating_sub(n);
-        self.metrics.replicas.set(now as i64);
+        self.shared.metrics.replicas.set(now as i64);
         self.queue.wake();
     }
 
@@ -213,8 +239,8 @@ impl<J: Job> Scheduler<J> {
 
     /// Requests queued, and requests being computed.
     pub fn load(&self) -> (usize, usize) {
-        let queued = self.metrics.queue_depth.get().max(0) as usize;
-        let running = self.metrics.inflight.get().max(0) as usize;
+        let queued = self.shared.metrics.queue_depth.get().max(0) as usize;
+        let running = self.shared.metrics.inflight.get().max(0) as usize;
         (queued, running)
     }
 
@@ -227,10 +253,14 @@ impl<J: Job> Scheduler<J> {
         let timeout = admission
             .timeout
             .into_iter()
-            .chain(self.config.default_timeout)
+            .chain(self.shared.config.default_timeout)
             .min();
         let now = Instant::now();
         let deadline = timeout.map(|t| now + t);
+        let request = match self.try_inline(request, &admission, now, deadline) {
+            Ok(answer) => return answer,
+            Err(request) => request,
+        };
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, mut answer) = oneshot::channel();
         let pending = Pending {
@@ -249,13 +279,15 @@ impl<J: Job> Scheduler<J> {
             Push::Full => {
                 return Err(Error::overloaded(format!(
                     "{} '{}' has {} requests queued already; retry shortly",
-                    self.config.kind, self.config.name, self.config.max_queue_size
+                    self.shared.config.kind,
+                    self.shared.config.name,
+                    self.shared.config.max_queue_size
                 )))
             }
             Push::Closed => {
                 return Err(Error::unavailable(format!(
                     "{} '{}' is being unloaded",
-                    self.config.kind, self.config.name
+                    self.shared.config.kind, self.shared.config.name
                 )))
             }
         }
@@ -267,7 +299,7 @@ impl<J: Job> Scheduler<J> {
                     r = &mut answer => r,
                     () = tokio::time::sleep_until(deadline.into()) => {
                         if state.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                            return Err(expired(&self.config, timeout));
+                            return Err(expired(&self.shared.config, timeout));
                         }
                         // A replica took it just now: it runs, so wait for its answer.
                         answer.await
@@ -278,7 +310,7 @@ impl<J: Job> Scheduler<J> {
         result.map_err(|_| {
             Error::internal(format!(
                 "{} '{}' stopped before answering",
-                self.config.kind, self.config.name
+                self.shared.config.kind, self.shared.config.name
             ))
         })?
     }
@@ -287,13 +319,16 @@ impl<J: Job> Scheduler<J> {
     /// whose client requests are not counted elsewhere (a repository model's are counted by
     /// the runtime; a Ray deployment's here, once per HTTP request or handle call).
     pub fn record_request(&self, elapsed: Duration, ok: bool) {
-        self.metrics.request_seconds.observe(elapsed.as_secs_f64());
+        self.shared
+            .metrics
+            .request_seconds
+            .observe(elapsed.as_secs_f64());
         if ok {
-            self.metrics.success.inc();
-            self.metrics.stats.success.add(elapsed);
+            self.shared.metrics.success.inc();
+            self.shared.metrics.stats.success.add(elapsed);
         } else {
-            self.metrics.failure.inc();
-            self.metrics.stats.fail.add(elapsed);
+            self.shared.metrics.failure.inc();
+            self.shared.metrics.stats.fail.add(elapsed);
         }
     }
 
@@ -304,7 +339,8 @@ impl<J: Job> Scheduler<J> {
 
     /// Waits for the replica threads to end (after [`Scheduler::close`]).
     pub fn join(&self) {
-        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        let workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
         for w in workers {
             let _ = w.join();
         }
@@ -336,116 +372,6 @@ fn expired(config: &SchedulerConfig, timeout: Option<Duration>) -> Error {
         "the request waited {ms} ms in {} '{}''s queue, its timeout, and was not run",
         config.kind, config.name
     ))
-}
-
-/// One replica: a worker and the loop that feeds it.
-struct Replica<J: Job> {
-    worker: Box<dyn Worker<J>>,
-    queue: Arc<Queue<J>>,
-    gate: Option<Arc<Gate<J::Output>>>,
-    config: Arc<SchedulerConfig>,
-    metrics: ModelMetrics,
-}
-
-impl<J: Job> Replica<J> {
-    /// Sends an answer, through the ordering gate when answers keep arrival order.
-    fn answer(&self, seq: u64, reply: Reply<J::Output>, result: Result<J::Output>) {
-        match &self.gate {
-            Some(gate) => gate.complete(seq, Some((reply, result))),
-            None => {
-                let _ = reply.send(result);
-            }
-        }
-    }
-
-    fn run(mut self) {
-        loop {
-            let worker = &self.worker;
-            let Some(work) = self.queue.next_unless(&|| worker.retiring()) else {
-                return;
-            };
-            match work {
-                Work::Expired(items) => {
-                    for p in items {
-                        let waited = p.deadline.map(|d| d.saturating_duration_since(p.enqueued));
-                        self.answer(p.seq, p.reply, Err(expired(&self.config, waited)));
-                    }
-                }
-                Work::Batch(items) => self.run_batch(items),
-            }
-        }
-    }
-
-    fn run_batch(&mut self, items: Vec<Pending<J>>) {
-        let started = Instant::now();
-        for p in &items {
-            let waited = started.duration_since(p.enqueued);
-            self.metrics.queue_seconds.observe(waited.as_secs_f64());
-            self.metrics.stats.queue.add(waited);
-        }
-        let n = items.len() as i64;
-        self.metrics.inflight.inc_by(n);
-        let rows: usize = items.iter().map(|p| p.rows.max(1)).sum();
-        let mut phases = Phases::default();
-        let mut requests = Vec::with_capacity(items.len());
-        let mut waiting = Vec::with_capacity(items.len());
-        let deadline = items.iter().filter_map(|p| p.deadline).min();
-        for p in items {
-            requests.push(p.request);
-            waiting.push((p.seq, p.reply));
-        }
-        let results = {
-            let cancelled = |i: usize| waiting.get(i).is_some_and(|(_, r)| r.is_closed());
-            let watch = Watch {
-                cancelled: &cancelled,
-                deadline,
-            };
-            std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.worker.run(requests, &watch, &mut phases)
-            }))
-            .unwrap_or_else(|_| {
-                Err(Error::internal(format!(
-                    "{} '{}' panicked while computing; the server is still running",
-                    self.config.kind, self.config.name
-                )))
-            })
-        };
-        let results = match results {
-            Ok(out) if out.len() != waiting.len() => Err(Error::internal(format!(
-                "{} '{}' gave {} answers for {} requests",
-                self.config.kind,
-                self.config.name,
-                out.len(),
-                waiting.len()
-            ))),
-            other => other,
-        };
-        let elapsed = started.elapsed();
-        let compute = elapsed.as_secs_f64();
-        self.metrics.batch_size.observe(rows as f64);
-        self.metrics.inflight.dec_by(n);
-        let stats = &self.metrics.stats;
-        stats.execution_count.fetch_add(1, Ordering::Relaxed);
-        for _ in &waiting {
-            self.metrics.compute_seconds.observe(compute);
-            phases.record(stats);
-        }
-        match results {
-            Ok(outputs) => {
-                stats
-                    .inference_count
-                    .fetch_add(rows as u64, Ordering::Relaxed);
-                for ((seq, reply), out) in waiting.into_iter().zip(outputs) {
-                    self.answer(seq, reply, Ok(out));
-                }
-            }
-            Err(e) => {
-                for (seq, reply) in waiting {
-                    self.answer(seq, reply, Err(e.clone()));
-                }
-            }
-        }
-    }
 }
 
 /// Where a batch's compute time went: assembling the batch, the worker, splitting the outputs

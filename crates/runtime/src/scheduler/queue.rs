@@ -309,6 +309,13 @@ impl<J: Job> Queue<J> {
         self.changed.notify_all();
     }
 
+    /// Whether nothing waits in the queue and it takes requests: a request that skips it then
+    /// passes nobody (see `inline`).
+    pub fn is_idle(&self) -> bool {
+        let inner = self.lock();
+        inner.items.is_empty() && !inner.closed
+    }
+
     #[cfg(test)]
     pub fn next(&self) -> Option<Work<J>> {
         self.next_unless(&|| false)

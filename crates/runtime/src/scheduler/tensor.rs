@@ -16,6 +16,10 @@ impl Job for InferRequest {
     /// that takes requests one by one answers each with its own result).
     type Output = Result<Vec<NamedTensor>>;
     type Key = BatchKey;
+
+    fn input_bytes(&self) -> Option<usize> {
+        Some(self.inputs.iter().map(|t| t.tensor.data().len()).sum())
+    }
 }
 
 /// How a model version batches its requests.
@@ -98,6 +102,10 @@ pub(crate) struct BackendWorker {
 }
 
 impl Worker<InferRequest> for BackendWorker {
+    fn in_process(&self) -> bool {
+        self.backend.in_process()
+    }
+
     /// Runs one request as it is, or several merged into one batch and split again.
     fn run(
         &mut self,
