@@ -239,6 +239,12 @@ fn replicas_share_one_copy_of_the_weights_and_answer_as_one_session_does() {
     // and never left in the temporary folder.
     assert_eq!(shared_weight_files(server.pid()).len(), 1);
     assert_eq!(left_in_temp(server.pid()), 0);
+    // The memory accounting (what --memory-budget keeps within) counts the one copy.
+    let version_folder = folder_bytes(&common::model_dir("minilm").join("1"));
+    assert_eq!(
+        server.metric("ferroserve_memory_used_bytes", &[("device", "cpu")]),
+        Some(version_folder as f64)
+    );
     // Requests at once, which the scheduler spreads over free replicas, answer as the
     // reference does.
     std::thread::scope(|scope| {
@@ -277,6 +283,22 @@ fn replicas_share_one_copy_of_the_weights_and_answer_as_one_session_does() {
     let got = embed_all(&server, "minilm", &ids[..1]);
     assert!(cosine(&got[0], &expected[0]) >= 0.999);
     assert_eq!(left_in_temp(server.pid()), 0);
+}
+
+/// Bytes of the files under `dir`, at any depth.
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let meta = std::fs::metadata(&path).unwrap();
+            if meta.is_dir() {
+                folder_bytes(&path)
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
 }
 
 #[test]

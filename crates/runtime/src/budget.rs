@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ferroserve_core::{Device, Error, Result};
 
+use crate::backend::BackendLoader;
 use crate::placement::replica_devices;
 use crate::repository::{self, ModelLayout};
 use crate::runtime::Runtime;
@@ -198,17 +199,51 @@ impl Runtime {
 }
 
 /// The memory a layout's versions will take, by device: their weight files times the replicas
-/// placed there.
-pub(crate) fn estimate(layout: &ModelLayout, dir: &Path) -> BTreeMap<Device, u64> {
+/// placed there, once for all CPU replicas when its backend (`loader`) shares their weights.
+pub(crate) fn estimate(
+    layout: &ModelLayout,
+    dir: &Path,
+    loader: Option<&dyn BackendLoader>,
+) -> BTreeMap<Device, u64> {
     let per_replica: u64 = layout
         .versions
         .values()
         .map(|file| repository::weights_bytes(file, dir))
         .sum();
-    let mut out = BTreeMap::new();
+    let shared = loader.is_some_and(|l| l.shares_cpu_weights(&layout.config));
     // A placement that cannot be made fails the load itself, with its own reason.
-    for d in replica_devices(&layout.config).unwrap_or_default() {
-        *out.entry(d).or_insert(0) += per_replica;
+    let devices = replica_devices(&layout.config).unwrap_or_default();
+    weights_by_device(devices, per_replica, shared)
+}
+
+/// Memory by device of replicas placed on `devices`, each holding `bytes` of weights, or all
+/// those on the CPU one copy between them when `shared_cpu`.
+pub(crate) fn weights_by_device(
+    devices: impl IntoIterator<Item = Device>,
+    bytes: u64,
+    shared_cpu: bool,
+) -> BTreeMap<Device, u64> {
+    let mut out = BTreeMap::new();
+    for d in devices {
+        let total = out.entry(d).or_insert(0);
+        if !(shared_cpu && d == Device::Cpu && *total > 0) {
+            *total += bytes;
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_cpu_weights_count_once_and_other_devices_per_replica() {
+        let gpu = Device::Cuda(0);
+        let devices = [Device::Cpu, Device::Cpu, gpu, Device::Cpu, gpu];
+        let each = weights_by_device(devices, 100, false);
+        assert_eq!(each, BTreeMap::from([(Device::Cpu, 300), (gpu, 200)]));
+        let shared = weights_by_device(devices, 100, true);
+        assert_eq!(shared, BTreeMap::from([(Device::Cpu, 100), (gpu, 200)]));
+    }
 }

@@ -90,27 +90,25 @@ impl Version {
         self.last_used.store(epoch_ms(), Ordering::Relaxed);
     }
 
-    /// Estimated memory: the weight files times the replicas loaded.
+    /// Estimated memory: the weight files times the replicas loaded (once for CPU replicas
+    /// that share their weights).
     pub(crate) fn bytes(&self) -> u64 {
-        self.replica_bytes * self.scheduler.replicas() as u64
+        self.device_bytes().values().sum()
     }
 
     /// [`Version::bytes`] by the device the replicas run on.
     pub(crate) fn device_bytes(&self) -> BTreeMap<Device, u64> {
         let replicas = self.scheduler.replicas();
-        let mut out = BTreeMap::new();
         if replicas == 0 {
-            return out;
+            return BTreeMap::new();
         }
         // The placement scaling gave them (a GPU list that cannot be read any more counts as
         // where the first replica runs).
         let devices = placement::devices_for(&self.recipe.config, replicas).unwrap_or_else(|_| {
             vec![self.config.devices.first().copied().unwrap_or(Device::Cpu); replicas]
         });
-        for d in devices {
-            *out.entry(d).or_insert(0) += self.replica_bytes;
-        }
-        out
+        let shared = self.recipe.loader.shares_cpu_weights(&self.recipe.config);
+        crate::budget::weights_by_device(devices, self.replica_bytes, shared)
     }
 
     /// Replicas loaded.
