@@ -48,6 +48,12 @@ pub trait Backend: Send {
         false
     }
 
+    /// Whether this replica computes with weights it shares with the model's other replicas on
+    /// its device (one copy for all of them), for the memory accounting. Default: its own.
+    fn shares_weights(&self) -> bool {
+        false
+    }
+
     /// Runs a batch of `requests` on a backend that [`Backend::takes_requests`]: one answer per
     /// request, in order, each its own result, so one request's error leaves the others' outputs.
     /// The outer error fails them all.

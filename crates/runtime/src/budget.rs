@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use ferroserve_core::{Device, Error, Result};
 
-use crate::backend::BackendLoader;
 use crate::placement::replica_devices;
 use crate::repository::{self, ModelLayout};
 use crate::runtime::Runtime;
@@ -199,21 +198,18 @@ impl Runtime {
 }
 
 /// The memory a layout's versions will take, by device: their weight files times the replicas
-/// placed there, once for all CPU replicas when its backend (`loader`) shares their weights.
-pub(crate) fn estimate(
-    layout: &ModelLayout,
-    dir: &Path,
-    loader: Option<&dyn BackendLoader>,
-) -> BTreeMap<Device, u64> {
+/// placed there. Whether replicas share their weights is known only once they load (a model
+/// that cannot be grouped loads a copy each), so a load makes room for a copy each; once
+/// loaded, a version counts what it holds (`Version::device_bytes`).
+pub(crate) fn estimate(layout: &ModelLayout, dir: &Path) -> BTreeMap<Device, u64> {
     let per_replica: u64 = layout
         .versions
         .values()
         .map(|file| repository::weights_bytes(file, dir))
         .sum();
-    let shared = loader.is_some_and(|l| l.shares_cpu_weights(&layout.config));
     // A placement that cannot be made fails the load itself, with its own reason.
     let devices = replica_devices(&layout.config).unwrap_or_default();
-    weights_by_device(devices, per_replica, shared)
+    weights_by_device(devices, per_replica, false)
 }
 
 /// Memory by device of replicas placed on `devices`, each holding `bytes` of weights, or all

@@ -383,13 +383,7 @@ impl Runtime {
             let budgeted = self.options.memory_budget.is_set();
             let _budget =
                 budgeted.then(|| self.budget_lock.lock().unwrap_or_else(|p| p.into_inner()));
-            let loader = layout
-                .config
-                .backend
-                .as_deref()
-                .and_then(|b| self.backends.get(b));
-            let needed = estimate(&layout, &origin.dir, loader.map(|l| l.as_ref()));
-            match self.make_room(name, &needed) {
+            match self.make_room(name, &estimate(&layout, &origin.dir)) {
                 Ok(()) => self.load_versions(name, &origin.dir, &layout),
                 // A lazy model that cannot fit now stays listed, to load when room is made.
                 Err(e) if lazy => return Err(e),

@@ -38,6 +38,9 @@ pub(crate) struct Version {
     recipe: Recipe,
     /// Estimated memory of one replica: its weight files.
     pub(crate) replica_bytes: u64,
+    /// Whether its CPU replicas hold one copy of the weights between them (each loaded one
+    /// said it uses the shared weights).
+    cpu_weights_shared: AtomicBool,
     /// When it finished loading, and how long that took.
     pub(crate) loaded_at: std::time::SystemTime,
     pub(crate) load_ms: u64,
@@ -107,7 +110,7 @@ impl Version {
         let devices = placement::devices_for(&self.recipe.config, replicas).unwrap_or_else(|_| {
             vec![self.config.devices.first().copied().unwrap_or(Device::Cpu); replicas]
         });
-        let shared = self.recipe.loader.shares_cpu_weights(&self.recipe.config);
+        let shared = self.cpu_weights_shared.load(Ordering::Relaxed);
         crate::budget::weights_by_device(devices, self.replica_bytes, shared)
     }
 
@@ -157,6 +160,9 @@ impl Version {
                     e.with_kind(ErrorKind::Unavailable)
                         .context(format_args!("model '{}'", self.recipe.model))
                 })?;
+                if device == Device::Cpu && !backend.shares_weights() {
+                    self.cpu_weights_shared.store(false, Ordering::Relaxed);
+                }
                 self.scheduler.add(self.batching.worker(backend))?;
             }
         }
@@ -295,6 +301,12 @@ impl Runtime {
         for &device in &devices {
             replicas.push(recipe.load(device)?);
         }
+        // One copy for the CPU replicas only when every one of them uses the shared weights.
+        let cpu_weights_shared = devices
+            .iter()
+            .zip(&replicas)
+            .filter(|(d, _)| **d == Device::Cpu)
+            .all(|(_, r)| r.shares_weights());
         let signature = replicas
             .first()
             .map(|r| r.signature().clone())
@@ -388,6 +400,7 @@ impl Runtime {
             task,
             task_rows,
             replica_bytes: crate::repository::weights_bytes(file, model_dir),
+            cpu_weights_shared: AtomicBool::new(cpu_weights_shared),
             loaded_at: std::time::SystemTime::now(),
             load_ms: started.elapsed().as_millis() as u64,
             last_used: AtomicU64::new(epoch_ms()),

@@ -146,6 +146,12 @@ impl Backend for OnnxBackend {
         true
     }
 
+    /// Only when the model could be grouped: one that could not (external data, no writable
+    /// temporary folder) loads with its own weights.
+    fn shares_weights(&self) -> bool {
+        self._shared.is_some()
+    }
+
     fn run(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>> {
         let mut values: Vec<(&str, DynValue)> = Vec::with_capacity(inputs.len());
         for input in inputs {

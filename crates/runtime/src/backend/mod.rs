@@ -102,14 +102,6 @@ pub trait BackendLoader: Send + Sync + 'static {
     /// Loads one replica. A missing device or library is [`ferroserve_core::ErrorKind::Unavailable`];
     /// a model file that cannot be used is [`ferroserve_core::ErrorKind::InvalidArgument`].
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Box<dyn Backend>>;
-
-    /// Whether the CPU replicas it loads for a model with this `config` share one copy of the
-    /// weights, so that the memory budget counts the weight files once for all of them
-    /// instead of once per replica. Default: each replica has its own.
-    fn shares_cpu_weights(&self, config: &ModelConfig) -> bool {
-        let _ = config;
-        false
-    }
 }
 
 /// What the built-in backends are told (see [`Backends::builtin`]).

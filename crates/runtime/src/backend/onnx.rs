@@ -95,16 +95,6 @@ impl BackendLoader for OnnxLoader {
         }
     }
 
-    /// Replicas share weights when the model is loaded for more than one from the start (a
-    /// model scaled up later through the management API loads its new replicas on their own).
-    fn shares_cpu_weights(&self, config: &ModelConfig) -> bool {
-        config.replicas > 1
-            || config
-                .autoscaling
-                .as_ref()
-                .is_some_and(|a| a.max_replicas > 1)
-    }
-
     fn load(&self, spec: &LoadSpec<'_>) -> Result<Box<dyn Backend>> {
         let runtime = self.runtime()?;
         let backend = OnnxBackend::load(
@@ -114,10 +104,21 @@ impl BackendLoader for OnnxLoader {
                 device: spec.device,
                 intra_op_threads: Some(spec.threads),
                 inter_op_threads: spec.config.inter_op_threads,
-                share_weights: self.shares_cpu_weights(spec.config),
+                share_weights: share_weights(spec.config),
             },
         )
         .map_err(|e| Error::invalid(e.to_string()))?;
         Ok(Box::new(backend))
     }
+}
+
+/// Whether a model's CPU replicas are loaded to share their weights: when it is loaded for more
+/// than one from the start (a model scaled up later through the management API loads its new
+/// replicas on their own).
+fn share_weights(config: &ModelConfig) -> bool {
+    config.replicas > 1
+        || config
+            .autoscaling
+            .as_ref()
+            .is_some_and(|a| a.max_replicas > 1)
 }

@@ -33,8 +33,13 @@ pub(super) const MAX_COST: Duration = Duration::from_micros(50);
 pub(super) const MIN_INTERVAL: Duration = Duration::from_micros(50);
 
 /// Requests with more input than this run on replica threads whatever the model costs, as
-/// their compute likely grows with their size.
+/// their compute likely grows with their size; so do those with more than twice the input of
+/// the requests measured (but at least [`SMALL_BYTES`]), so that a large input to a model with
+/// dynamic shapes, whose cost was learnt on small ones, does not hold a server thread.
 pub(super) const MAX_BYTES: usize = 64 * 1024;
+
+/// Input that may always run inline on a cheap model, whatever the measured requests carried.
+pub(super) const SMALL_BYTES: usize = 1024;
 
 /// A replica's worker, which its thread and submitting tasks take turns to run.
 pub(super) struct Slot<J: Job> {
@@ -84,26 +89,43 @@ impl<J: Job> Slot<J> {
     }
 }
 
-/// A smoothed average of what one request alone has been costing to compute.
+/// Smoothed averages of what one request alone has been costing to compute, and of its input.
 #[derive(Default)]
 pub(super) struct Cost {
     /// Nanoseconds; 0 until the first request is measured.
     nanos: AtomicU64,
+    /// Bytes of input of the requests measured.
+    bytes: AtomicU64,
+}
+
+/// One more sample in a smoothed average (the first sample is the average).
+fn smooth(average: &AtomicU64, sample: u64, first: bool) {
+    // Threads that observe at once may lose one sample; an average does not need them all.
+    let old = average.load(Ordering::Relaxed);
+    let new = if first {
+        sample
+    } else {
+        old - old / 8 + sample / 8
+    };
+    average.store(new, Ordering::Relaxed);
 }
 
 impl Cost {
-    pub fn observe(&self, elapsed: Duration) {
+    /// Counts a request with `bytes` of input that computed in `elapsed`.
+    pub fn observe(&self, elapsed: Duration, bytes: usize) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).max(1);
-        // Threads that observe at once may lose one sample; an average does not need them all.
-        let old = self.nanos.load(Ordering::Relaxed);
-        let new = if old == 0 { ns } else { old - old / 8 + ns / 8 };
-        self.nanos.store(new, Ordering::Relaxed);
+        let first = self.nanos.load(Ordering::Relaxed) == 0;
+        smooth(&self.bytes, bytes as u64, first);
+        smooth(&self.nanos, ns, first);
     }
 
-    /// Whether requests have been measured and are cheap enough to run inline.
-    pub fn cheap(&self) -> bool {
+    /// Whether requests have been measured, are cheap enough to run inline, and a request of
+    /// `bytes` is like them.
+    pub fn cheap_for(&self, bytes: usize) -> bool {
         let ns = self.nanos.load(Ordering::Relaxed);
-        ns != 0 && ns <= MAX_COST.as_nanos() as u64
+        let usual = self.bytes.load(Ordering::Relaxed).saturating_mul(2);
+        let limit = usual.max(SMALL_BYTES as u64).min(MAX_BYTES as u64);
+        ns != 0 && ns <= MAX_COST.as_nanos() as u64 && bytes as u64 <= limit
     }
 }
 
@@ -175,11 +197,15 @@ impl<J: Job> Scheduler<J> {
             .batch
             .as_ref()
             .is_some_and(|(_, p)| p.max_rows > 0);
-        let small = request.input_bytes().is_some_and(|b| b <= MAX_BYTES);
+        let cheap = request
+            .input_bytes()
+            .is_some_and(|b| self.shared.cost.cheap_for(b));
+        // One already late is answered as the queue answers it (504, not run).
+        let late = deadline.is_some_and(|d| d <= now);
         if batched
-            || !small
+            || late
+            || !cheap
             || self.shared.gate.is_some()
-            || !self.shared.cost.cheap()
             || !self.shared.arrivals.sparse()
             || self.shared.metrics.inflight.get() > 0
             || !self.queue.is_idle()
@@ -372,14 +398,38 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_closed_scheduler_runs_nothing_inline() {
+    async fn inputs_much_larger_than_the_measured_ones_go_through_the_replica_thread() {
+        let s = scheduler(false, cheap(true));
+        let here = std::thread::current().name().unwrap_or("").to_string();
+        // Learnt on 8-byte requests: up to SMALL_BYTES still runs inline, more does not.
+        threads(&s, 2, 8, Admission::alone).await;
+        assert_eq!(threads(&s, 1, SMALL_BYTES, Admission::alone).await, [here]);
+        let ran = threads(&s, 1, SMALL_BYTES + 1, Admission::alone).await;
+        assert!(ran[0].starts_with("replica-probe-"), "{ran:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_late_on_arrival_is_refused_as_the_queue_refuses_it() {
         let s = scheduler(false, cheap(true));
         threads(&s, 2, 8, Admission::alone).await;
-        s.close();
-        let err = s
-            .submit(Probe { bytes: 8 }, Admission::alone())
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("being unloaded"), "{err}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let late = Admission {
+            timeout: Some(Duration::ZERO),
+            ..Admission::alone()
+        };
+        let err = s.submit(Probe { bytes: 8 }, late).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ferroserve_core::ErrorKind::DeadlineExceeded,
+            "{err}"
+        );
+        assert_eq!(
+            s.shared
+                .metrics
+                .stats
+                .execution_count
+                .load(Ordering::Relaxed),
+            2
+        );
     }
 }

@@ -200,7 +200,9 @@ impl<J: Job> Scheduler<J> {
         Ok(())
     }
 
-    /// Asks up to `n` replicas to stop after their current batch; returns how many will.
+    /// Asks up to `n` replicas to stop after their current batch; returns how many will. (Until
+    /// its thread takes its worker out, a stopping replica's worker may still run one request
+    /// inline, as any free one may.)
     pub fn retire(&self, n: usize) -> usize {
         let mut current = self.replicas.load(Ordering::Acquire);
         loop {
@@ -244,11 +246,13 @@ impl<J: Job> Scheduler<J> {
         (queued, running)
     }
 
-    /// Queues `request` as `admission` says and waits for its answer.
+    /// Queues `request` as `admission` says and waits for its answer; or, for a cheap request
+    /// while the model is quiet, runs it on a free replica's worker right here, on the caller's
+    /// thread, before returning (see `inline.rs`).
     ///
     /// Refuses at once when the queue is full (`Overloaded`); answers `DeadlineExceeded`
-    /// without running it when its timeout passes while queued. Dropping the future withdraws
-    /// a queued request.
+    /// without running it when its timeout passes while queued (or has passed on arrival).
+    /// Dropping the future withdraws a queued request.
     pub async fn submit(&self, request: J, admission: Admission<J::Key>) -> Result<J::Output> {
         let timeout = admission
             .timeout

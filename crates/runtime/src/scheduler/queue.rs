@@ -409,6 +409,18 @@ mod tests {
     }
 
     #[test]
+    fn idle_means_empty_and_open() {
+        let q = Queue::new(10, Gauge::default(), None);
+        assert!(q.is_idle());
+        let (p, _r, _) = pending(1, None, &batching(0, 0, 0));
+        q.push(p);
+        assert!(!q.is_idle());
+        let q = Queue::<Rows>::new(10, Gauge::default(), None);
+        q.close();
+        assert!(!q.is_idle());
+    }
+
+    #[test]
     fn token_budget_bounds_rows_times_width() {
         let q = Queue::new(10, Gauge::default(), None);
         let mut keep = Vec::new();

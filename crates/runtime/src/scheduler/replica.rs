@@ -47,6 +47,11 @@ impl<J: Job> Shared<J> {
             self.metrics.stats.queue.add(waited);
         }
         let n = items.len() as i64;
+        // A lone request's size, to learn what cheap requests look like.
+        let alone = match items.as_slice() {
+            [only] => only.request.input_bytes(),
+            _ => None,
+        };
         self.metrics.inflight.inc_by(n);
         let rows: usize = items.iter().map(|p| p.rows.max(1)).sum();
         let mut phases = Phases::default();
@@ -84,8 +89,10 @@ impl<J: Job> Shared<J> {
             other => other,
         };
         let elapsed = started.elapsed();
-        if waiting.len() == 1 {
-            self.cost.observe(elapsed);
+        // Only answers: a request refused at once (a wrong input) says nothing of the cost of
+        // those that compute.
+        if let (Some(bytes), Ok(_)) = (alone, &results) {
+            self.cost.observe(elapsed, bytes);
         }
         let compute = elapsed.as_secs_f64();
         self.metrics.batch_size.observe(rows as f64);
