@@ -304,6 +304,12 @@ mod tests {
         }
     }
 
+    /// Batches (and inline runs) computed so far.
+    fn executions(s: &Scheduler<Probe>) -> u64 {
+        let stats = &s.shared.metrics.stats;
+        stats.execution_count.load(Ordering::Relaxed)
+    }
+
     /// Where each of `n` requests, sent a millisecond apart, ran.
     async fn threads(
         s: &Scheduler<Probe>,
@@ -330,14 +336,7 @@ mod tests {
             ran[1..].iter().all(|t| *t == here),
             "{ran:?} (test thread {here:?})"
         );
-        assert_eq!(
-            s.shared
-                .metrics
-                .stats
-                .execution_count
-                .load(Ordering::Relaxed),
-            4
-        );
+        assert_eq!(executions(&s), 4);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -423,13 +422,6 @@ mod tests {
             ferroserve_core::ErrorKind::DeadlineExceeded,
             "{err}"
         );
-        assert_eq!(
-            s.shared
-                .metrics
-                .stats
-                .execution_count
-                .load(Ordering::Relaxed),
-            2
-        );
+        assert_eq!(executions(&s), 2);
     }
 }
