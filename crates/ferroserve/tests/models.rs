@@ -155,11 +155,17 @@ fn embed_all(server: &Server, model: &str, ids: &[Vec<i64>]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// The reference sentences' token ids and their sentence-transformers embeddings.
+fn minilm_reference() -> (Vec<Vec<i64>>, Vec<Vec<f32>>) {
+    let refs = reference("minilm_embeddings.json");
+    let ids = serde_json::from_value(refs["input_ids"].clone()).unwrap();
+    let expected = serde_json::from_value(refs["embeddings"].clone()).unwrap();
+    (ids, expected)
+}
+
 #[test]
 fn minilm_embeddings_match_reference() {
-    let refs = reference("minilm_embeddings.json");
-    let ids: Vec<Vec<i64>> = serde_json::from_value(refs["input_ids"].clone()).unwrap();
-    let expected: Vec<Vec<f32>> = serde_json::from_value(refs["embeddings"].clone()).unwrap();
+    let (ids, expected) = minilm_reference();
 
     let repo = Repo::plain(&["minilm"]);
     // The fp32 export lives in ../shared on the team's machines only; check it where present.
@@ -229,9 +235,7 @@ fn left_in_temp(pid: u32) -> usize {
 
 #[test]
 fn replicas_share_one_copy_of_the_weights_and_answer_as_one_session_does() {
-    let refs = reference("minilm_embeddings.json");
-    let ids: Vec<Vec<i64>> = serde_json::from_value(refs["input_ids"].clone()).unwrap();
-    let expected: Vec<Vec<f32>> = serde_json::from_value(refs["embeddings"].clone()).unwrap();
+    let (ids, expected) = minilm_reference();
     let repo = Repo::plain(&["minilm"]);
     repo.write("minilm/model.yaml", b"replicas: 3\nthreads: 1\n");
     let server = Server::start(repo, &[]);
@@ -245,23 +249,7 @@ fn replicas_share_one_copy_of_the_weights_and_answer_as_one_session_does() {
         server.metric("ferroserve_memory_used_bytes", &[("device", "cpu")]),
         Some(version_folder as f64)
     );
-    // Requests at once, which the scheduler spreads over free replicas, answer as the
-    // reference does.
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..3)
-            .map(|_| scope.spawn(|| embed_all(&server, "minilm", &ids)))
-            .collect();
-        for worker in workers {
-            let got = worker.join().expect("client thread");
-            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                let c = cosine(g, e);
-                assert!(
-                    c >= 0.999,
-                    "sentence {i}: cosine {c} < 0.999 with the reference"
-                );
-            }
-        }
-    });
+    answers_at_once_as_the_reference(&server, &ids, &expected);
     let batches = server
         .metric("ferroserve_batch_size_count", &[("model", "minilm")])
         .unwrap_or(0.0);
@@ -283,6 +271,55 @@ fn replicas_share_one_copy_of_the_weights_and_answer_as_one_session_does() {
     let got = embed_all(&server, "minilm", &ids[..1]);
     assert!(cosine(&got[0], &expected[0]) >= 0.999);
     assert_eq!(left_in_temp(server.pid()), 0);
+}
+
+/// Three clients at once, whose requests the scheduler spreads over free replicas, get the
+/// reference's embeddings from `minilm`.
+fn answers_at_once_as_the_reference(server: &Server, ids: &[Vec<i64>], expected: &[Vec<f32>]) {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| embed_all(server, "minilm", ids)))
+            .collect();
+        for worker in workers {
+            let got = worker.join().expect("client thread");
+            for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+                let c = cosine(g, e);
+                assert!(
+                    c >= 0.999,
+                    "sentence {i}: cosine {c} < 0.999 with the reference"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn replicas_added_through_the_management_api_share_one_copy_between_them() {
+    let (ids, expected) = minilm_reference();
+    let repo = Repo::plain(&["minilm"]);
+    repo.write("minilm/model.yaml", b"threads: 1\n");
+    let server = Server::start(repo, &[]);
+    // One replica keeps its own weights: nothing to share them with.
+    assert!(shared_weight_files(server.pid()).is_empty());
+    let admin = server.listener_url("management API");
+    let scaled = common::client()
+        .put(format!(
+            "{admin}/models/minilm?min_worker=3&synchronous=true"
+        ))
+        .send()
+        .expect("management API");
+    assert_eq!(scaled.status().as_u16(), 200, "{:?}", scaled.text());
+    // The two new replicas load as one group; the first keeps its copy.
+    assert_eq!(shared_weight_files(server.pid()).len(), 1);
+    assert_eq!(left_in_temp(server.pid()), 0);
+    answers_at_once_as_the_reference(&server, &ids, &expected);
+    // Not every CPU replica shares, so the memory accounting counts a copy each (it cannot tell
+    // which replica a later scale-down stops), erring on the side of the budget.
+    let version_folder = folder_bytes(&common::model_dir("minilm").join("1"));
+    assert_eq!(
+        server.metric("ferroserve_memory_used_bytes", &[("device", "cpu")]),
+        Some(3.0 * version_folder as f64)
+    );
 }
 
 /// Bytes of the files under `dir`, at any depth.

@@ -73,7 +73,8 @@ struct Recipe {
 }
 
 impl Recipe {
-    fn load(&self, device: Device) -> Result<Box<dyn Backend>> {
+    /// Loads a replica on `device` of a version that is to have `replicas` of them.
+    fn load(&self, device: Device, replicas: usize) -> Result<Box<dyn Backend>> {
         self.loader.load(&LoadSpec {
             model: &self.model,
             file: &self.file,
@@ -82,6 +83,7 @@ impl Recipe {
             threads: self.threads,
             device,
             replica: self.replicas.fetch_add(1, Ordering::Relaxed),
+            replicas,
             health: &self.health,
         })
     }
@@ -156,7 +158,7 @@ impl Version {
             for device in devices.into_iter().skip(current) {
                 // The model loaded before: a replica that does not load now is the server's
                 // lack (memory, a device), not the client's mistake.
-                let backend = self.recipe.load(device).map_err(|e| {
+                let backend = self.recipe.load(device, n).map_err(|e| {
                     e.with_kind(ErrorKind::Unavailable)
                         .context(format_args!("model '{}'", self.recipe.model))
                 })?;
@@ -299,7 +301,7 @@ impl Runtime {
         };
         let mut replicas: Vec<Box<dyn Backend>> = Vec::with_capacity(config.replicas);
         for &device in &devices {
-            replicas.push(recipe.load(device)?);
+            replicas.push(recipe.load(device, devices.len())?);
         }
         // One copy for the CPU replicas only when every one of them uses the shared weights.
         let cpu_weights_shared = devices

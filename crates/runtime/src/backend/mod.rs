@@ -63,6 +63,10 @@ pub struct LoadSpec<'a> {
     pub device: Device,
     /// Which replica of the version this is (0-based, counting every one loaded), for names.
     pub replica: usize,
+    /// How many replicas the version is to have once this one has loaded (its configured
+    /// count, or what it is being scaled to): a backend may share read-only state, such as
+    /// weights, between them.
+    pub replicas: usize,
     /// The version's health, shared by its replicas: a backend whose replicas cannot recover
     /// marks it failed, and the version is then reported unavailable with the reason.
     pub health: &'a Health,

@@ -104,7 +104,7 @@ impl BackendLoader for OnnxLoader {
                 device: spec.device,
                 intra_op_threads: Some(spec.threads),
                 inter_op_threads: spec.config.inter_op_threads,
-                share_weights: share_weights(spec.config),
+                share_weights: share_weights(spec),
             },
         )
         .map_err(|e| Error::invalid(e.to_string()))?;
@@ -112,12 +112,14 @@ impl BackendLoader for OnnxLoader {
     }
 }
 
-/// Whether a model's CPU replicas are loaded to share their weights: when it is loaded for more
-/// than one from the start (a model scaled up later through the management API loads its new
-/// replicas on their own).
-fn share_weights(config: &ModelConfig) -> bool {
-    config.replicas > 1
-        || config
+/// Whether a CPU replica is loaded to share its weights with the model's other replicas: when
+/// the version is to have more than one, or may be scaled to more. A model loaded with one
+/// replica and scaled up later keeps that first replica's own copy, and its new replicas share
+/// one between them.
+fn share_weights(spec: &LoadSpec<'_>) -> bool {
+    spec.replicas > 1
+        || spec
+            .config
             .autoscaling
             .as_ref()
             .is_some_and(|a| a.max_replicas > 1)
