@@ -33,6 +33,9 @@ because the machine is shared and absolute numbers drift.
    saw), less the bare server's, per replica, beside the weight file + 30 MiB; and sentences/s.
    Where ../shared/models/all-MiniLM-L6-v2 (the fp32 export) exists, the same at 2 replicas for
    it, and both exports' sentences/s with 4 clients of 32 sentences.
+12. MiniLM beside Hugging Face's text-embeddings-inference (scripts/bench_tei.py), int8 and fp32,
+   32 clients x 1 sentence and 4 clients x 32: only with --tei PATH (a TEI router built by hand
+   from its source; no script here builds it).
 
 Usage: scripts/bench.sh [--seconds 5]   (it installs nginx, wrk and onnxruntime first)
 """
@@ -524,41 +527,55 @@ def memory(seconds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", choices=["overhead", "ceiling", "grpc", "minilm", "tasks", "generative", "python",
-                                        "torchserve", "ray", "memory"])
+    tables = ["overhead", "ceiling", "grpc", "minilm", "tasks", "generative", "python", "torchserve", "ray", "memory",
+              "tei"]
+
+    def only(value):
+        names = value.split(",")
+        unknown = [n for n in names if n not in tables]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown table {', '.join(unknown)} (known: {', '.join(tables)})")
+        return set(names)
+
+    ap.add_argument("--only", type=only, default=set(tables),
+                    help="comma-separated tables to run, in one run (default: all)")
     ap.add_argument("--baseline", help="another ferroserve binary: adds table 2c, this build beside it")
+    ap.add_argument("--tei", help="a text-embeddings-inference router built from source: table 12 (scripts/bench_tei.py)")
     args = ap.parse_args()
     for tool in ["nginx", "wrk"]:
-        if not shutil.which(tool) and args.only in (None, "ceiling"):
+        if not shutil.which(tool) and "ceiling" in args.only:
             raise SystemExit(f"{tool} is not installed (scripts/bench.sh installs it)")
     print(f"ferroserve {subprocess.run([str(BIN), '--version'], capture_output=True, text=True).stdout.split()[-1]}, "
           f"onnxruntime {ort.__version__}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
-    if args.only in (None, "overhead"):
+    if "overhead" in args.only:
         overhead(args.seconds)
-    if args.only in (None, "ceiling"):
+    if "ceiling" in args.only:
         ceiling(args.seconds)
         if args.baseline:
             ceiling_against(args.seconds, args.baseline)
-    if args.only in (None, "grpc"):
+    if "grpc" in args.only:
         grpc(args.seconds)
-    if args.only in (None, "minilm"):
+    if "minilm" in args.only:
         minilm(args.seconds)
-    if args.only in (None, "tasks"):
+    if "tasks" in args.only:
         tasks(args.seconds)
-    if args.only in (None, "generative"):
+    if "generative" in args.only:
         import bench_generative
         bench_generative.run(args.seconds)
-    if args.only in (None, "python"):
+    if "python" in args.only:
         import bench_python
         bench_python.run(args.seconds, wrk, timed_pair)
-    if args.only in (None, "torchserve"):
+    if "torchserve" in args.only:
         import bench_torchserve
         bench_torchserve.run(args.seconds)
-    if args.only in (None, "ray"):
+    if "ray" in args.only:
         import bench_ray
         bench_ray.run(args.seconds)
-    if args.only in (None, "memory"):
+    if "memory" in args.only:
         memory(args.seconds)
+    if "tei" in args.only:
+        import bench_tei
+        bench_tei.run(args.seconds, closed_loop, args.tei)
 
 
 if __name__ == "__main__":

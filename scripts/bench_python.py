@@ -61,6 +61,22 @@ def free_port():
     return port
 
 
+def ready(port, path, proc, seconds=120):
+    """Whether GET `path` on 127.0.0.1:`port` answers 200 within `seconds`, or False as soon as
+    `proc` (the server) exits."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 class Triton:
     """Triton Inference Server from the nvidia-pytriton wheel (its tritonserver, Python backend
     and the stub for the venv's Python), over `repo`, on loopback ports; stopped by its PID."""
@@ -84,16 +100,8 @@ class Triton:
              "--metrics-address", "127.0.0.1", "--metrics-port", str(free_port()), "--log-warning", "false"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=self.dir.name)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/v2/health/ready")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
+        if ready(self.port, "/v2/health/ready", self.proc):
+            return
         self.stop()
         raise SystemExit("tritonserver never became ready")
 
@@ -109,32 +117,39 @@ class Triton:
 
 
 def noop_table(seconds, wrk):
+    """The no-op Python model on both servers, and on ferroserve the ONNX identity model with the
+    same input and output: the same HTTP path without Python, so the ceiling any Python backend
+    behind it could reach in this run."""
     python = venv(TRITON_REQUIREMENTS)
     repo = tempfile.TemporaryDirectory()
     shutil.copytree(BENCH_MODELS / "noop", pathlib.Path(repo.name) / "noop")
-    ours = Server({}, folders={"noop": pathlib.Path(repo.name) / "noop"}, extra_args=["--python", str(python)])
+    ours = Server({"identity": "identity"}, folders={"noop": pathlib.Path(repo.name) / "noop"},
+                  extra_args=["--python", str(python)])
     triton = Triton(repo.name, python)
     body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]})
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
                  'wrk.headers["Content-Type"] = "application/json"\n')
     script.close()
-    rates = {"ferroserve": [], "triton": []}
+    urls = {"ferroserve": f"{ours.url}/v2/models/noop/infer", "triton": f"{triton.url}/v2/models/noop/infer",
+            "identity": f"{ours.url}/v2/models/identity/infer"}
+    rates = {name: [] for name in urls}
     try:
         for _ in range(3):
-            rates["ferroserve"].append(wrk(f"{ours.url}/v2/models/noop/infer", 32, seconds, script.name))
-            rates["triton"].append(wrk(f"{triton.url}/v2/models/noop/infer", 32, seconds, script.name))
+            for name, url in urls.items():
+                rates[name].append(wrk(url, 32, seconds, script.name))
     finally:
         os.unlink(script.name)
         triton.stop()
         ours.stop()
         repo.cleanup()
-    f, t = statistics.median(rates["ferroserve"]), statistics.median(rates["triton"])
+    f, t, i = (statistics.median(rates[name]) for name in ["ferroserve", "triton", "identity"])
     print(f"### 8a. No-op Python model, V2 JSON, concurrency 32 (wrk, {seconds:.0f} s x 3 alternating rounds, median)\n")
     print("| server | requests/s | ratio |")
     print("| --- | --- | --- |")
     print(f"| Triton's Python backend (nvidia-pytriton 0.7.0's tritonserver) | {t:,.0f} | 1.00 |")
     print(f"| ferroserve's Python backend | {f:,.0f} | {f / t:.2f} |")
+    print(f"| ferroserve, ONNX identity (the same request without Python) | {i:,.0f} | {i / t:.2f} |")
     print()
 
 
